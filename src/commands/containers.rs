@@ -1,0 +1,236 @@
+//! `ps`, `rm`, `logs`, `stop`: the verbs that act on existing containers.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::json;
+
+use crate::cli::{Format, LogsArgs, PsArgs, RmArgs, StopArgs};
+use crate::container::{Container, State, Status, Store};
+
+fn status_text(state: &State) -> String {
+    match state.effective_status() {
+        Status::Running => "running".to_string(),
+        Status::Created => "created".to_string(),
+        Status::Exited => match state.exit_code {
+            Some(code) if state.status == Some(Status::Exited) => format!("exited ({code})"),
+            _ => "exited (unknown)".to_string(),
+        },
+    }
+}
+
+fn status_word(status: Status) -> &'static str {
+    match status {
+        Status::Running => "running",
+        Status::Created => "created",
+        Status::Exited => "exited",
+    }
+}
+
+/// "3 minutes ago" for an RFC 3339 time stamp.
+fn ago(timestamp: &str) -> String {
+    let Ok(then) = humantime::parse_rfc3339(timestamp) else {
+        return timestamp.to_string();
+    };
+    let secs = SystemTime::now()
+        .duration_since(then)
+        .unwrap_or_default()
+        .as_secs();
+    let (n, unit) = match secs {
+        0..=59 => (secs, "second"),
+        60..=3599 => (secs / 60, "minute"),
+        3600..=86399 => (secs / 3600, "hour"),
+        _ => (secs / 86400, "day"),
+    };
+    format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" })
+}
+
+pub fn ps(args: &PsArgs) -> Result<i32> {
+    let store = Store::open()?;
+    let containers = store.list()?;
+    let mut out = std::io::stdout().lock();
+    if args.quiet {
+        for c in &containers {
+            writeln!(out, "{}", c.meta.name)?;
+        }
+        return Ok(0);
+    }
+    match args.format {
+        Format::Json => {
+            let rows: Vec<_> = containers
+                .iter()
+                .map(|c| {
+                    let state = c.state();
+                    let status = state.effective_status();
+                    json!({
+                        "id": c.meta.id,
+                        "name": c.meta.name,
+                        "status": status_word(status),
+                        "exit_code": if status == Status::Exited { state.exit_code } else { None },
+                        "pid": if status == Status::Running { state.pid } else { None },
+                        "image": c.meta.image,
+                        "command": c.meta.command,
+                        "created": c.meta.created,
+                        "backend": c.meta.backend,
+                        "backend_reason": c.meta.backend_reason,
+                    })
+                })
+                .collect();
+            writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+        }
+        Format::Table => {
+            let rows: Vec<[String; 5]> = containers
+                .iter()
+                .map(|c| {
+                    [
+                        c.meta.name.clone(),
+                        status_text(&c.state()),
+                        c.meta.image.display().to_string(),
+                        c.meta.command.join(" "),
+                        ago(&c.meta.created),
+                    ]
+                })
+                .collect();
+            let header = ["NAME", "STATUS", "IMAGE", "COMMAND", "CREATED"].map(String::from);
+            let mut widths = header.clone().map(|h| h.len());
+            for row in &rows {
+                for (w, cell) in widths.iter_mut().zip(row) {
+                    *w = (*w).max(cell.chars().count()).min(48);
+                }
+            }
+            for row in std::iter::once(&header).chain(&rows) {
+                let line: Vec<String> = row
+                    .iter()
+                    .zip(widths)
+                    .map(|(cell, w)| format!("{cell:<w$}"))
+                    .collect();
+                writeln!(out, "{}", line.join("  ").trim_end())?;
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// Sends `signal` to the container's first process, if it still runs.
+fn signal_container(state: &State, signal: Signal) -> Result<()> {
+    if state.effective_status() != Status::Running {
+        return Ok(());
+    }
+    if let Some(pid) = state.pid {
+        match kill(Pid::from_raw(pid), signal) {
+            Ok(()) | Err(nix::Error::ESRCH) => {}
+            Err(e) => return Err(e).with_context(|| format!("kill -{signal} {pid}")),
+        }
+    }
+    Ok(())
+}
+
+fn wait_until_stopped(container: &Container, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if container.state().effective_status() != Status::Running {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGTERM, a grace period, then SIGKILL; returns once the container's monitor has recorded
+/// the end.
+fn stop_container(container: &Container, grace: Duration) -> Result<()> {
+    signal_container(&container.state(), Signal::SIGTERM)?;
+    if wait_until_stopped(container, grace) {
+        return Ok(());
+    }
+    signal_container(&container.state(), Signal::SIGKILL)?;
+    if !wait_until_stopped(container, Duration::from_secs(10)) {
+        bail!(
+            "container {} did not stop after SIGKILL",
+            container.meta.name
+        );
+    }
+    Ok(())
+}
+
+/// Runs `action` on each named container; reports every failure and fails if any did.
+fn for_each(
+    names: &[String],
+    mut action: impl FnMut(&Store, Container) -> Result<()>,
+) -> Result<i32> {
+    let store = Store::open()?;
+    let mut failed = 0;
+    for name in names {
+        let result = store.get(name).and_then(|c| action(&store, c));
+        if let Err(e) = result {
+            eprintln!("nook: {e:#}");
+            failed += 1;
+        }
+    }
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
+pub fn rm(args: &RmArgs) -> Result<i32> {
+    for_each(&args.containers, |store, c| {
+        if c.state().effective_status() == Status::Running {
+            if !args.force {
+                bail!(
+                    "container {} is running: stop it first (`nook stop {}`) or use `nook rm -f`",
+                    c.meta.name,
+                    c.meta.name
+                );
+            }
+            stop_container(&c, Duration::ZERO)?;
+        }
+        store.remove(&c)?;
+        println!("{}", c.meta.name);
+        Ok(())
+    })
+}
+
+pub fn stop(args: &StopArgs) -> Result<i32> {
+    for_each(&args.containers, |_, c| {
+        stop_container(&c, Duration::from_secs(args.time))?;
+        println!("{}", c.meta.name);
+        Ok(())
+    })
+}
+
+pub fn logs(args: &LogsArgs) -> Result<i32> {
+    let store = Store::open()?;
+    let container = store.get(&args.container)?;
+    let path = container.log_path();
+    let mut file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "container {} has no log: only detached containers (`nook run -d`) keep one",
+            container.meta.name
+        ),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    let mut out = std::io::stdout().lock();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n > 0 {
+            out.write_all(&buf[..n])?;
+            continue;
+        }
+        out.flush()?;
+        if !args.follow || container.state().effective_status() != Status::Running {
+            // One last read: output written between the read and the status check.
+            let pos = file.stream_position()?;
+            file.seek(SeekFrom::Start(pos))?;
+            std::io::copy(&mut file, &mut out)?;
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

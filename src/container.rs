@@ -1,0 +1,403 @@
+//! The container store: one directory per container under `<storage>/containers/<id>/`, names
+//! claimed atomically under `<storage>/names/`, metadata and run state as JSON files.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::{create_private_dir, remove_tree, write_atomic};
+
+/// Where nook keeps images and containers: `$NOOK_STORAGE`, else `$XDG_DATA_HOME/nook`, else
+/// `~/.local/share/nook`.
+pub fn storage_root() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("NOOK_STORAGE").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir).join("nook"));
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(".local/share/nook")),
+        None => bail!("no storage directory: set NOOK_STORAGE or HOME"),
+    }
+}
+
+/// Static facts about a container, written once when it is created.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Meta {
+    pub id: String,
+    pub name: String,
+    /// The image directory, absolute.
+    pub image: PathBuf,
+    pub created: String,
+    pub backend: String,
+    pub backend_reason: String,
+    pub command: Vec<String>,
+    pub auto_remove: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Created,
+    Running,
+    Exited,
+}
+
+/// What the container is doing, rewritten at each change.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct State {
+    pub status: Option<Status>,
+    /// Host pid of the container's first process.
+    pub pid: Option<i32>,
+    /// The nook process that waits for the container (the foreground `run` or a detached
+    /// monitor), with its start time so a reused pid is not mistaken for it.
+    pub runner_pid: Option<i32>,
+    pub runner_start: Option<u64>,
+    pub exit_code: Option<i32>,
+    pub started: Option<String>,
+    pub finished: Option<String>,
+}
+
+impl State {
+    /// The status as it really is: a container whose runner died without recording an exit is
+    /// reported as exited, with no code.
+    pub fn effective_status(&self) -> Status {
+        match self.status {
+            Some(Status::Running) => match (self.runner_pid, self.runner_start) {
+                (Some(pid), Some(start)) if process_start_time(pid) == Some(start) => {
+                    Status::Running
+                }
+                _ => Status::Exited,
+            },
+            Some(status) => status,
+            None => Status::Created,
+        }
+    }
+}
+
+/// The start time of process `pid` in clock ticks since boot (field 22 of `/proc/PID/stat`).
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: skip past its last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+pub struct Container {
+    pub dir: PathBuf,
+    pub meta: Meta,
+}
+
+impl Container {
+    pub fn upper(&self) -> PathBuf {
+        self.dir.join("upper")
+    }
+    pub fn work(&self) -> PathBuf {
+        self.dir.join("work")
+    }
+    pub fn merged(&self) -> PathBuf {
+        self.dir.join("merged")
+    }
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("log")
+    }
+    fn state_path(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    pub fn state(&self) -> State {
+        fs::read(self.state_path())
+            .ok()
+            .and_then(|data| serde_json::from_slice(&data).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn save_state(&self, state: &State) -> Result<()> {
+        write_atomic(&self.state_path(), &serde_json::to_vec(state)?)
+    }
+}
+
+/// What `create` needs to know about a new container.
+pub struct NewContainer<'a> {
+    pub name: Option<&'a str>,
+    pub image: &'a Path,
+    pub backend: &'a str,
+    pub backend_reason: &'a str,
+    pub command: &'a [String],
+    pub auto_remove: bool,
+}
+
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    pub fn open() -> Result<Store> {
+        Self::at(storage_root()?)
+    }
+
+    pub fn at(root: PathBuf) -> Result<Store> {
+        let store = Store { root };
+        create_private_dir(&store.containers_dir())?;
+        create_private_dir(&store.names_dir())?;
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn containers_dir(&self) -> PathBuf {
+        self.root.join("containers")
+    }
+
+    fn names_dir(&self) -> PathBuf {
+        self.root.join("names")
+    }
+
+    /// Creates the container's directory and claims its name. Two concurrent creates of the same
+    /// name: exactly one wins, because the claim is a single `symlink(2)`.
+    pub fn create(&self, new: NewContainer<'_>) -> Result<Container> {
+        let id = random_id()?;
+        let name = match new.name {
+            Some(name) => {
+                validate_name(name)?;
+                name.to_string()
+            }
+            None => default_name(new.image, &id),
+        };
+        self.claim_name(&name, &id)?;
+        let dir = self.containers_dir().join(&id);
+        let meta = Meta {
+            id: id.clone(),
+            name: name.clone(),
+            image: new.image.to_path_buf(),
+            created: now_rfc3339(),
+            backend: new.backend.to_string(),
+            backend_reason: new.backend_reason.to_string(),
+            command: new.command.to_vec(),
+            auto_remove: new.auto_remove,
+        };
+        let container = Container { dir, meta };
+        let made = (|| -> Result<()> {
+            create_private_dir(&container.dir)?;
+            for sub in [container.upper(), container.work(), container.merged()] {
+                fs::create_dir(&sub).with_context(|| format!("creating {}", sub.display()))?;
+            }
+            write_atomic(
+                &container.dir.join("meta.json"),
+                &serde_json::to_vec_pretty(&container.meta)?,
+            )
+        })();
+        if let Err(e) = made {
+            let _ = self.remove(&container);
+            return Err(e);
+        }
+        Ok(container)
+    }
+
+    fn claim_name(&self, name: &str, id: &str) -> Result<()> {
+        let link = self.names_dir().join(name);
+        for _ in 0..2 {
+            match std::os::unix::fs::symlink(id, &link) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let owner = fs::read_link(&link).ok();
+                    let owner_alive = owner
+                        .as_ref()
+                        .is_some_and(|o| self.containers_dir().join(o).join("meta.json").exists());
+                    if owner_alive {
+                        bail!(
+                            "the container name {name:?} is already in use; remove that container \
+                             with `nook rm {name}` or choose another --name"
+                        );
+                    }
+                    // A claim left by a create that crashed: take it over.
+                    let _ = fs::remove_file(&link);
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("claiming name at {}", link.display()))
+                }
+            }
+        }
+        bail!("the container name {name:?} is being taken by another nook process")
+    }
+
+    /// Finds a container by name, full id or unique id prefix.
+    pub fn get(&self, name_or_id: &str) -> Result<Container> {
+        if validate_name(name_or_id).is_ok() {
+            if let Ok(id) = fs::read_link(self.names_dir().join(name_or_id)) {
+                if let Ok(c) = self.load(&self.containers_dir().join(id)) {
+                    return Ok(c);
+                }
+            }
+        }
+        let matches: Vec<Container> = self
+            .list()?
+            .into_iter()
+            .filter(|c| c.meta.id.starts_with(name_or_id) && name_or_id.len() >= 4)
+            .collect();
+        match matches.len() {
+            1 => Ok(matches.into_iter().next().expect("one match")),
+            0 => bail!("no such container: {name_or_id} (see `nook ps`)"),
+            _ => bail!("{name_or_id} matches several containers: give more of the id"),
+        }
+    }
+
+    fn load(&self, dir: &Path) -> Result<Container> {
+        let path = dir.join("meta.json");
+        let data = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let meta: Meta =
+            serde_json::from_slice(&data).with_context(|| format!("parsing {}", path.display()))?;
+        Ok(Container {
+            dir: dir.to_path_buf(),
+            meta,
+        })
+    }
+
+    /// Every container, oldest first.
+    pub fn list(&self) -> Result<Vec<Container>> {
+        let dir = self.containers_dir();
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            if let Ok(c) = self.load(&entry.path()) {
+                out.push(c);
+            }
+        }
+        out.sort_by(|a, b| a.meta.created.cmp(&b.meta.created));
+        Ok(out)
+    }
+
+    /// Removes the container's directory, upper layer included, and releases its name.
+    pub fn remove(&self, container: &Container) -> Result<()> {
+        // Move it out of sight first, so a removal cut short never leaves a half container that
+        // `ps` would show.
+        let trash = self
+            .containers_dir()
+            .join(format!(".removing-{}", container.meta.id));
+        match fs::rename(&container.dir, &trash) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("removing {}", container.dir.display()))
+            }
+        }
+        let link = self.names_dir().join(&container.meta.name);
+        if fs::read_link(&link).is_ok_and(|id| id == Path::new(&container.meta.id)) {
+            let _ = fs::remove_file(&link);
+        }
+        remove_tree(&trash)
+    }
+}
+
+fn random_id() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    crate::sys::random_bytes(&mut bytes).context("reading random bytes for a container id")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A readable default name: the image directory's name and a few characters of the id.
+fn default_name(image: &Path, id: &str) -> String {
+    let base: String = image
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(40)
+        .collect();
+    let base = base.trim_start_matches(['-', '_']);
+    if base.is_empty() {
+        format!("nook-{}", &id[..8])
+    } else {
+        format!("{base}-{}", &id[..6])
+    }
+}
+
+/// Names are what hostnames and file names can both hold.
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        bail!(
+            "invalid container name {name:?}: use 1-63 letters, digits, '-', '_' or '.', starting \
+             with a letter or digit"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_validated() {
+        assert!(validate_name("build1").is_ok());
+        assert!(validate_name("a.b-c_d").is_ok());
+        assert!(validate_name("").is_err());
+        assert!(validate_name("-x").is_err());
+        assert!(validate_name("a/b").is_err());
+        assert!(validate_name("..").is_err());
+        assert!(validate_name(&"x".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn default_name_comes_from_the_image_directory() {
+        let id = "0123456789abcdef";
+        assert_eq!(default_name(Path::new("/x/rootfs"), id), "rootfs-012345");
+        assert_eq!(default_name(Path::new("/"), id), "nook-01234567");
+        assert_eq!(default_name(Path::new("/x/.hidden"), id), "hidden-012345");
+    }
+
+    #[test]
+    fn start_time_of_this_process_is_known() {
+        assert!(process_start_time(std::process::id() as i32).is_some());
+        assert!(process_start_time(i32::MAX).is_none());
+    }
+
+    #[test]
+    fn store_claims_names_once_and_removes_everything() {
+        let root = std::env::temp_dir().join(format!("nook-store-test-{}", std::process::id()));
+        let _ = remove_tree(&root);
+        let store = Store::at(root.clone()).unwrap();
+        let new = |name| NewContainer {
+            name,
+            image: Path::new("/img"),
+            backend: "overlay",
+            backend_reason: "test",
+            command: &[],
+            auto_remove: false,
+        };
+        let c = store.create(new(Some("x"))).unwrap();
+        let err = store.create(new(Some("x"))).err().unwrap();
+        assert!(err.to_string().contains("already in use"), "{err}");
+        assert_eq!(store.get("x").unwrap().meta.id, c.meta.id);
+        assert_eq!(store.list().unwrap().len(), 1);
+        store.remove(&c).unwrap();
+        assert!(store.get("x").is_err());
+        assert_eq!(fs::read_dir(root.join("containers")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(root.join("names")).unwrap().count(), 0);
+        remove_tree(&root).unwrap();
+    }
+}

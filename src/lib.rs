@@ -1,0 +1,15 @@
+//! nook: rootless Linux containers over plain-directory images.
+//!
+//! Layers, top to bottom (dependencies point down only): `cli` → `commands` → `container` →
+//! `spec` → `launch` → `idmap`, `rootfs`, `security` → `sys`.
+
+pub mod cli;
+pub mod commands;
+pub mod container;
+pub mod fsutil;
+pub mod idmap;
+pub mod launch;
+pub mod rootfs;
+pub mod security;
+pub mod spec;
+pub mod sys;

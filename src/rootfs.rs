@@ -1,0 +1,462 @@
+//! The container's filesystem: the root (one writable layer over the image), the spec's mounts,
+//! `/dev`, `pivot_root`, then masked and read-only paths.
+//!
+//! Everything here runs in the child, inside its new user and mount namespaces, so every mount
+//! vanishes with the container. Mount targets are resolved with `openat2(RESOLVE_IN_ROOT)`: a
+//! symlink in the image can never send a mount outside the container's root.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use nix::fcntl::OFlag;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::Mode;
+use oci_spec::runtime::{Mount, Spec};
+
+use crate::sys;
+
+/// How the container's root comes to be at the spec's `root.path`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub enum RootfsPlan {
+    /// Native overlayfs mounted inside the user namespace.
+    Overlay {
+        lower: PathBuf,
+        upper: PathBuf,
+        work: PathBuf,
+        /// Skip the fsync of copy-ups: for containers whose upper layer is thrown away.
+        volatile: bool,
+    },
+    /// `root.path` already holds the whole tree (an OCI bundle): bind it onto itself.
+    Prepared,
+}
+
+/// Builds the container's filesystem and moves into it. On return the process's root is the
+/// container's root and the host's tree is unreachable.
+pub fn enter(spec: &Spec, plan: &RootfsPlan) -> Result<()> {
+    let root = spec
+        .root()
+        .as_ref()
+        .context("the spec has no root")?
+        .path()
+        .clone();
+    make_mounts_private()?;
+    mount_root(&root, plan)?;
+    let root_fd = open_dir(&root)?;
+    let mut dev_is_ours = false;
+    for m in spec.mounts().iter().flatten() {
+        mount_one(root_fd.as_fd(), m)
+            .with_context(|| format!("mounting {}", m.destination().display()))?;
+        if m.destination() == Path::new("/dev") && m.typ().as_deref() == Some("tmpfs") {
+            dev_is_ours = true;
+        }
+    }
+    if dev_is_ours {
+        populate_dev(root_fd.as_fd()).context("populating /dev")?;
+    }
+    drop(root_fd);
+    pivot_into(&root)?;
+    if let Some(linux) = spec.linux() {
+        for path in linux.masked_paths().iter().flatten() {
+            mask_path(Path::new(path)).with_context(|| format!("masking {path}"))?;
+        }
+        for path in linux.readonly_paths().iter().flatten() {
+            make_readonly(Path::new(path)).with_context(|| format!("making {path} read-only"))?;
+        }
+    }
+    if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
+        make_readonly(Path::new("/")).context("making the root read-only")?;
+    }
+    Ok(())
+}
+
+fn make_mounts_private() -> Result<()> {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context("making the mount namespace private (mount --make-rprivate /)")
+}
+
+/// Escapes a path for overlayfs's option parser, which splits on `,` and `:`.
+fn overlay_escape(path: &Path) -> String {
+    let mut out = String::new();
+    for c in path.to_string_lossy().chars() {
+        if matches!(c, ',' | ':' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn mount_root(root: &Path, plan: &RootfsPlan) -> Result<()> {
+    match plan {
+        RootfsPlan::Overlay {
+            lower,
+            upper,
+            work,
+            volatile,
+        } => {
+            let mut options = format!(
+                "lowerdir={},upperdir={},workdir={},userxattr",
+                overlay_escape(lower),
+                overlay_escape(upper),
+                overlay_escape(work)
+            );
+            if *volatile {
+                options.push_str(",volatile");
+            }
+            mount(
+                Some("overlay"),
+                root,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(options.as_str()),
+            )
+            .map_err(|e| overlay_refused(e, lower, upper))
+        }
+        RootfsPlan::Prepared => mount(
+            Some(root),
+            root,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .with_context(|| format!("bind-mounting the root {}", root.display())),
+    }
+}
+
+fn overlay_refused(err: nix::Error, lower: &Path, upper: &Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the kernel refused an overlay mount of {} (writable layer in {}): {err}. Overlayfs inside \
+         a user namespace needs Linux 5.11 or later and a storage filesystem that can hold an \
+         upper layer (not NFS, FUSE or overlayfs); move the storage (NOOK_STORAGE) to a local \
+         filesystem",
+        lower.display(),
+        upper.display()
+    )
+}
+
+fn open_dir(path: &Path) -> Result<OwnedFd> {
+    nix::fcntl::open(
+        path,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("opening {}", path.display()))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    File,
+}
+
+/// Opens `path` inside `root` (`O_PATH`), creating it and its missing parents first. Each step is
+/// resolved inside the root, so no symlink in the image can point it elsewhere.
+fn open_or_create(root: BorrowedFd<'_>, path: &Path, kind: Kind) -> Result<OwnedFd> {
+    match sys::open_in_root(root, path, libc::O_PATH) {
+        Ok(fd) => return Ok(fd),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+        Err(e) => return Err(e).with_context(|| format!("resolving {}", path.display())),
+    }
+    let mut parent = root.try_clone_to_owned()?;
+    let mut walked = PathBuf::from("/");
+    let components: Vec<Component> = path.components().collect();
+    for (i, component) in components.iter().enumerate() {
+        let Component::Normal(name) = component else {
+            continue;
+        };
+        walked.push(name);
+        let last = i + 1 == components.len();
+        match sys::open_in_root(root, &walked, libc::O_PATH) {
+            Ok(fd) => parent = fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                if last && kind == Kind::File {
+                    let created = nix::fcntl::openat(
+                        parent.as_fd(),
+                        Path::new(name),
+                        OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                        Mode::from_bits_truncate(0o644),
+                    )
+                    .with_context(|| format!("creating {}", walked.display()))?;
+                    drop(created);
+                } else {
+                    nix::sys::stat::mkdirat(
+                        parent.as_fd(),
+                        Path::new(name),
+                        Mode::from_bits_truncate(0o755),
+                    )
+                    .or_else(|e| {
+                        if e == nix::Error::EEXIST {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
+                    })
+                    .with_context(|| format!("creating directory {}", walked.display()))?;
+                }
+                parent = sys::open_in_root(root, &walked, libc::O_PATH)
+                    .with_context(|| format!("resolving {}", walked.display()))?;
+            }
+            Err(e) => return Err(e).with_context(|| format!("resolving {}", walked.display())),
+        }
+    }
+    Ok(parent)
+}
+
+fn fd_path(fd: BorrowedFd<'_>) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+/// Mount flags and data from an fstab-style option list.
+#[derive(Debug, PartialEq)]
+struct MountOptions {
+    flags: MsFlags,
+    /// Flags to set after a bind mount, which ignores them on the bind itself.
+    attrs: u64,
+    data: Vec<String>,
+    bind: bool,
+    recursive: bool,
+}
+
+fn parse_options(options: &[String]) -> MountOptions {
+    let mut out = MountOptions {
+        flags: MsFlags::empty(),
+        attrs: 0,
+        data: Vec::new(),
+        bind: false,
+        recursive: false,
+    };
+    for option in options {
+        let (flag, attr) = match option.as_str() {
+            "ro" => (MsFlags::MS_RDONLY, sys::MOUNT_ATTR_RDONLY),
+            "nosuid" => (MsFlags::MS_NOSUID, sys::MOUNT_ATTR_NOSUID),
+            "nodev" => (MsFlags::MS_NODEV, sys::MOUNT_ATTR_NODEV),
+            "noexec" => (MsFlags::MS_NOEXEC, sys::MOUNT_ATTR_NOEXEC),
+            "strictatime" => (MsFlags::MS_STRICTATIME, 0),
+            "relatime" => (MsFlags::MS_RELATIME, 0),
+            "noatime" => (MsFlags::MS_NOATIME, 0),
+            "sync" => (MsFlags::MS_SYNCHRONOUS, 0),
+            "dirsync" => (MsFlags::MS_DIRSYNC, 0),
+            "bind" => {
+                out.bind = true;
+                continue;
+            }
+            "rbind" => {
+                out.bind = true;
+                out.recursive = true;
+                continue;
+            }
+            "rw" | "suid" | "dev" | "exec" | "atime" | "async" | "private" | "rprivate"
+            | "slave" | "rslave" | "shared" | "rshared" | "unbindable" | "runbindable" => continue,
+            data => {
+                out.data.push(data.to_string());
+                continue;
+            }
+        };
+        out.flags |= flag;
+        out.attrs |= attr;
+    }
+    out
+}
+
+fn mount_one(root: BorrowedFd<'_>, m: &Mount) -> Result<()> {
+    let options = parse_options(m.options().as_deref().unwrap_or_default());
+    let typ = m
+        .typ()
+        .as_deref()
+        .unwrap_or(if options.bind { "bind" } else { "" });
+    let destination = m.destination();
+    if !destination.is_absolute() {
+        bail!(
+            "mount destination {} is not absolute",
+            destination.display()
+        );
+    }
+    if typ == "bind" || options.bind {
+        let source = m.source().as_ref().context("a bind mount needs a source")?;
+        return bind_mount(root, source, destination, &options);
+    }
+    if typ == "cgroup" || typ == "cgroup2" {
+        // cgroups come with a later issue; a rootless container without delegation has none.
+        return Ok(());
+    }
+    let target = open_or_create(root, destination, Kind::Dir)?;
+    let data = options.data.join(",");
+    let source = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
+    let result = mount(
+        Some(source.as_path()),
+        fd_path(target.as_fd()).as_str(),
+        Some(typ),
+        options.flags,
+        (!data.is_empty()).then_some(data.as_str()),
+    );
+    match (result, typ) {
+        (Ok(()), _) => Ok(()),
+        // Without a network namespace of our own the kernel refuses a new sysfs, and without an
+        // IPC namespace of our own a new mqueue: show the host's, read-only.
+        (Err(nix::Error::EPERM), "sysfs") => {
+            let fallback = parse_options(&[
+                "rbind".into(),
+                "ro".into(),
+                "nosuid".into(),
+                "nodev".into(),
+                "noexec".into(),
+            ]);
+            bind_mount(root, Path::new("/sys"), destination, &fallback)
+        }
+        (Err(nix::Error::EPERM), "mqueue") => bind_mount(
+            root,
+            Path::new("/dev/mqueue"),
+            destination,
+            &parse_options(&["bind".into()]),
+        ),
+        (Err(e), _) => Err(e).with_context(|| format!("mount -t {typ} {}", source.display())),
+    }
+}
+
+fn bind_mount(
+    root: BorrowedFd<'_>,
+    source: &Path,
+    destination: &Path,
+    options: &MountOptions,
+) -> Result<()> {
+    let meta = fs::metadata(source)
+        .with_context(|| format!("bind source {} does not exist", source.display()))?;
+    let kind = if meta.is_dir() { Kind::Dir } else { Kind::File };
+    let target = open_or_create(root, destination, kind)?;
+    let mut flags = MsFlags::MS_BIND;
+    if options.recursive {
+        flags |= MsFlags::MS_REC;
+    }
+    mount(
+        Some(source),
+        fd_path(target.as_fd()).as_str(),
+        None::<&str>,
+        flags,
+        None::<&str>,
+    )
+    .with_context(|| format!("bind-mounting {}", source.display()))?;
+    if options.attrs != 0 {
+        // The fd above is the mount point below the new mount: open the new mount itself.
+        let mounted = sys::open_in_root(root, destination, libc::O_PATH)
+            .with_context(|| format!("resolving {}", destination.display()))?;
+        set_mount_attrs(mounted.as_fd(), options.recursive, options.attrs)?;
+    }
+    Ok(())
+}
+
+fn set_mount_attrs(fd: BorrowedFd<'_>, recursive: bool, attrs: u64) -> Result<()> {
+    sys::mount_setattr(fd, recursive, attrs).context("mount_setattr")
+}
+
+/// The device nodes every container gets, bound from the host (a user namespace cannot mknod).
+const DEFAULT_DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+fn populate_dev(root: BorrowedFd<'_>) -> Result<()> {
+    let bind = parse_options(&["bind".into()]);
+    for dev in DEFAULT_DEVICES {
+        let host = Path::new("/dev").join(dev);
+        bind_mount(root, &host, &host, &bind)?;
+    }
+    let dev = sys::open_in_root(root, Path::new("/dev"), libc::O_PATH | libc::O_DIRECTORY)?;
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        match nix::unistd::symlinkat(target, dev.as_fd(), name) {
+            Ok(()) | Err(nix::Error::EEXIST) => {}
+            Err(e) => return Err(e).with_context(|| format!("creating /dev/{name}")),
+        }
+    }
+    Ok(())
+}
+
+fn pivot_into(root: &Path) -> Result<()> {
+    nix::unistd::chdir(root).with_context(|| format!("entering {}", root.display()))?;
+    // Stacking the old root under the new one and detaching it leaves no path back to the host.
+    nix::unistd::pivot_root(".", ".").context("pivot_root")?;
+    umount2(".", MntFlags::MNT_DETACH).context("detaching the host's root")?;
+    nix::unistd::chdir("/").context("chdir /")?;
+    Ok(())
+}
+
+fn mask_path(path: &Path) -> Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    if meta.is_dir() {
+        mount(
+            Some("tmpfs"),
+            path,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("size=0,mode=0555"),
+        )?;
+    } else {
+        mount(
+            Some("/dev/null"),
+            path,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )?;
+    }
+    Ok(())
+}
+
+fn make_readonly(path: &Path) -> Result<()> {
+    if path != Path::new("/") {
+        match fs::symlink_metadata(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+            Ok(_) => {}
+        }
+        mount(
+            Some(path),
+            path,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )?;
+    }
+    let fd = nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())?;
+    set_mount_attrs(fd.as_fd(), true, sys::MOUNT_ATTR_RDONLY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_split_into_flags_attrs_and_data() {
+        let o = parse_options(&[
+            "nosuid".into(),
+            "ro".into(),
+            "rbind".into(),
+            "mode=755".into(),
+            "size=65536k".into(),
+        ]);
+        assert!(o.bind && o.recursive);
+        assert_eq!(o.flags, MsFlags::MS_NOSUID | MsFlags::MS_RDONLY);
+        assert_eq!(o.attrs, sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_RDONLY);
+        assert_eq!(o.data, vec!["mode=755", "size=65536k"]);
+    }
+
+    #[test]
+    fn overlay_paths_are_escaped() {
+        assert_eq!(overlay_escape(Path::new("/a,b:c\\d")), "/a\\,b\\:c\\\\d");
+    }
+}

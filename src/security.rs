@@ -1,0 +1,222 @@
+//! The last steps before `execve`: user switch, capabilities, no_new_privs and seccomp.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+
+use anyhow::{bail, Context, Result};
+use caps::{CapSet, Capability as Cap, CapsHashSet};
+use libseccomp::{
+    ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
+};
+use nix::unistd::{Gid, Uid};
+use oci_spec::runtime::{
+    Arch, Capability, LinuxCapabilities, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompOperator,
+};
+
+fn to_caps(set: &Option<HashSet<Capability>>) -> Result<CapsHashSet> {
+    let mut out = CapsHashSet::new();
+    for cap in set.iter().flatten() {
+        let name = format!("CAP_{cap}");
+        out.insert(Cap::from_str(&name).with_context(|| format!("unknown capability {name}"))?);
+    }
+    Ok(out)
+}
+
+/// Drops every capability not in the spec's bounding set. Must run while we still hold
+/// CAP_SETPCAP, i.e. before the user switch.
+pub fn limit_bounding_set(spec: &LinuxCapabilities) -> Result<()> {
+    let keep = to_caps(spec.bounding())?;
+    for cap in caps::runtime::thread_all_supported() {
+        if !keep.contains(&cap) {
+            caps::drop(None, CapSet::Bounding, cap)
+                .with_context(|| format!("dropping {cap} from the bounding set"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Becomes `uid`/`gid` inside the container, keeping the permitted capabilities across the switch
+/// so `apply_capabilities` can then set exactly what the spec asks.
+pub fn switch_user(uid: u32, gid: u32, extra_gids: &[u32], may_setgroups: bool) -> Result<()> {
+    nix::sys::prctl::set_keepcaps(true).context("prctl(PR_SET_KEEPCAPS)")?;
+    if may_setgroups {
+        let groups: Vec<Gid> = extra_gids.iter().map(|g| Gid::from_raw(*g)).collect();
+        nix::unistd::setgroups(&groups).context("setgroups")?;
+    } else if !extra_gids.is_empty() {
+        bail!(
+            "additional groups {extra_gids:?} need a user namespace whose maps were written by \
+             newgidmap; setgroups is denied in this one"
+        );
+    }
+    let g = Gid::from_raw(gid);
+    nix::unistd::setresgid(g, g, g).map_err(|e| not_mapped(e, "gid", gid))?;
+    let u = Uid::from_raw(uid);
+    nix::unistd::setresuid(u, u, u).map_err(|e| not_mapped(e, "uid", uid))?;
+    nix::sys::prctl::set_keepcaps(false).context("prctl(PR_SET_KEEPCAPS)")?;
+    Ok(())
+}
+
+fn not_mapped(err: nix::Error, kind: &str, id: u32) -> anyhow::Error {
+    if err == nix::Error::EINVAL {
+        anyhow::anyhow!(
+            "{kind} {id} is not mapped in the container's user namespace; map a range of \
+             subordinate ids (see /etc/subuid and /etc/subgid) or run as {kind} 0"
+        )
+    } else {
+        anyhow::Error::new(err).context(format!("switching to {kind} {id}"))
+    }
+}
+
+/// Sets the effective, permitted, inheritable and ambient sets as the spec says.
+pub fn apply_capabilities(spec: &LinuxCapabilities) -> Result<()> {
+    let permitted = to_caps(spec.permitted())?;
+    let effective = to_caps(spec.effective())?;
+    let inheritable = to_caps(spec.inheritable())?;
+    let ambient = to_caps(spec.ambient())?;
+    // Order matters: effective must stay a subset of permitted at every step.
+    caps::set(
+        None,
+        CapSet::Effective,
+        &effective.intersection(&permitted).copied().collect(),
+    )
+    .context("setting effective capabilities")?;
+    caps::set(None, CapSet::Permitted, &permitted).context("setting permitted capabilities")?;
+    caps::set(None, CapSet::Effective, &effective).context("setting effective capabilities")?;
+    caps::set(None, CapSet::Inheritable, &inheritable)
+        .context("setting inheritable capabilities")?;
+    caps::clear(None, CapSet::Ambient).context("clearing ambient capabilities")?;
+    for cap in ambient {
+        caps::raise(None, CapSet::Ambient, cap)
+            .with_context(|| format!("raising ambient capability {cap}"))?;
+    }
+    Ok(())
+}
+
+pub fn set_no_new_privs() -> Result<()> {
+    nix::sys::prctl::set_no_new_privs().context("prctl(PR_SET_NO_NEW_PRIVS)")
+}
+
+fn action(action: LinuxSeccompAction, errno: Option<u32>) -> ScmpAction {
+    match action {
+        LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => {
+            ScmpAction::KillThread
+        }
+        LinuxSeccompAction::ScmpActKillProcess => ScmpAction::KillProcess,
+        LinuxSeccompAction::ScmpActTrap => ScmpAction::Trap,
+        LinuxSeccompAction::ScmpActErrno => {
+            ScmpAction::Errno(errno.unwrap_or(libc::EPERM as u32) as i32)
+        }
+        LinuxSeccompAction::ScmpActNotify => ScmpAction::Notify,
+        LinuxSeccompAction::ScmpActTrace => ScmpAction::Trace(errno.unwrap_or(0) as u16),
+        LinuxSeccompAction::ScmpActLog => ScmpAction::Log,
+        LinuxSeccompAction::ScmpActAllow => ScmpAction::Allow,
+    }
+}
+
+fn arch(arch: Arch) -> Option<ScmpArch> {
+    Some(match arch {
+        Arch::ScmpArchX86 => ScmpArch::X86,
+        Arch::ScmpArchX86_64 => ScmpArch::X8664,
+        Arch::ScmpArchX32 => ScmpArch::X32,
+        Arch::ScmpArchArm => ScmpArch::Arm,
+        Arch::ScmpArchAarch64 => ScmpArch::Aarch64,
+        Arch::ScmpArchPpc64le => ScmpArch::Ppc64Le,
+        Arch::ScmpArchS390x => ScmpArch::S390X,
+        Arch::ScmpArchRiscv64 => ScmpArch::Riscv64,
+        _ => return None,
+    })
+}
+
+fn compare(arg: &oci_spec::runtime::LinuxSeccompArg) -> ScmpArgCompare {
+    let index = arg.index() as u32;
+    let value = arg.value();
+    let op = match arg.op() {
+        LinuxSeccompOperator::ScmpCmpNe => ScmpCompareOp::NotEqual,
+        LinuxSeccompOperator::ScmpCmpLt => ScmpCompareOp::Less,
+        LinuxSeccompOperator::ScmpCmpLe => ScmpCompareOp::LessOrEqual,
+        LinuxSeccompOperator::ScmpCmpEq => ScmpCompareOp::Equal,
+        LinuxSeccompOperator::ScmpCmpGe => ScmpCompareOp::GreaterEqual,
+        LinuxSeccompOperator::ScmpCmpGt => ScmpCompareOp::Greater,
+        // OCI puts the mask in `value` and the operand in `valueTwo`, as libseccomp's C API does.
+        LinuxSeccompOperator::ScmpCmpMaskedEq => {
+            return ScmpArgCompare::new(
+                index,
+                ScmpCompareOp::MaskedEqual(value),
+                arg.value_two().unwrap_or(0),
+            )
+        }
+    };
+    ScmpArgCompare::new(index, op, value)
+}
+
+/// Compiles the spec's seccomp profile for this machine. Names libseccomp does not know (newer
+/// than the installed library) are skipped: they fall to the default action.
+pub fn compile_seccomp(profile: &LinuxSeccomp) -> Result<ScmpFilterContext> {
+    let default = action(profile.default_action(), profile.default_errno_ret());
+    let mut filter = ScmpFilterContext::new(default).context("seccomp_init")?;
+    let native = ScmpArch::native();
+    for a in profile
+        .architectures()
+        .iter()
+        .flatten()
+        .filter_map(|a| arch(*a))
+    {
+        let compatible = matches!(
+            (native, a),
+            (ScmpArch::X8664, ScmpArch::X86 | ScmpArch::X32) | (ScmpArch::Aarch64, ScmpArch::Arm)
+        );
+        if a != native && compatible {
+            filter
+                .add_arch(a)
+                .with_context(|| format!("adding seccomp architecture {a:?}"))?;
+        }
+    }
+    for rule in profile.syscalls().iter().flatten() {
+        let act = action(rule.action(), rule.errno_ret());
+        if act == default {
+            continue;
+        }
+        let conditions: Vec<ScmpArgCompare> = rule.args().iter().flatten().map(compare).collect();
+        for name in rule.names() {
+            let Ok(syscall) = ScmpSyscall::from_name(name) else {
+                continue;
+            };
+            let added = if conditions.is_empty() {
+                filter.add_rule(act, syscall)
+            } else {
+                filter.add_rule_conditional(act, syscall, &conditions)
+            };
+            added.with_context(|| format!("adding the seccomp rule for {name}"))?;
+        }
+    }
+    Ok(filter)
+}
+
+/// Loads a compiled filter into this process; everything it execs keeps it.
+pub fn load_seccomp(filter: &ScmpFilterContext) -> Result<()> {
+    filter
+        .load()
+        .context("loading the seccomp filter (seccomp_load)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oci_capability_names_convert_to_kernel_capabilities() {
+        let set: HashSet<Capability> = crate::spec::DEFAULT_CAPABILITIES.into_iter().collect();
+        let caps = to_caps(&Some(set)).unwrap();
+        assert_eq!(caps.len(), 11);
+        assert!(caps.contains(&Cap::CAP_SYS_CHROOT));
+        assert!(caps.contains(&Cap::CAP_NET_BIND_SERVICE));
+        assert!(!caps.contains(&Cap::CAP_SYS_ADMIN));
+    }
+
+    #[test]
+    fn builtin_profile_compiles() {
+        let profile: LinuxSeccomp =
+            serde_json::from_str(crate::spec::DEFAULT_SECCOMP_PROFILE).unwrap();
+        compile_seccomp(&profile).unwrap();
+    }
+}

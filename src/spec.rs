@@ -1,0 +1,498 @@
+//! Building the OCI runtime spec of a container: rootless defaults, then the user's choices.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxIdMappingBuilder, LinuxNamespace,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxSeccomp, Mount, MountBuilder, ProcessBuilder,
+    RootBuilder, Spec, UserBuilder,
+};
+
+use crate::idmap::{IdMapping, IdRange};
+
+/// The seccomp profile `nook run` applies unless told otherwise (`configs/seccomp.json`).
+pub const DEFAULT_SECCOMP_PROFILE: &str = include_str!("../configs/seccomp.json");
+
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The capabilities a container's root keeps: enough for package managers and servers that
+/// switch users, nothing that administers the machine.
+pub const DEFAULT_CAPABILITIES: [Capability; 11] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fowner,
+    Capability::Fsetid,
+    Capability::Kill,
+    Capability::NetBindService,
+    Capability::Setfcap,
+    Capability::Setgid,
+    Capability::Setpcap,
+    Capability::Setuid,
+    Capability::SysChroot,
+];
+
+/// Paths of /proc and /sys that would tell the container about the host, hidden entirely.
+pub const DEFAULT_MASKED_PATHS: [&str; 11] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Kernel knobs the container may read but never change.
+pub const DEFAULT_READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// The host's network namespace.
+    Host,
+    /// A network namespace of its own with only `lo`, up.
+    None,
+}
+
+impl std::str::FromStr for NetworkMode {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "host" => Ok(NetworkMode::Host),
+            "none" => Ok(NetworkMode::None),
+            other => bail!("unknown network mode {other:?}: use `host` or `none`"),
+        }
+    }
+}
+
+/// A `-v HOST:CTR[:ro|:rw]` bind mount.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Volume {
+    pub source: PathBuf,
+    pub destination: PathBuf,
+    pub readonly: bool,
+}
+
+impl Volume {
+    /// Parses the argument of `-v`; the source must exist (it is made absolute here).
+    pub fn parse(arg: &str) -> Result<Volume> {
+        let parts: Vec<&str> = arg.split(':').collect();
+        let (source, destination, readonly) = match parts.as_slice() {
+            [s, d] => (*s, *d, false),
+            [s, d, "ro"] => (*s, *d, true),
+            [s, d, "rw"] => (*s, *d, false),
+            [_, _, opt] => bail!("volume {arg:?}: unknown option {opt:?} (use `ro` or `rw`)"),
+            _ => bail!("volume {arg:?}: expected HOST:CONTAINER[:ro|:rw]"),
+        };
+        if source.is_empty() || destination.is_empty() {
+            bail!("volume {arg:?}: expected HOST:CONTAINER[:ro|:rw]");
+        }
+        if !destination.starts_with('/') {
+            bail!("volume {arg:?}: the container path {destination:?} must be absolute");
+        }
+        let source = std::fs::canonicalize(source).with_context(|| {
+            format!("volume source {source}: cannot use it (does it exist, and can you read it?)")
+        })?;
+        Ok(Volume {
+            source,
+            destination: PathBuf::from(destination),
+            readonly,
+        })
+    }
+}
+
+/// A user inside the container, as numbers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
+}
+
+/// Resolves `-u USER[:GROUP]` (names or numbers) against the image's `/etc/passwd` and
+/// `/etc/group`, read without following links out of the image.
+pub fn resolve_user(image: &Path, spec: Option<&str>) -> Result<ContainerUser> {
+    let (user, group) = match spec {
+        None => ("0", None),
+        Some(s) => match s.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (s, None),
+        },
+    };
+    let passwd = read_image_file(image, "/etc/passwd");
+    let entry = passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.len() >= 7 && (fields[0] == user || fields[2] == user)).then(|| {
+            (
+                fields[2].parse::<u32>().ok(),
+                fields[3].parse::<u32>().ok(),
+                fields[5].to_string(),
+            )
+        })
+    });
+    let (uid, primary_gid, home) = match (user.parse::<u32>(), entry) {
+        (_, Some((Some(uid), gid, home))) => (uid, gid, home),
+        (Ok(uid), _) => (
+            uid,
+            None,
+            if uid == 0 { "/root".into() } else { "/".into() },
+        ),
+        (Err(_), _) => bail!(
+            "user {user:?} is not in the image's /etc/passwd: give a numeric uid or a user the \
+             image knows"
+        ),
+    };
+    let gid = match group {
+        None => primary_gid.unwrap_or(if uid == 0 { 0 } else { uid }),
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => read_image_file(image, "/etc/group")
+                .lines()
+                .find_map(|line| {
+                    let fields: Vec<&str> = line.split(':').collect();
+                    (fields.len() >= 3 && fields[0] == g)
+                        .then(|| fields[2].parse::<u32>().ok())
+                        .flatten()
+                })
+                .with_context(|| format!("group {g:?} is not in the image's /etc/group"))?,
+        },
+    };
+    Ok(ContainerUser { uid, gid, home })
+}
+
+/// Reads a small text file of the image; a missing or unreadable file reads as empty.
+fn read_image_file(image: &Path, path: &str) -> String {
+    let Ok(root) = std::fs::File::open(image) else {
+        return String::new();
+    };
+    let mut text = String::new();
+    if let Ok(fd) = crate::sys::open_in_root(root.as_fd(), Path::new(path), libc::O_RDONLY) {
+        let _ = std::fs::File::from(fd)
+            .take(4 << 20)
+            .read_to_string(&mut text);
+    }
+    text
+}
+
+/// Host files that stand in for the container's `/etc/hostname`, `/etc/hosts` and
+/// `/etc/resolv.conf`.
+pub struct EtcFiles {
+    pub hostname: PathBuf,
+    pub hosts: PathBuf,
+    pub resolv_conf: PathBuf,
+}
+
+/// Everything `nook run` decides about a container, before it becomes a spec.
+pub struct RunRequest<'a> {
+    pub rootfs: &'a Path,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: Option<String>,
+    pub user: ContainerUser,
+    pub terminal: bool,
+    pub hostname: String,
+    pub network: NetworkMode,
+    pub volumes: &'a [Volume],
+    pub etc: &'a EtcFiles,
+    pub idmap: &'a IdMapping,
+}
+
+/// Builds the spec of a `nook run` container.
+pub fn build_run_spec(req: &RunRequest<'_>) -> Result<Spec> {
+    let mut env = vec![
+        format!("PATH={DEFAULT_PATH}"),
+        format!("HOSTNAME={}", req.hostname),
+        format!("HOME={}", req.user.home),
+        "container=nook".to_string(),
+    ];
+    if req.terminal {
+        env.push("TERM=xterm".to_string());
+    }
+    for var in &req.env {
+        set_env(&mut env, var);
+    }
+
+    let all_caps: HashSet<Capability> = DEFAULT_CAPABILITIES.into_iter().collect();
+    let user_caps = if req.user.uid == 0 {
+        all_caps.clone()
+    } else {
+        HashSet::new()
+    };
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(all_caps)
+        .effective(user_caps.clone())
+        .permitted(user_caps.clone())
+        .inheritable(HashSet::new())
+        .ambient(HashSet::new())
+        .build()?;
+
+    let process = ProcessBuilder::default()
+        .terminal(req.terminal)
+        .user(
+            UserBuilder::default()
+                .uid(req.user.uid)
+                .gid(req.user.gid)
+                .build()?,
+        )
+        .args(req.args.clone())
+        .env(env)
+        .cwd(req.cwd.clone().unwrap_or_else(|| "/".to_string()))
+        .capabilities(capabilities)
+        .no_new_privileges(true)
+        .build()?;
+
+    let mut namespaces: Vec<LinuxNamespace> = [
+        LinuxNamespaceType::User,
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Ipc,
+    ]
+    .into_iter()
+    .map(namespace)
+    .collect::<Result<_>>()?;
+    if req.network == NetworkMode::None {
+        namespaces.push(namespace(LinuxNamespaceType::Network)?);
+    }
+
+    let seccomp: LinuxSeccomp = serde_json::from_str(DEFAULT_SECCOMP_PROFILE)
+        .context("parsing the built-in seccomp profile configs/seccomp.json")?;
+
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .uid_mappings(oci_mappings(&req.idmap.uids)?)
+        .gid_mappings(oci_mappings(&req.idmap.gids)?)
+        .masked_paths(DEFAULT_MASKED_PATHS.map(String::from).to_vec())
+        .readonly_paths(DEFAULT_READONLY_PATHS.map(String::from).to_vec())
+        .seccomp(seccomp)
+        .build()?;
+
+    let mut spec = Spec::default();
+    spec.set_root(Some(
+        RootBuilder::default()
+            .path(req.rootfs)
+            .readonly(false)
+            .build()?,
+    ));
+    spec.set_hostname(Some(req.hostname.clone()));
+    spec.set_process(Some(process));
+    spec.set_mounts(Some(run_mounts(req)?));
+    spec.set_linux(Some(linux));
+    spec.set_annotations(None);
+    Ok(spec)
+}
+
+/// Sets `var` (`K=V`) in `env`, replacing an earlier value of `K`.
+fn set_env(env: &mut Vec<String>, var: &str) {
+    let key = var.split_once('=').map_or(var, |(k, _)| k);
+    env.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
+    env.push(var.to_string());
+}
+
+fn namespace(typ: LinuxNamespaceType) -> Result<LinuxNamespace> {
+    Ok(LinuxNamespaceBuilder::default().typ(typ).build()?)
+}
+
+fn oci_mappings(ranges: &[IdRange]) -> Result<Vec<oci_spec::runtime::LinuxIdMapping>> {
+    ranges
+        .iter()
+        .map(|r| {
+            Ok(LinuxIdMappingBuilder::default()
+                .container_id(r.container)
+                .host_id(r.host)
+                .size(r.size)
+                .build()?)
+        })
+        .collect()
+}
+
+fn mount(
+    destination: &str,
+    typ: &str,
+    source: impl AsRef<OsStr>,
+    options: &[&str],
+) -> Result<Mount> {
+    Ok(MountBuilder::default()
+        .destination(destination)
+        .typ(typ)
+        .source(PathBuf::from(source.as_ref()))
+        .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+        .build()?)
+}
+
+fn run_mounts(req: &RunRequest<'_>) -> Result<Vec<Mount>> {
+    let tty_gid_mapped = req.idmap.maps_gid(5);
+    let mut pts_options = vec![
+        "nosuid",
+        "noexec",
+        "newinstance",
+        "ptmxmode=0666",
+        "mode=0620",
+    ];
+    if tty_gid_mapped {
+        pts_options.push("gid=5");
+    }
+    let mut mounts = vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        )?,
+        mount("/dev/pts", "devpts", "devpts", &pts_options)?,
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        )?,
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        )?,
+    ];
+    // A new sysfs instance needs a network namespace of our own; otherwise show the host's,
+    // read-only, as every rootless runtime does.
+    mounts.push(match req.network {
+        NetworkMode::None => mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        )?,
+        NetworkMode::Host => mount(
+            "/sys",
+            "bind",
+            "/sys",
+            &["rbind", "nosuid", "noexec", "nodev", "ro"],
+        )?,
+    });
+    for (dest, file) in [
+        ("/etc/hostname", &req.etc.hostname),
+        ("/etc/hosts", &req.etc.hosts),
+        ("/etc/resolv.conf", &req.etc.resolv_conf),
+    ] {
+        mounts.push(mount(dest, "bind", file, &["bind"])?);
+    }
+    for volume in req.volumes {
+        let mut options = vec!["rbind"];
+        if volume.readonly {
+            options.push("ro");
+        }
+        let mut m = mount("/", "bind", &volume.source, &options)?;
+        m.set_destination(volume.destination.clone());
+        mounts.push(m);
+    }
+    Ok(mounts)
+}
+
+/// The content of `/etc/hosts` for a container named `hostname`.
+pub fn hosts_file(hostname: &str, network: NetworkMode) -> String {
+    let host_entries = match network {
+        NetworkMode::Host => std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
+        NetworkMode::None => String::new(),
+    };
+    let mut out = String::new();
+    if !host_entries
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("localhost"))
+    {
+        out.push_str("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    }
+    out.push_str(&host_entries);
+    if !out.ends_with('\n') && !out.is_empty() {
+        out.push('\n');
+    }
+    out.push_str(&format!("127.0.1.1\t{hostname}\n"));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_parses_modes_and_refuses_bad_forms() {
+        let v = Volume::parse("/tmp:/data:ro").unwrap();
+        assert_eq!(v.destination, Path::new("/data"));
+        assert!(v.readonly);
+        assert!(!Volume::parse("/tmp:/data").unwrap().readonly);
+        assert!(Volume::parse("/tmp:data").is_err());
+        assert!(Volume::parse("/tmp:/data:rx").is_err());
+        assert!(Volume::parse("/tmp").is_err());
+        let err = Volume::parse("/no/such/dir:/data").unwrap_err();
+        assert!(format!("{err:#}").contains("/no/such/dir"));
+    }
+
+    #[test]
+    fn env_overrides_replace_defaults() {
+        let mut env = vec!["PATH=/bin".to_string(), "HOME=/root".to_string()];
+        set_env(&mut env, "PATH=/x");
+        set_env(&mut env, "NEW=1");
+        assert_eq!(env, vec!["HOME=/root", "PATH=/x", "NEW=1"]);
+    }
+
+    #[test]
+    fn builtin_seccomp_profile_parses_and_denies_by_default() {
+        let profile: LinuxSeccomp = serde_json::from_str(DEFAULT_SECCOMP_PROFILE).unwrap();
+        assert_eq!(
+            profile.default_action(),
+            oci_spec::runtime::LinuxSeccompAction::ScmpActErrno
+        );
+        let allowed: Vec<&String> = profile
+            .syscalls()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|r| r.action() == oci_spec::runtime::LinuxSeccompAction::ScmpActAllow)
+            .flat_map(|r| r.names())
+            .collect();
+        for needed in ["execve", "openat", "read", "write", "setresuid", "wait4"] {
+            assert!(allowed.iter().any(|n| *n == needed), "{needed} not allowed");
+        }
+        for denied in [
+            "mount",
+            "unshare",
+            "setns",
+            "kexec_load",
+            "bpf",
+            "init_module",
+        ] {
+            assert!(!allowed.iter().any(|n| *n == denied), "{denied} allowed");
+        }
+    }
+
+    #[test]
+    fn hosts_file_names_the_container() {
+        let hosts = hosts_file("box", NetworkMode::None);
+        assert!(hosts.contains("127.0.0.1\tlocalhost"));
+        assert!(hosts.ends_with("127.0.1.1\tbox\n"));
+    }
+
+    #[test]
+    fn numeric_users_resolve_without_passwd() {
+        let dir = std::env::temp_dir();
+        let u = resolve_user(&dir.join("no-such-image"), Some("0:0")).unwrap();
+        assert_eq!((u.uid, u.gid, u.home.as_str()), (0, 0, "/root"));
+        let u = resolve_user(&dir.join("no-such-image"), Some("1000")).unwrap();
+        assert_eq!((u.uid, u.gid), (1000, 1000));
+        assert!(resolve_user(&dir.join("no-such-image"), Some("alice")).is_err());
+    }
+}
