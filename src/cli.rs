@@ -26,6 +26,24 @@ pub enum Command {
     Logs(LogsArgs),
     /// Stop a running container: SIGTERM, then SIGKILL after a grace period
     Stop(StopArgs),
+    /// Import a directory or tar archive as an image
+    Import(ImportArgs),
+    /// List images
+    Images(ImagesArgs),
+    /// Remove images
+    Rmi(RmiArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum UsernsArg {
+    /// You are root inside; your subordinate ids (/etc/subuid) are the other users, when you
+    /// have them (else only your own id exists inside)
+    Auto,
+    /// Only your own uid/gid, as root inside, even when you have subordinate ids
+    Single,
+    /// You keep your own uid/gid inside (for bind-mounted work directories); root and the
+    /// other users come from your subordinate ids
+    KeepId,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -85,8 +103,14 @@ pub struct RunArgs {
     /// How the writable layer is made
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     pub backend: BackendArg,
-    /// Root filesystem directory of the container
-    #[arg(value_name = "DIR")]
+    /// How user ids inside map to ids outside
+    #[arg(long, value_enum, default_value_t = UsernsArg::Auto)]
+    pub userns: UsernsArg,
+    /// Do not print notes (such as the id-mapping fallback)
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Image name (see `nook images`) or root filesystem directory
+    #[arg(value_name = "IMAGE|DIR")]
     pub image: String,
     /// Command and arguments (default: /bin/sh)
     #[arg(
@@ -139,4 +163,39 @@ pub struct StopArgs {
     pub time: u64,
     #[arg(required = true, value_name = "CONTAINER")]
     pub containers: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// How user ids of the imported files map (they keep this mapping for good)
+    #[arg(long, value_enum, default_value_t = UsernsArg::Auto)]
+    pub userns: UsernsArg,
+    /// Do not print notes
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// A directory, or a tar archive (`-` for stdin)
+    #[arg(value_name = "SOURCE")]
+    pub source: String,
+    /// Name of the new image
+    #[arg(value_name = "NAME")]
+    pub name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ImagesArgs {
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Print only names
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RmiArgs {
+    /// Remove even if containers use the image
+    #[arg(short, long)]
+    pub force: bool,
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<String>,
 }

@@ -10,6 +10,8 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil::{create_private_dir, remove_tree, write_atomic};
+use crate::idmap::{IdMapping, MapWriter};
+use crate::launch::run_in_userns;
 
 /// Where nook keeps images and containers: `$NOOK_STORAGE`, else `$XDG_DATA_HOME/nook`, else
 /// `~/.local/share/nook`.
@@ -38,6 +40,9 @@ pub struct Meta {
     pub backend_reason: String,
     pub command: Vec<String>,
     pub auto_remove: bool,
+    /// The id mapping the container runs with: its upper layer's owners follow it.
+    #[serde(default)]
+    pub idmap: Option<IdMapping>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +139,7 @@ pub struct NewContainer<'a> {
     pub backend_reason: &'a str,
     pub command: &'a [String],
     pub auto_remove: bool,
+    pub idmap: &'a IdMapping,
 }
 
 pub struct Store {
@@ -186,6 +192,7 @@ impl Store {
             backend_reason: new.backend_reason.to_string(),
             command: new.command.to_vec(),
             auto_remove: new.auto_remove,
+            idmap: Some(new.idmap.clone()),
         };
         let container = Container { dir, meta };
         let made = (|| -> Result<()> {
@@ -299,7 +306,22 @@ impl Store {
         if fs::read_link(&link).is_ok_and(|id| id == Path::new(&container.meta.id)) {
             let _ = fs::remove_file(&link);
         }
-        remove_tree(&trash)
+        remove_owned_tree(&trash, container.meta.idmap.as_ref())
+    }
+}
+
+/// Removes a tree whose files may belong to subordinate ids: from outside when it can, else
+/// from inside a user namespace with the mapping that made those files.
+pub fn remove_owned_tree(path: &Path, idmap: Option<&IdMapping>) -> Result<()> {
+    let outside = remove_tree(path);
+    match (outside, idmap) {
+        (Ok(()), _) => Ok(()),
+        (Err(_), Some(map)) if map.writer == MapWriter::Helpers => {
+            let target = path.to_path_buf();
+            run_in_userns(map, move || remove_tree(&target))
+                .with_context(|| format!("removing {} inside its user namespace", path.display()))
+        }
+        (Err(e), _) => Err(e),
     }
 }
 
@@ -381,6 +403,7 @@ mod tests {
         let root = std::env::temp_dir().join(format!("nook-store-test-{}", std::process::id()));
         let _ = remove_tree(&root);
         let store = Store::at(root.clone()).unwrap();
+        let idmap = IdMapping::caller_as_root(1000, 1000);
         let new = |name| NewContainer {
             name,
             image: Path::new("/img"),
@@ -388,6 +411,7 @@ mod tests {
             backend_reason: "test",
             command: &[],
             auto_remove: false,
+            idmap: &idmap,
         };
         let c = store.create(new(Some("x"))).unwrap();
         let err = store.create(new(Some("x"))).err().unwrap();

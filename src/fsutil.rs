@@ -84,7 +84,7 @@ mod tests {
         let locked = dir.join("work/work");
         fs::create_dir_all(locked.join("inner")).unwrap();
         fs::write(locked.join("inner/file"), b"x").unwrap();
-        fs::set_permissions(&locked, fs::Permissions::from_mode(0)).unwrap();
+        fs::set_permissions(&locked, fs::Permissions::from_mode(0o000)).unwrap();
         remove_tree(&dir).unwrap();
         assert!(!dir.exists());
     }

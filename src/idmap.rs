@@ -1,11 +1,16 @@
-//! User and group id maps of the container's user namespace, and how they get written.
+//! User and group id maps of the container's user namespace: which mapping a container gets
+//! (`--userns`), the subordinate ranges it is built from, and how the maps get written.
 
+use std::ffi::CString;
 use std::fmt;
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
-use anyhow::{Context, Result};
-use nix::unistd::Pid;
+use anyhow::{bail, Context, Result};
+use nix::unistd::{Pid, Uid};
 
 /// `size` ids starting at `container` inside map to ids starting at `host` outside.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -21,6 +26,14 @@ impl IdRange {
         let offset = id.checked_sub(self.container)?;
         (offset < self.size).then(|| self.host + offset)
     }
+
+    fn container_end(&self) -> u64 {
+        self.container as u64 + self.size as u64
+    }
+
+    fn host_end(&self) -> u64 {
+        self.host as u64 + self.size as u64
+    }
 }
 
 impl fmt::Display for IdRange {
@@ -35,6 +48,9 @@ pub enum MapWriter {
     /// Write `/proc/PID/{setgroups,uid_map,gid_map}` ourselves: only the caller's own ids can be
     /// mapped this way, and `setgroups` must be denied first.
     Direct,
+    /// The setuid helpers `newuidmap`/`newgidmap` (package `uidmap`), which may map the ranges
+    /// `/etc/subuid` and `/etc/subgid` grant the caller.
+    Helpers,
 }
 
 /// The complete id mapping of one container.
@@ -45,22 +61,313 @@ pub struct IdMapping {
     pub writer: MapWriter,
 }
 
+/// `--userns`: how the container's ids relate to the caller's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UsernsMode {
+    /// The caller is root inside; the caller's subordinate ids are 1…N when available.
+    Auto,
+    /// Only the caller's own uid/gid, as root inside, even when subordinate ids exist.
+    Single,
+    /// The caller keeps its own uid/gid inside (root and the rest from subordinate ids).
+    KeepId,
+}
+
+impl std::str::FromStr for UsernsMode {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(UsernsMode::Auto),
+            "single" => Ok(UsernsMode::Single),
+            "keep-id" => Ok(UsernsMode::KeepId),
+            other => bail!("unknown --userns mode {other:?}: use auto, single or keep-id"),
+        }
+    }
+}
+
+/// A range of `/etc/subuid` or `/etc/subgid` granted to the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubRange {
+    pub start: u32,
+    pub count: u32,
+}
+
+/// Parses `/etc/subuid`-style text: the ranges of the user named `name` or numbered `id`.
+pub fn parse_subids(text: &str, name: Option<&str>, id: u32) -> Vec<SubRange> {
+    let id = id.to_string();
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                return None;
+            }
+            let mut fields = line.split(':');
+            let owner = fields.next()?;
+            let start = fields.next()?.trim().parse::<u32>().ok()?;
+            let count = fields.next()?.trim().parse::<u32>().ok()?;
+            if fields.next().is_some() || count == 0 || start.checked_add(count - 1).is_none() {
+                return None;
+            }
+            (owner == id || Some(owner) == name).then_some(SubRange { start, count })
+        })
+        .collect()
+}
+
+/// Everything about the caller that decides its mappings, read once.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub name: Option<String>,
+    pub home: Option<PathBuf>,
+    pub subuids: Vec<SubRange>,
+    pub subgids: Vec<SubRange>,
+    /// Why the helpers cannot be used, if they cannot.
+    pub helpers_unusable: Option<String>,
+}
+
+impl Caller {
+    pub fn current() -> Caller {
+        let uid = nix::unistd::getuid().as_raw();
+        let gid = nix::unistd::getgid().as_raw();
+        let user = nix::unistd::User::from_uid(Uid::from_raw(uid))
+            .ok()
+            .flatten();
+        let name = user.as_ref().map(|u| u.name.clone());
+        let home = user.map(|u| u.dir);
+        let read = |p: &str| fs::read_to_string(p).unwrap_or_default();
+        Caller {
+            uid,
+            gid,
+            subuids: parse_subids(&read("/etc/subuid"), name.as_deref(), uid),
+            subgids: parse_subids(&read("/etc/subgid"), name.as_deref(), uid),
+            name,
+            home,
+            helpers_unusable: helpers_problem(),
+        }
+    }
+
+    fn has_ranges(&self) -> bool {
+        !self.subuids.is_empty() && !self.subgids.is_empty()
+    }
+
+    /// Why a full range cannot be mapped, with the fix; `None` when it can.
+    pub fn range_problem(&self) -> Option<String> {
+        if !self.has_ranges() {
+            let who = self.name.clone().unwrap_or_else(|| self.uid.to_string());
+            return Some(format!(
+                "no subordinate id range for user {who} in /etc/subuid and /etc/subgid; an \
+                 administrator can add one with `usermod --add-subuids 100000-165535 \
+                 --add-subgids 100000-165535 {who}` (pick a range no other user has)"
+            ));
+        }
+        self.helpers_unusable.clone()
+    }
+}
+
+/// Checks that `newuidmap`/`newgidmap` exist and can do their job.
+fn helpers_problem() -> Option<String> {
+    for helper in ["newuidmap", "newgidmap"] {
+        let Some(path) = find_in_path(helper) else {
+            return Some(format!(
+                "{helper} is not installed; install the `uidmap` package (apt-get install uidmap)"
+            ));
+        };
+        let Ok(meta) = fs::metadata(&path) else {
+            return Some(format!("cannot read {}", path.display()));
+        };
+        let setuid_root = meta.permissions().mode() & 0o4000 != 0 && {
+            use std::os::unix::fs::MetadataExt;
+            meta.uid() == 0
+        };
+        if !setuid_root && !has_file_capabilities(&path) {
+            return Some(format!(
+                "{} is neither setuid root nor has file capabilities; fix it with `chmod u+s {}` \
+                 or `setcap cap_setuid+ep {}` (cap_setgid for newgidmap)",
+                path.display(),
+                path.display(),
+                path.display()
+            ));
+        }
+    }
+    None
+}
+
+fn has_file_capabilities(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(cpath) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    crate::sys::has_xattr(&cpath, c"security.capability")
+}
+
+pub fn find_in_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+/// Lays `ranges` out contiguously from container id `first`.
+fn sub_ranges_from(first: u32, ranges: &[SubRange]) -> Vec<IdRange> {
+    let mut next = first;
+    ranges
+        .iter()
+        .map(|r| {
+            let range = IdRange {
+                container: next,
+                host: r.start,
+                size: r.count,
+            };
+            next = next.saturating_add(r.count);
+            range
+        })
+        .collect()
+}
+
+/// Container ids `0..own` and `own+1..` from the subordinate ranges, with `own` being the caller.
+fn around(own: u32, host: u32, ranges: &[SubRange]) -> Vec<IdRange> {
+    let mut out = Vec::new();
+    let mut container = 0u32;
+    let place = |out: &mut Vec<IdRange>, container: &mut u32, hst: u32, size: u32| {
+        if size > 0 {
+            out.push(IdRange {
+                container: *container,
+                host: hst,
+                size,
+            });
+            *container += size;
+        }
+    };
+    let mut own_placed = false;
+    for r in ranges {
+        let (mut start, mut count) = (r.start, r.count);
+        if !own_placed && container as u64 + count as u64 > own as u64 {
+            let before = own - container;
+            place(&mut out, &mut container, start, before);
+            place(&mut out, &mut container, host, 1);
+            own_placed = true;
+            start += before;
+            count -= before;
+        }
+        place(&mut out, &mut container, start, count);
+    }
+    if !own_placed {
+        out.push(IdRange {
+            container: own,
+            host,
+            size: 1,
+        });
+    }
+    out
+}
+
 impl IdMapping {
     /// The caller's own uid and gid as root inside, nothing else.
     pub fn caller_as_root(uid: u32, gid: u32) -> Self {
+        let single = |id| {
+            vec![IdRange {
+                container: 0,
+                host: id,
+                size: 1,
+            }]
+        };
         IdMapping {
-            uids: vec![IdRange {
-                container: 0,
-                host: uid,
-                size: 1,
-            }],
-            gids: vec![IdRange {
-                container: 0,
-                host: gid,
-                size: 1,
-            }],
+            uids: single(uid),
+            gids: single(gid),
             writer: MapWriter::Direct,
         }
+    }
+
+    /// The mapping `mode` gives `caller`, and a notice when it had to settle for less than asked.
+    pub fn for_mode(mode: UsernsMode, caller: &Caller) -> (IdMapping, Option<String>) {
+        let problem = caller.range_problem();
+        match (mode, problem) {
+            (UsernsMode::Single, _) => (Self::caller_as_root(caller.uid, caller.gid), None),
+            (UsernsMode::Auto, None) => {
+                let mut uids = Self::caller_as_root(caller.uid, caller.gid);
+                uids.uids.extend(sub_ranges_from(1, &caller.subuids));
+                uids.gids.extend(sub_ranges_from(1, &caller.subgids));
+                uids.writer = MapWriter::Helpers;
+                (uids, None)
+            }
+            (UsernsMode::Auto, Some(why)) => (
+                Self::caller_as_root(caller.uid, caller.gid),
+                Some(format!(
+                    "only your own uid and gid are mapped (as root) in the container: {why}"
+                )),
+            ),
+            (UsernsMode::KeepId, None) => (
+                IdMapping {
+                    uids: around(caller.uid, caller.uid, &caller.subuids),
+                    gids: around(caller.gid, caller.gid, &caller.subgids),
+                    writer: MapWriter::Helpers,
+                },
+                None,
+            ),
+            (UsernsMode::KeepId, Some(why)) => (
+                IdMapping {
+                    uids: vec![IdRange {
+                        container: caller.uid,
+                        host: caller.uid,
+                        size: 1,
+                    }],
+                    gids: vec![IdRange {
+                        container: caller.gid,
+                        host: caller.gid,
+                        size: 1,
+                    }],
+                    writer: MapWriter::Direct,
+                },
+                Some(format!(
+                    "keep-id without subordinate ids: only your own uid and gid exist in the \
+                     container (files of the image owned by root show as nobody): {why}"
+                )),
+            ),
+        }
+    }
+
+    /// A mapping given by an OCI bundle, checked against what the caller may map.
+    pub fn from_oci(uids: Vec<IdRange>, gids: Vec<IdRange>, caller: &Caller) -> Result<IdMapping> {
+        validate_ranges("uidMappings", &uids)?;
+        validate_ranges("gidMappings", &gids)?;
+        let own_only = |ranges: &[IdRange], own: u32| {
+            ranges.len() == 1 && ranges[0].size == 1 && ranges[0].host == own
+        };
+        if own_only(&uids, caller.uid) && own_only(&gids, caller.gid) {
+            return Ok(IdMapping {
+                uids,
+                gids,
+                writer: MapWriter::Direct,
+            });
+        }
+        for (kind, ranges, own, subs) in [
+            ("uidMappings", &uids, caller.uid, &caller.subuids),
+            ("gidMappings", &gids, caller.gid, &caller.subgids),
+        ] {
+            for r in ranges.iter() {
+                let allowed = (r.size == 1 && r.host == own)
+                    || subs.iter().any(|s| {
+                        r.host >= s.start && r.host_end() <= s.start as u64 + s.count as u64
+                    });
+                if !allowed {
+                    bail!(
+                        "linux.{kind}: host ids {}-{} are neither yours nor in your subordinate \
+                         ranges (/etc/subuid, /etc/subgid)",
+                        r.host,
+                        r.host_end() - 1
+                    );
+                }
+            }
+        }
+        if let Some(why) = &caller.helpers_unusable {
+            bail!("the bundle maps subordinate ids, but {why}");
+        }
+        Ok(IdMapping {
+            uids,
+            gids,
+            writer: MapWriter::Helpers,
+        })
     }
 
     pub fn of_current_user() -> Self {
@@ -78,10 +385,36 @@ impl IdMapping {
         self.gids.iter().any(|r| r.to_host(gid).is_some())
     }
 
+    /// The host uid that container uid `uid` is, if mapped.
+    pub fn host_uid(&self, uid: u32) -> Option<u32> {
+        self.uids.iter().find_map(|r| r.to_host(uid))
+    }
+
+    /// The container uid that host uid `host` appears as, if mapped.
+    pub fn container_uid(&self, host: u32) -> Option<u32> {
+        self.uids.iter().find_map(|r| {
+            let offset = host.checked_sub(r.host)?;
+            (offset < r.size).then(|| r.container + offset)
+        })
+    }
+
     /// Whether processes inside may call `setgroups(2)`; the kernel forbids it when the maps were
     /// written without privilege.
     pub fn allows_setgroups(&self) -> bool {
         self.writer != MapWriter::Direct
+    }
+
+    /// A short description for messages and `nook info`.
+    pub fn describe(&self) -> String {
+        let total: u64 = self.uids.iter().map(|r| r.size as u64).sum();
+        format!(
+            "{total} uid(s): {}",
+            self.uids
+                .iter()
+                .map(|r| format!("{}->{}+{}", r.container, r.host, r.size))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     }
 
     /// Writes the maps for the user namespace of `pid`, which must still be waiting for them.
@@ -92,9 +425,53 @@ impl IdMapping {
                 write_proc_file(pid, "uid_map", &format_map(&self.uids))?;
                 write_proc_file(pid, "gid_map", &format_map(&self.gids))?;
             }
+            MapWriter::Helpers => {
+                // Both helpers at once: each is a fork and exec of a setuid binary.
+                let uid_helper = spawn_helper("newuidmap", pid, &self.uids)?;
+                let gid_helper = spawn_helper("newgidmap", pid, &self.gids)?;
+                let uid_result = finish_helper("newuidmap", uid_helper, &self.uids);
+                let gid_result = finish_helper("newgidmap", gid_helper, &self.gids);
+                uid_result?;
+                gid_result?;
+            }
         }
         Ok(())
     }
+}
+
+fn validate_ranges(kind: &str, ranges: &[IdRange]) -> Result<()> {
+    if ranges.is_empty() {
+        bail!("linux.{kind} is empty: map at least one id");
+    }
+    if ranges.len() > 340 {
+        bail!(
+            "linux.{kind} has {} ranges; the kernel allows 340",
+            ranges.len()
+        );
+    }
+    for (i, a) in ranges.iter().enumerate() {
+        if a.size == 0 {
+            bail!("linux.{kind}[{i}] has size 0");
+        }
+        if a.container_end() > u32::MAX as u64 || a.host_end() > u32::MAX as u64 {
+            bail!("linux.{kind}[{i}] ({a}) runs past the largest id");
+        }
+        for (j, b) in ranges.iter().enumerate().skip(i + 1) {
+            let overlap = |s1: u64, e1: u64, s2: u64, e2: u64| s1 < e2 && s2 < e1;
+            if overlap(
+                a.container as u64,
+                a.container_end(),
+                b.container as u64,
+                b.container_end(),
+            ) {
+                bail!("linux.{kind}[{i}] ({a}) and [{j}] ({b}) overlap inside the container");
+            }
+            if overlap(a.host as u64, a.host_end(), b.host as u64, b.host_end()) {
+                bail!("linux.{kind}[{i}] ({a}) and [{j}] ({b}) overlap on the host");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn format_map(ranges: &[IdRange]) -> String {
@@ -109,16 +486,64 @@ fn write_proc_file(pid: Pid, name: &str, content: &str) -> Result<()> {
         .with_context(|| format!("opening {path}"))?;
     file.write_all(content.as_bytes()).with_context(|| {
         format!(
-            "writing {:?} to {path}: the kernel refused the id map (are unprivileged user \
-             namespaces allowed? see `sysctl user.max_user_namespaces`)",
+            "writing {:?} to {path}: the kernel refused the id map (unprivileged user namespaces \
+             may be restricted: see `sysctl user.max_user_namespaces`, and on Ubuntu \
+             `kernel.apparmor_restrict_unprivileged_userns`)",
             content.trim()
         )
     })
 }
 
+fn spawn_helper(helper: &str, pid: Pid, ranges: &[IdRange]) -> Result<std::process::Child> {
+    let mut cmd = Command::new(helper);
+    cmd.arg(pid.to_string());
+    for r in ranges {
+        cmd.args([
+            r.container.to_string(),
+            r.host.to_string(),
+            r.size.to_string(),
+        ]);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| {
+            format!("running {helper}: is the `uidmap` package installed (apt-get install uidmap)?")
+        })
+}
+
+fn finish_helper(helper: &str, child: std::process::Child, ranges: &[IdRange]) -> Result<()> {
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("waiting for {helper}"))?;
+    if !out.status.success() {
+        bail!(
+            "{helper} refused the map {:?}: {}. Check /etc/sub{}id for your user, and that \
+             {helper} is setuid root (package `uidmap`)",
+            format_map(ranges).trim().replace('\n', ", "),
+            String::from_utf8_lossy(&out.stderr).trim(),
+            if helper == "newuidmap" { "u" } else { "g" }
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn caller(subuids: Vec<SubRange>) -> Caller {
+        Caller {
+            uid: 1000,
+            gid: 1000,
+            name: Some("alice".into()),
+            home: None,
+            subgids: subuids.clone(),
+            subuids,
+            helpers_unusable: None,
+        }
+    }
 
     #[test]
     fn range_maps_ids_inside_it_only() {
@@ -142,5 +567,99 @@ mod tests {
         assert!(!m.allows_setgroups());
         assert_eq!(format_map(&m.uids), "0 1000 1\n");
         assert_eq!(format_map(&m.gids), "0 1001 1\n");
+    }
+
+    #[test]
+    fn subids_match_by_name_or_number_and_skip_garbage() {
+        let text = "# comment\nalice:100000:65536\nbob:165536:65536\n1000:300000:10\n\
+                    alice:x:1\nalice:5:0\nalice:4294967295:2\n";
+        assert_eq!(
+            parse_subids(text, Some("alice"), 1000),
+            vec![
+                SubRange {
+                    start: 100000,
+                    count: 65536
+                },
+                SubRange {
+                    start: 300000,
+                    count: 10
+                }
+            ]
+        );
+        assert!(parse_subids(text, Some("carol"), 1002).is_empty());
+    }
+
+    #[test]
+    fn auto_maps_caller_as_root_then_every_range() {
+        let c = caller(vec![
+            SubRange {
+                start: 100000,
+                count: 65536,
+            },
+            SubRange {
+                start: 300000,
+                count: 10,
+            },
+        ]);
+        let (m, notice) = IdMapping::for_mode(UsernsMode::Auto, &c);
+        assert!(notice.is_none());
+        assert_eq!(m.writer, MapWriter::Helpers);
+        assert_eq!(
+            format_map(&m.uids),
+            "0 1000 1\n1 100000 65536\n65537 300000 10\n"
+        );
+        assert_eq!(m.host_uid(42), Some(100041));
+        assert_eq!(m.container_uid(100041), Some(42));
+    }
+
+    #[test]
+    fn auto_without_ranges_falls_back_and_says_how_to_fix() {
+        let (m, notice) = IdMapping::for_mode(UsernsMode::Auto, &caller(vec![]));
+        assert_eq!(m, IdMapping::caller_as_root(1000, 1000));
+        let notice = notice.unwrap();
+        assert!(notice.contains("usermod --add-subuids"), "{notice}");
+    }
+
+    #[test]
+    fn keep_id_places_the_caller_at_its_own_id() {
+        let c = caller(vec![SubRange {
+            start: 100000,
+            count: 65536,
+        }]);
+        let (m, _) = IdMapping::for_mode(UsernsMode::KeepId, &c);
+        assert_eq!(
+            format_map(&m.uids),
+            "0 100000 1000\n1000 1000 1\n1001 101000 64536\n"
+        );
+        assert_eq!(m.host_uid(1000), Some(1000));
+        assert_eq!(m.host_uid(0), Some(100000));
+        let (single, notice) = IdMapping::for_mode(UsernsMode::KeepId, &caller(vec![]));
+        assert_eq!(format_map(&single.uids), "1000 1000 1\n");
+        assert!(notice.is_some());
+    }
+
+    #[test]
+    fn oci_mappings_are_validated() {
+        let c = caller(vec![SubRange {
+            start: 100000,
+            count: 65536,
+        }]);
+        let r = |container, host, size| IdRange {
+            container,
+            host,
+            size,
+        };
+        assert!(IdMapping::from_oci(vec![r(0, 1000, 1)], vec![r(0, 1000, 1)], &c).is_ok());
+        let full = vec![r(0, 1000, 1), r(1, 100000, 65536)];
+        assert_eq!(
+            IdMapping::from_oci(full.clone(), full, &c).unwrap().writer,
+            MapWriter::Helpers
+        );
+        let err = IdMapping::from_oci(vec![r(0, 0, 1)], vec![r(0, 1000, 1)], &c).unwrap_err();
+        assert!(err.to_string().contains("host ids 0-0"), "{err}");
+        let overlap = vec![r(0, 100000, 10), r(5, 100100, 10)];
+        let err = IdMapping::from_oci(overlap, vec![r(0, 1000, 1)], &c).unwrap_err();
+        assert!(err.to_string().contains("overlap inside"), "{err}");
+        assert!(IdMapping::from_oci(vec![], vec![r(0, 1000, 1)], &c).is_err());
     }
 }

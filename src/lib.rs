@@ -8,6 +8,7 @@ pub mod commands;
 pub mod container;
 pub mod fsutil;
 pub mod idmap;
+pub mod image;
 pub mod launch;
 pub mod rootfs;
 pub mod security;

@@ -175,7 +175,7 @@ pub fn resolve_user(image: &Path, spec: Option<&str>) -> Result<ContainerUser> {
 }
 
 /// Reads a small text file of the image; a missing or unreadable file reads as empty.
-fn read_image_file(image: &Path, path: &str) -> String {
+pub fn read_image_file(image: &Path, path: &str) -> String {
     let Ok(root) = std::fs::File::open(image) else {
         return String::new();
     };
@@ -332,6 +332,11 @@ fn mount(
         .source(PathBuf::from(source.as_ref()))
         .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
         .build()?)
+}
+
+/// A read-write bind mount of one host file.
+pub fn bind_file(destination: &str, source: &Path) -> Result<Mount> {
+    mount(destination, "bind", source, &["bind"])
 }
 
 fn run_mounts(req: &RunRequest<'_>) -> Result<Vec<Mount>> {

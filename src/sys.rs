@@ -240,3 +240,10 @@ pub fn close_from(first: u32) -> io::Result<()> {
     let ret = unsafe { libc::close_range(first, u32::MAX, 0) };
     check(ret as libc::c_long).map(drop)
 }
+
+/// Whether `path` carries the extended attribute `name` (without following a final symlink).
+pub fn has_xattr(path: &std::ffi::CStr, name: &std::ffi::CStr) -> bool {
+    // SAFETY: both strings are NUL-terminated; a null buffer of size 0 only asks for the size.
+    let ret = unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+    ret >= 0
+}

@@ -1,7 +1,26 @@
 //! One function per verb: turns parsed arguments into calls to the layers below.
 
 mod containers;
+mod images;
 mod run;
 
 pub use containers::{logs, ps, rm, stop};
+pub use images::{images, import, rmi};
 pub use run::run;
+
+use crate::cli::UsernsArg;
+use crate::idmap::{Caller, IdMapping, UsernsMode};
+
+/// The id mapping `--userns` gives the caller; prints the fallback notice unless `quiet`.
+fn mapping_for(arg: UsernsArg, caller: &Caller, quiet: bool) -> IdMapping {
+    let mode = match arg {
+        UsernsArg::Auto => UsernsMode::Auto,
+        UsernsArg::Single => UsernsMode::Single,
+        UsernsArg::KeepId => UsernsMode::KeepId,
+    };
+    let (mapping, notice) = IdMapping::for_mode(mode, caller);
+    if let (Some(notice), false) = (notice, quiet) {
+        eprintln!("nook: note: {notice}");
+    }
+    mapping
+}

@@ -8,11 +8,13 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
-use crate::cli::{BackendArg, NetworkArg, RunArgs};
+use super::mapping_for;
+use crate::cli::{BackendArg, NetworkArg, RunArgs, UsernsArg};
 use crate::container::{
     now_rfc3339, process_start_time, Container, NewContainer, State, Status, Store,
 };
-use crate::idmap::IdMapping;
+use crate::idmap::{Caller, IdMapping};
+use crate::image::{Image, ImageStore};
 use crate::launch::{self, ChildFailed, Launch, StdinMode};
 use crate::rootfs::RootfsPlan;
 use crate::spec::{self, EtcFiles, NetworkMode, RunRequest, Volume};
@@ -21,6 +23,8 @@ use crate::sys;
 /// Everything checked before anything is created, so that bad input leaves nothing behind.
 struct Checked {
     image: PathBuf,
+    idmap: IdMapping,
+    caller: Caller,
     volumes: Vec<Volume>,
     user: spec::ContainerUser,
     command: Vec<String>,
@@ -34,21 +38,53 @@ fn check(args: &RunArgs) -> Result<Checked> {
             "-d cannot be combined with -i or -t: a detached container has no terminal to attach"
         );
     }
-    let image = fs::canonicalize(&args.image)
-        .ok()
-        .filter(|p| p.is_dir())
-        .with_context(|| {
-            format!(
-                "{}: no such directory; give the path of a root filesystem directory",
-                args.image
-            )
-        })?;
+    let (image, stored) = resolve_image(&args.image)?;
+    let caller = Caller::current();
+    let idmap = mapping_for(args.userns, &caller, args.quiet);
+    if let (Some(img), false) = (&stored, args.quiet) {
+        if img.meta.idmap.uids != idmap.uids || img.meta.idmap.gids != idmap.gids {
+            eprintln!(
+                "nook: note: image {} was imported with the id map [{}] but this container gets                  [{}]: files may show wrong owners and writing them can fail with EOVERFLOW. \
+                 Re-import the image (`nook rmi {}` then `nook import`) to follow your current \
+                 subordinate ranges",
+                img.meta.name,
+                img.meta.idmap.describe(),
+                idmap.describe(),
+                img.meta.name
+            );
+        }
+    } else if !args.quiet {
+        warn_unmapped_owner(&image, &idmap);
+    }
     let volumes = args
         .volumes
         .iter()
         .map(|v| Volume::parse(v))
         .collect::<Result<Vec<_>>>()?;
-    let user = spec::resolve_user(&image, args.user.as_deref())?;
+    let user = match (&args.user, args.userns) {
+        (None, UsernsArg::KeepId) => spec::ContainerUser {
+            uid: caller.uid,
+            gid: caller.gid,
+            home: caller
+                .home
+                .as_ref()
+                .map(|h| h.display().to_string())
+                .unwrap_or_else(|| "/".into()),
+        },
+        (u, _) => spec::resolve_user(&image, u.as_deref())?,
+    };
+    if !idmap.maps_uid(user.uid) || !idmap.maps_gid(user.gid) {
+        bail!(
+            "user {}:{} does not exist in the container: its user namespace maps {}{}",
+            user.uid,
+            user.gid,
+            idmap.describe(),
+            caller
+                .range_problem()
+                .map(|p| format!(" ({p})"))
+                .unwrap_or_default()
+        );
+    }
     let command = if args.command.is_empty() {
         vec!["/bin/sh".to_string()]
     } else {
@@ -71,12 +107,55 @@ fn check(args: &RunArgs) -> Result<Checked> {
     }
     Ok(Checked {
         image,
+        idmap,
+        caller,
         volumes,
         user,
         command,
         env,
         network,
     })
+}
+
+/// An image name from the store, else a directory.
+fn resolve_image(arg: &str) -> Result<(PathBuf, Option<Image>)> {
+    let looks_like_path = arg.contains('/') || arg == "." || arg == "..";
+    if !looks_like_path {
+        let store = ImageStore::open()?;
+        if store.exists(arg) {
+            let image = store.get(arg)?;
+            return Ok((image.rootfs(), Some(image)));
+        }
+    }
+    let dir = fs::canonicalize(arg)
+        .ok()
+        .filter(|p| p.is_dir())
+        .with_context(|| {
+            format!(
+                "{arg}: no such image or directory; give an image name (see `nook images`) or the \
+             path of a root filesystem directory"
+            )
+        })?;
+    Ok((dir, None))
+}
+
+/// A directory image owned by an id the container does not map shows as `nobody` inside, and
+/// copy-up of its files fails with EOVERFLOW: say so before the user hits it.
+fn warn_unmapped_owner(image: &std::path::Path, idmap: &IdMapping) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = fs::metadata(image) else {
+        return;
+    };
+    if idmap.container_uid(meta.uid()).is_none() {
+        eprintln!(
+            "nook: note: {} belongs to host uid {}, which the container does not map: its files \
+             show as nobody inside and changing them fails with \"Value too large for defined \
+             data type\" (EOVERFLOW). Import it (`nook import DIR NAME`) so its owners follow \
+             your id mapping",
+            image.display(),
+            meta.uid()
+        );
+    }
 }
 
 /// Which backend makes the writable layer, and why.
@@ -101,6 +180,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         backend_reason: reason,
         command: &checked.command,
         auto_remove: args.rm,
+        idmap: &checked.idmap,
     })?;
     let prepared = prepare(args, &checked, &container);
     let (spec, plan, idmap) = match prepared {
@@ -163,16 +243,12 @@ fn prepare(
     fs::write(&etc.resolv_conf, resolv)
         .with_context(|| format!("writing {}", etc.resolv_conf.display()))?;
 
-    let idmap = IdMapping::of_current_user();
-    if !idmap.maps_uid(checked.user.uid) || !idmap.maps_gid(checked.user.gid) {
-        bail!(
-            "user {}:{} is not mapped in the container: without subordinate ids only uid 0 and \
-             gid 0 exist inside (use -u 0:0)",
-            checked.user.uid,
-            checked.user.gid
-        );
+    let idmap = checked.idmap.clone();
+    let mut extra_files = Vec::new();
+    if args.userns == UsernsArg::KeepId && args.user.is_none() {
+        extra_files = keep_id_identity(checked, container)?;
     }
-    let spec = spec::build_run_spec(&RunRequest {
+    let mut spec = spec::build_run_spec(&RunRequest {
         rootfs: &container.merged(),
         args: checked.command.clone(),
         env: checked.env.clone(),
@@ -185,6 +261,11 @@ fn prepare(
         etc: &etc,
         idmap: &idmap,
     })?;
+    if let Some(mounts) = spec.mounts_mut() {
+        for (dest, file) in extra_files {
+            mounts.push(spec::bind_file(dest, &file)?);
+        }
+    }
     let plan = RootfsPlan::Overlay {
         lower: checked.image.clone(),
         upper: container.upper(),
@@ -192,6 +273,54 @@ fn prepare(
         volatile: args.rm,
     };
     Ok((spec, plan, idmap))
+}
+
+/// keep-id: the caller's passwd and group entries added to copies of the image's files, so the
+/// caller has a name and a home inside. Returns the (container path, host file) pairs to bind.
+fn keep_id_identity(
+    checked: &Checked,
+    container: &Container,
+) -> Result<Vec<(&'static str, PathBuf)>> {
+    let caller = &checked.caller;
+    let name = caller
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("user{}", caller.uid));
+    let home = checked.user.home.clone();
+    let passwd = spec::read_image_file(&checked.image, "/etc/passwd");
+    let group = spec::read_image_file(&checked.image, "/etc/group");
+    let mut files = Vec::new();
+    for (dest, text, line, id) in [
+        (
+            "/etc/passwd",
+            passwd,
+            format!("{name}:x:{}:{}::{home}:/bin/sh", caller.uid, caller.gid),
+            caller.uid,
+        ),
+        (
+            "/etc/group",
+            group,
+            format!("{name}:x:{}:", caller.gid),
+            caller.gid,
+        ),
+    ] {
+        let known = text
+            .lines()
+            .any(|l| l.split(':').nth(2) == Some(id.to_string().as_str()));
+        if known {
+            continue;
+        }
+        let mut content = text;
+        if !content.is_empty() && !content.ends_with('\n') {
+            content.push('\n');
+        }
+        content.push_str(&line);
+        content.push('\n');
+        let host = container.dir.join(dest.trim_start_matches("/etc/"));
+        fs::write(&host, content).with_context(|| format!("writing {}", host.display()))?;
+        files.push((dest, host));
+    }
+    Ok(files)
 }
 
 fn record_running(container: &Container, pid: i32) -> Result<()> {
@@ -288,7 +417,7 @@ fn monitor(
         }
     };
     record_running(container, started.pid.as_raw())?;
-    write!(report, "ok\n").context("reporting to nook run")?;
+    writeln!(report, "ok").context("reporting to nook run")?;
     drop(report);
     let code = started.wait(StdinMode::Ignore)?;
     finish(store, container, code)

@@ -10,6 +10,7 @@ mod child;
 mod init;
 mod io;
 mod sync;
+mod userns;
 
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -26,6 +27,7 @@ use crate::sys;
 
 pub use io::StdinMode;
 use sync::{Channel, Msg};
+pub use userns::run_in_userns;
 
 /// Setting up the container failed in the child, or its command could not be run.
 #[derive(Debug, thiserror::Error)]

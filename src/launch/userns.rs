@@ -1,0 +1,69 @@
+//! Running a piece of nook inside a user namespace with a given mapping: for work on files
+//! owned by subordinate ids (unpacking an image, removing a container), which the caller cannot
+//! touch from outside.
+
+use anyhow::{Context, Result};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{Gid, Uid};
+
+use super::sync::{Channel, Msg};
+use crate::idmap::IdMapping;
+use crate::sys;
+
+/// Runs `work` in a child process inside a new user (and mount) namespace with `mapping`, as
+/// root there when the mapping has a root. Its error comes back as this function's error.
+pub fn run_in_userns(mapping: &IdMapping, work: impl FnOnce() -> Result<()>) -> Result<()> {
+    let (parent_chan, child_chan) = Channel::pair()?;
+    let pid = match sys::clone_process(libc::CLONE_NEWUSER | libc::CLONE_NEWNS)
+        .context("clone(2) into a new user namespace")?
+    {
+        sys::CloneResult::Child => {
+            drop(parent_chan);
+            let result = (|| -> Result<()> {
+                sys::die_with_parent().context("prctl(PR_SET_PDEATHSIG)")?;
+                child_chan.expect(Msg::MapsWritten)?;
+                if mapping.maps_gid(0) {
+                    nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+                        .context("setresgid 0")?;
+                }
+                if mapping.maps_uid(0) {
+                    nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+                        .context("setresuid 0")?;
+                }
+                work()
+            })();
+            let code = match result {
+                Ok(()) => 0,
+                Err(e) => {
+                    let _ = child_chan.send(&Msg::Failed {
+                        code: 1,
+                        message: format!("{e:#}"),
+                    });
+                    1
+                }
+            };
+            sys::exit_now(code)
+        }
+        sys::CloneResult::Parent(pid) => pid,
+    };
+    drop(child_chan);
+    let outcome = mapping
+        .write_for(pid)
+        .and_then(|()| parent_chan.send(&Msg::MapsWritten))
+        .and_then(|()| parent_chan.recv());
+    if outcome.is_err() {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    let status = loop {
+        match waitpid(pid, None) {
+            Err(nix::Error::EINTR) => continue,
+            other => break other.context("waitpid")?,
+        }
+    };
+    match outcome? {
+        Some((Msg::Failed { message, .. }, _)) => anyhow::bail!("{message}"),
+        Some((other, _)) => anyhow::bail!("unexpected message {other:?}"),
+        None if status == WaitStatus::Exited(pid, 0) => Ok(()),
+        None => anyhow::bail!("the helper process in the user namespace ended with {status:?}"),
+    }
+}
