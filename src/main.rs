@@ -11,10 +11,13 @@ const NOOK_FAILED: i32 = 125;
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
-            let code = if e.use_stderr() { NOOK_FAILED } else { 0 };
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            std::process::exit(code);
+            std::process::exit(0);
+        }
+        Err(e) => {
+            eprintln!("nook: {}", one_line(&e.to_string()));
+            std::process::exit(NOOK_FAILED);
         }
     };
     let result = match &cli.command {
@@ -39,4 +42,20 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// A usage error on one line, like every other nook error: clap's message, the possible values
+/// if it listed them, and where to look for more.
+fn one_line(message: &str) -> String {
+    let mut parts: Vec<&str> = message
+        .lines()
+        .map(|l| l.trim())
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("For more information") && !l.starts_with("Usage:")
+        })
+        .collect();
+    if let Some(first) = parts.first_mut() {
+        *first = first.strip_prefix("error: ").unwrap_or(first);
+    }
+    format!("{} (see --help)", parts.join(" "))
 }

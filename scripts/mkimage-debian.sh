@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Builds a Debian bookworm minbase root filesystem with debootstrap and packs it as a tar archive
+# with numeric owners, ready for `nook import`. Needs root (debootstrap does). Cached: an existing
+# OUT is kept, so test runs after the first cost nothing.
+#   usage: scripts/mkimage-debian.sh OUT.tar
+set -euo pipefail
+out=${1:?usage: mkimage-debian.sh OUT.tar}
+if [ -s "$out" ]; then exit 0; fi
+if [ "$(id -u)" != 0 ]; then
+    echo "mkimage-debian.sh: debootstrap needs root; run it as root (scripts/test.sh does)" >&2
+    exit 1
+fi
+if ! command -v debootstrap >/dev/null; then
+    echo "mkimage-debian.sh: debootstrap is missing: apt-get install debootstrap" >&2
+    exit 1
+fi
+mirror=${NOOK_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+mkdir -p "$(dirname "$out")"
+work=$(mktemp -d /var/tmp/nook-debootstrap.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+debootstrap --variant=minbase bookworm "$work/rootfs" "$mirror" >"$work/log" 2>&1 || {
+    tail -20 "$work/log" >&2
+    echo "mkimage-debian.sh: debootstrap from $mirror failed" >&2
+    exit 1
+}
+# The image ships without downloaded packages or package lists, as registry images do.
+rm -f "$work"/rootfs/var/cache/apt/archives/*.deb
+rm -rf "$work"/rootfs/var/lib/apt/lists/*
+tar --numeric-owner --xattrs -C "$work/rootfs" -cf "$out.tmp" .
+chmod 644 "$out.tmp"
+mv "$out.tmp" "$out"
