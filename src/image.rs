@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io::{self, Read};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -13,22 +13,11 @@ use crate::container::{now_rfc3339, remove_owned_tree, storage_root};
 use crate::fsutil::{create_private_dir, write_atomic};
 use crate::idmap::IdMapping;
 use crate::launch::run_in_userns;
+use crate::layer::{Applier, Summary};
+use crate::oci::{import_source, Found};
 
 /// What the image asks of a container (the part of the OCI image config nook applies).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct ImageConfig {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub env: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub entrypoint: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cmd: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub working_dir: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-}
+pub type ImageConfig = crate::oci::RunConfig;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ImageMeta {
@@ -43,6 +32,9 @@ pub struct ImageMeta {
     /// Entries left out because a user namespace cannot create them (device nodes).
     #[serde(default)]
     pub skipped_devices: u64,
+    /// Entries whose owner the mapping lacks: they were given to root.
+    #[serde(default)]
+    pub unmapped_owners: u64,
 }
 
 pub struct Image {
@@ -81,10 +73,17 @@ pub fn validate_image_name(name: &str) -> Result<()> {
 }
 
 impl ImageStore {
+    /// Opens the store, removing what builds cut short left behind.
     pub fn open() -> Result<ImageStore> {
         let root = storage_root()?.join("images");
         create_private_dir(&root)?;
-        Ok(ImageStore { root })
+        let store = ImageStore { root };
+        store.clean_leftovers();
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     pub fn get(&self, name: &str) -> Result<Image> {
@@ -124,41 +123,85 @@ impl ImageStore {
         Ok(out)
     }
 
-    /// Imports `source` (a directory or a tar archive, `-` for stdin) as image `name`. Files are
-    /// written inside a user namespace with `idmap`, so their owners inside the archive become
-    /// the matching host ids. The image appears under its name only once complete.
-    pub fn import(&self, source: &str, name: &str, idmap: &IdMapping) -> Result<ImageMeta> {
+    /// Imports `source` (a directory, a tarball, an OCI image layout or a `docker save`
+    /// archive; `-` for stdin) as image `name`. Files are written inside a user namespace with
+    /// `idmap`, so their owners inside the archive become the matching host ids. The image
+    /// appears under its name only once complete.
+    pub fn import(&self, source: &str, name: &str, idmap: &IdMapping) -> Result<Imported> {
         validate_image_name(name)?;
         if self.root.join(name).exists() {
             bail!("image {name} already exists; remove it first with `nook rmi {name}`");
         }
-        self.clean_leftovers();
-        let tmp = self
-            .root
-            .join(format!(".import-{}-{}", name, std::process::id()));
+        let source_path = match source {
+            "-" => None,
+            s => Some(
+                fs::canonicalize(s).with_context(|| format!("{s}: no such file or directory"))?,
+            ),
+        };
+        let (meta, found) = self.build(name, idmap, source, |tmp| {
+            let rootfs = tmp.join("rootfs");
+            match &source_path {
+                Some(dir) if dir.is_dir() && !dir.join("index.json").is_file() => {
+                    copy_directory(dir, &rootfs, idmap)?;
+                    Ok(Built {
+                        found: Found {
+                            kind: "directory".into(),
+                            ..Found::default()
+                        },
+                        summary: Summary::default(),
+                    })
+                }
+                Some(path) => unpack_source(&path.to_string_lossy(), tmp, idmap),
+                None => unpack_source("-", tmp, idmap),
+            }
+        })?;
+        Ok(Imported { meta, found })
+    }
+
+    /// Builds a new image in `.import-NAME-PID/` with `fill` (which makes `rootfs/` and says what
+    /// it found), records it, and renames it into place. On failure nothing is left; a build
+    /// cut short (killed) is removed by the next nook command that opens the store.
+    pub fn build(
+        &self,
+        name: &str,
+        idmap: &IdMapping,
+        source: &str,
+        fill: impl FnOnce(&Path) -> Result<Built>,
+    ) -> Result<(ImageMeta, Found)> {
+        validate_image_name(name)?;
+        if self.root.join(name).exists() {
+            bail!("image {name} already exists; remove it first with `nook rmi {name}`");
+        }
+        let tmp = self.root.join(format!(
+            ".import-{}-{}",
+            name.replace(':', "_"),
+            std::process::id()
+        ));
         create_private_dir(&tmp)?;
-        let rootfs = tmp.join("rootfs");
-        let result = (|| -> Result<ImageMeta> {
-            let skipped = if source != "-" && Path::new(source).is_dir() {
-                let src =
-                    fs::canonicalize(source).with_context(|| format!("resolving {source}"))?;
-                copy_directory(&src, &rootfs, idmap)?;
-                0
-            } else {
-                unpack_archive(source, &rootfs, idmap)?
-            };
+        let result = (|| -> Result<(ImageMeta, Found)> {
+            // Written first, so that whoever cleans up a build cut short knows the owners.
+            write_atomic(&tmp.join(IDMAP_FILE), &serde_json::to_vec(idmap)?)?;
+            let built = fill(&tmp)?;
             let meta = ImageMeta {
                 name: name.to_string(),
                 created: now_rfc3339(),
                 source: source.to_string(),
-                config: ImageConfig::default(),
+                config: built.found.config.clone(),
                 idmap: idmap.clone(),
-                skipped_devices: skipped,
+                skipped_devices: built.summary.skipped_devices,
+                unmapped_owners: built.summary.unmapped_owners,
             };
             write_atomic(&tmp.join("image.json"), &serde_json::to_vec_pretty(&meta)?)?;
-            fs::rename(&tmp, self.root.join(name))
-                .with_context(|| format!("moving the new image into place as {name}"))?;
-            Ok(meta)
+            fs::remove_file(tmp.join(IDMAP_FILE))
+                .with_context(|| format!("removing {}", tmp.join(IDMAP_FILE).display()))?;
+            fs::rename(&tmp, self.root.join(name)).with_context(|| {
+                if self.root.join(name).exists() {
+                    format!("image {name} was created meanwhile by another nook process")
+                } else {
+                    format!("moving the new image into place as {name}")
+                }
+            })?;
+            Ok((meta, built.found))
         })();
         if result.is_err() {
             let _ = remove_owned_tree(&tmp, Some(idmap));
@@ -166,7 +209,7 @@ impl ImageStore {
         result
     }
 
-    /// Removes what an import or removal cut short left behind.
+    /// Removes what an import, commit or removal cut short left behind (its process is gone).
     fn clean_leftovers(&self) {
         let Ok(entries) = fs::read_dir(&self.root) else {
             return;
@@ -182,12 +225,18 @@ impl ImageStore {
                 continue;
             };
             if fs::metadata(format!("/proc/{pid}")).is_err() {
-                let idmap = fs::read(entry.path().join("image.json"))
+                let dir = entry.path();
+                let idmap = fs::read(dir.join("image.json"))
                     .ok()
                     .and_then(|d| serde_json::from_slice::<ImageMeta>(&d).ok())
                     .map(|m| m.idmap)
+                    .or_else(|| {
+                        fs::read(dir.join(IDMAP_FILE))
+                            .ok()
+                            .and_then(|d| serde_json::from_slice::<IdMapping>(&d).ok())
+                    })
                     .unwrap_or_else(IdMapping::of_current_user);
-                let _ = remove_owned_tree(&entry.path(), Some(&idmap));
+                let _ = remove_owned_tree(&dir, Some(&idmap));
             }
         }
     }
@@ -204,86 +253,43 @@ impl ImageStore {
     }
 }
 
-/// Unpacks a tar archive into `dest`, inside the user namespace. Returns how many device nodes
-/// were skipped.
-fn unpack_archive(source: &str, dest: &Path, idmap: &IdMapping) -> Result<u64> {
-    let reader: Box<dyn Read> = if source == "-" {
-        Box::new(io::stdin())
-    } else {
-        Box::new(fs::File::open(source).with_context(|| format!("opening archive {source}"))?)
-    };
-    let dest = dest.to_path_buf();
+/// Where a build in progress records its id mapping.
+const IDMAP_FILE: &str = "idmap.json";
+
+/// What a finished import says.
+pub struct Imported {
+    pub meta: ImageMeta,
+    pub found: Found,
+}
+
+/// What filling a new image produced besides its files.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Built {
+    pub found: Found,
+    pub summary: Summary,
+}
+
+/// Unpacks an archive source into `tmp/rootfs`, inside the user namespace; the child reports
+/// what it found over a pipe.
+fn unpack_source(source: &str, tmp: &Path, idmap: &IdMapping) -> Result<Built> {
+    let tmp = tmp.to_path_buf();
     let (report_rx, report_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let mut report_tx = fs::File::from(report_tx);
-    let source_name = source.to_string();
+    let source = source.to_string();
+    let map = idmap.clone();
     run_in_userns(idmap, move || {
-        let skipped = unpack_inside(reader, &dest, &source_name)?;
-        use std::io::Write;
-        write!(report_tx, "{skipped}").context("reporting the unpack")?;
+        let mut applier = Applier::create(&tmp.join("rootfs"), &map)?;
+        let found = import_source(&source, &mut applier, &tmp)?;
+        let summary = applier.finish()?;
+        serde_json::to_writer(&mut report_tx, &Built { found, summary })
+            .context("reporting the unpack")?;
         Ok(())
     })?;
     let mut report = String::new();
-    fs::File::from(report_rx).read_to_string(&mut report)?;
-    Ok(report.trim().parse().unwrap_or(0))
-}
-
-/// Refuses entry names that would leave the image: absolute, or climbing with `..`.
-fn confined(path: &Path) -> bool {
-    path.components()
-        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-}
-
-fn unpack_inside(reader: Box<dyn Read>, dest: &Path, source: &str) -> Result<u64> {
-    fs::create_dir(dest).with_context(|| format!("creating {}", dest.display()))?;
-    let mut archive = tar::Archive::new(reader);
-    archive.set_preserve_permissions(true);
-    archive.set_preserve_ownerships(true);
-    archive.set_preserve_mtime(true);
-    archive.set_unpack_xattrs(true);
-    archive.set_overwrite(true);
-    let mut skipped = 0;
-    let mut directories = Vec::new();
-    for entry in archive
-        .entries()
-        .with_context(|| format!("reading archive {source}"))?
-    {
-        let mut entry = entry.with_context(|| format!("reading archive {source}"))?;
-        let path = entry.path()?.into_owned();
-        if !confined(&path) {
-            bail!(
-                "archive {source}: entry {} points outside the image; refusing it",
-                path.display()
-            );
-        }
-        match entry.header().entry_type() {
-            tar::EntryType::Char | tar::EntryType::Block => {
-                skipped += 1;
-                continue;
-            }
-            // Directory modes and times are applied last, so a read-only directory can still
-            // receive its entries.
-            tar::EntryType::Directory => {
-                directories.push(entry);
-                continue;
-            }
-            _ => {}
-        }
-        let unpacked = entry
-            .unpack_in(dest)
-            .with_context(|| format!("archive {source}: unpacking {}", path.display()))?;
-        if !unpacked {
-            bail!(
-                "archive {source}: entry {} points outside the image; refusing it",
-                path.display()
-            );
-        }
-    }
-    for mut dir in directories {
-        let path = dir.path()?.into_owned();
-        dir.unpack_in(dest)
-            .with_context(|| format!("archive {source}: unpacking {}", path.display()))?;
-    }
-    Ok(skipped)
+    fs::File::from(report_rx)
+        .read_to_string(&mut report)
+        .context("reading the unpack's report")?;
+    serde_json::from_str(&report).context("parsing the unpack's report")
 }
 
 /// Copies a directory tree into the store, inside the user namespace so owners are kept: the

@@ -10,6 +10,8 @@ pub mod fsutil;
 pub mod idmap;
 pub mod image;
 pub mod launch;
+pub mod layer;
+pub mod oci;
 pub mod rootfs;
 pub mod security;
 pub mod spec;

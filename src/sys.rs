@@ -247,3 +247,109 @@ pub fn has_xattr(path: &std::ffi::CStr, name: &std::ffi::CStr) -> bool {
     let ret = unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
     ret >= 0
 }
+
+/// Sets the extended attribute `name` of the file open at `fd`.
+pub fn fsetxattr(fd: BorrowedFd<'_>, name: &std::ffi::OsStr, value: &[u8]) -> io::Result<()> {
+    let cname = cstring(Path::new(name))?;
+    // SAFETY: `cname` is NUL-terminated and `value` is a live buffer of the length we pass.
+    let ret = unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            cname.as_ptr(),
+            value.as_ptr() as *const libc::c_void,
+            value.len(),
+            0,
+        )
+    };
+    check(ret as libc::c_long).map(drop)
+}
+
+/// Every extended attribute of `path` (a final symlink is not followed), as (name, value).
+/// A filesystem without xattr support reads as none.
+pub fn xattrs(path: &Path) -> io::Result<Vec<(std::ffi::OsString, Vec<u8>)>> {
+    use std::os::unix::ffi::OsStrExt;
+    let cpath = cstring(path)?;
+    let names = loop {
+        // SAFETY: a null buffer of size 0 only asks for the size of the list.
+        let size = unsafe { libc::llistxattr(cpath.as_ptr(), std::ptr::null_mut(), 0) };
+        match check(size as libc::c_long) {
+            Ok(0) => return Ok(Vec::new()),
+            Ok(size) => {
+                let mut buf = vec![0u8; size as usize];
+                // SAFETY: `buf` is a live, writable buffer of the length we pass.
+                let got = unsafe {
+                    libc::llistxattr(
+                        cpath.as_ptr(),
+                        buf.as_mut_ptr() as *mut libc::c_char,
+                        buf.len(),
+                    )
+                };
+                match check(got as libc::c_long) {
+                    Ok(n) => {
+                        buf.truncate(n as usize);
+                        break buf;
+                    }
+                    // The list grew between the two calls: ask again.
+                    Err(e) if e.raw_os_error() == Some(libc::ERANGE) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        }
+    };
+    let mut out = Vec::new();
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let cname = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: both strings are NUL-terminated; a null buffer of size 0 asks for the size.
+        let size =
+            unsafe { libc::lgetxattr(cpath.as_ptr(), cname.as_ptr(), std::ptr::null_mut(), 0) };
+        let size = match check(size as libc::c_long) {
+            Ok(s) => s as usize,
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => continue,
+            Err(e) => return Err(e),
+        };
+        let mut value = vec![0u8; size];
+        // SAFETY: `value` is a live, writable buffer of the length we pass.
+        let got = unsafe {
+            libc::lgetxattr(
+                cpath.as_ptr(),
+                cname.as_ptr(),
+                value.as_mut_ptr() as *mut libc::c_void,
+                value.len(),
+            )
+        };
+        match check(got as libc::c_long) {
+            Ok(n) => value.truncate(n as usize),
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => continue,
+            Err(e) => return Err(e),
+        }
+        out.push((std::ffi::OsStr::from_bytes(name).to_os_string(), value));
+    }
+    Ok(out)
+}
+
+/// Sets the extended attribute `name` of `path` without following a final symlink.
+pub fn lsetxattr(path: &Path, name: &std::ffi::OsStr, value: &[u8]) -> io::Result<()> {
+    let cpath = cstring(path)?;
+    let cname = cstring(Path::new(name))?;
+    // SAFETY: both strings are NUL-terminated and `value` is a live buffer of the length we pass.
+    let ret = unsafe {
+        libc::lsetxattr(
+            cpath.as_ptr(),
+            cname.as_ptr(),
+            value.as_ptr() as *const libc::c_void,
+            value.len(),
+            0,
+        )
+    };
+    check(ret as libc::c_long).map(drop)
+}
+
+/// `ioctl(FICLONE)`: makes `dest` share `src`'s data blocks (a reflink), where the filesystem
+/// can (btrfs, xfs, bcachefs); fails with EOPNOTSUPP or EXDEV elsewhere.
+pub fn ficlone(dest: BorrowedFd<'_>, src: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: FICLONE takes the source descriptor as its integer argument; no memory is shared.
+    let ret = unsafe { libc::ioctl(dest.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) };
+    check(ret as libc::c_long).map(drop)
+}

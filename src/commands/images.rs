@@ -9,21 +9,40 @@ use super::mapping_for;
 use crate::cli::{Format, ImagesArgs, ImportArgs, RmiArgs};
 use crate::container::Store;
 use crate::idmap::Caller;
-use crate::image::ImageStore;
+use crate::image::{ImageMeta, ImageStore};
+use crate::oci::Found;
 
 pub fn import(args: &ImportArgs) -> Result<i32> {
     let idmap = mapping_for(args.userns, &Caller::current(), args.quiet);
     let store = ImageStore::open()?;
-    let meta = store.import(&args.source, &args.name, &idmap)?;
-    if meta.skipped_devices > 0 && !args.quiet {
+    let imported = store.import(&args.source, &args.name, &idmap)?;
+    if !args.quiet {
+        report_build(&imported.meta, &imported.found);
+    }
+    println!("{}", imported.meta.name);
+    Ok(0)
+}
+
+/// Notes on what a new image left out, on stderr.
+fn report_build(meta: &ImageMeta, found: &Found) {
+    for note in &found.notes {
+        eprintln!("nook: note: {note}");
+    }
+    if meta.skipped_devices > 0 {
         eprintln!(
             "nook: note: skipped {} device node(s): a user namespace cannot create them (the \
              container's /dev provides the usual ones)",
             meta.skipped_devices
         );
     }
-    println!("{}", meta.name);
-    Ok(0)
+    if meta.unmapped_owners > 0 {
+        eprintln!(
+            "nook: note: {} file(s) belong to users outside the id map [{}]: they were given to \
+             root (import with a subordinate id range to keep their owners)",
+            meta.unmapped_owners,
+            meta.idmap.describe()
+        );
+    }
 }
 
 /// Apparent size of a tree in bytes, hard links counted once.

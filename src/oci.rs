@@ -1,0 +1,818 @@
+//! Reading what `nook import` is given: compression by magic bytes, plain root filesystem
+//! tarballs, OCI image layouts (a directory or a tar) and `docker save` archives. Every blob is
+//! checked against its digest and size; layers go to a `layer::Applier`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{self, BufReader, Cursor, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::layer::Applier;
+
+/// How a stream is compressed, from its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+    Xz,
+}
+
+impl Compression {
+    pub fn detect(magic: &[u8]) -> Result<Compression> {
+        Ok(if magic.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
+        } else if magic.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+            Compression::Xz
+        } else if magic.starts_with(b"BZh") {
+            bail!("bzip2 compression is not supported: recompress with gzip, zstd or xz")
+        } else {
+            Compression::None
+        })
+    }
+}
+
+/// A reader whose first bytes were looked at and are given back first.
+pub type Peeked<R> = io::Chain<Cursor<Vec<u8>>, R>;
+
+/// Reads up to `n` bytes ahead; returns them and a reader that still yields them.
+pub fn peek<R: Read>(mut reader: R, n: usize) -> io::Result<(Vec<u8>, Peeked<R>)> {
+    let mut buf = vec![0u8; n];
+    let mut got = 0;
+    while got < n {
+        match reader.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(got);
+    Ok((buf.clone(), Cursor::new(buf).chain(reader)))
+}
+
+/// A decompressing reader that gives back the stream under it.
+pub enum Decoder<R: Read> {
+    Plain(R),
+    Gzip(flate2::read::MultiGzDecoder<R>),
+    Zstd(zstd::stream::read::Decoder<'static, BufReader<R>>),
+    Xz(xz2::read::XzDecoder<R>),
+}
+
+impl<R: Read> Decoder<R> {
+    pub fn new(reader: R, compression: Compression) -> Result<Decoder<R>> {
+        Ok(match compression {
+            Compression::None => Decoder::Plain(reader),
+            Compression::Gzip => Decoder::Gzip(flate2::read::MultiGzDecoder::new(reader)),
+            Compression::Zstd => Decoder::Zstd(
+                zstd::stream::read::Decoder::new(reader).context("starting zstd decompression")?,
+            ),
+            Compression::Xz => Decoder::Xz(xz2::read::XzDecoder::new_multi_decoder(reader)),
+        })
+    }
+
+    pub fn into_inner(self) -> R {
+        match self {
+            Decoder::Plain(r) => r,
+            Decoder::Gzip(d) => d.into_inner(),
+            Decoder::Zstd(d) => d.finish().into_inner(),
+            Decoder::Xz(d) => d.into_inner(),
+        }
+    }
+}
+
+impl<R: Read> Read for Decoder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Decoder::Plain(r) => r.read(buf),
+            Decoder::Gzip(d) => d.read(buf),
+            Decoder::Zstd(d) => d.read(buf),
+            Decoder::Xz(d) => d.read(buf),
+        }
+    }
+}
+
+/// Counts, hashes and shows progress of what passes through.
+pub struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+    count: u64,
+    bar: ProgressBar,
+}
+
+impl<R: Read> Hashing<R> {
+    pub fn new(inner: R, bar: ProgressBar) -> Self {
+        Hashing {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+            bar,
+        }
+    }
+
+    /// Reads what is left, then returns ("sha256:HEX", bytes read).
+    pub fn finish(mut self) -> io::Result<(String, u64)> {
+        io::copy(&mut self, &mut io::sink())?;
+        Ok((hex_digest(self.hasher), self.count))
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        self.bar.inc(n as u64);
+        Ok(n)
+    }
+}
+
+fn hex_digest(hasher: Sha256) -> String {
+    let bytes = hasher.finalize();
+    let mut s = String::with_capacity(71);
+    s.push_str("sha256:");
+    for b in bytes {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+pub fn sha256_of(data: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(data);
+    hex_digest(h)
+}
+
+/// A progress bar on stderr when it is a terminal; hidden otherwise (pipes, logs).
+pub fn progress_bar(total: Option<u64>, message: &str) -> ProgressBar {
+    use std::io::IsTerminal;
+    if !io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = match total {
+        Some(t) => ProgressBar::new(t).with_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        ),
+        None => ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{spinner} {msg} {bytes} {bytes_per_sec}")
+                .expect("valid template"),
+        ),
+    };
+    bar.set_message(message.to_string());
+    bar
+}
+
+/// The image config nook keeps, as the OCI image config spells it.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RunConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// What an import found besides the files.
+#[derive(Debug, Default, serde::Serialize, Deserialize)]
+pub struct Found {
+    pub config: RunConfig,
+    /// "directory", "tarball", "oci-layout", "docker-archive".
+    pub kind: String,
+    pub layers: usize,
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Descriptor {
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
+    digest: String,
+    size: u64,
+    #[serde(default)]
+    platform: Option<Platform>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Platform {
+    architecture: String,
+    os: String,
+    #[serde(default)]
+    variant: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Index {
+    manifests: Vec<Descriptor>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Manifest {
+    config: Descriptor,
+    layers: Vec<Descriptor>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ImageConfigFile {
+    #[serde(default)]
+    architecture: Option<String>,
+    #[serde(default)]
+    os: Option<String>,
+    #[serde(default)]
+    config: Option<RunConfig>,
+    #[serde(default)]
+    rootfs: Option<RootFs>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RootFs {
+    #[serde(default)]
+    diff_ids: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DockerManifestEntry {
+    #[serde(rename = "Config")]
+    config: String,
+    #[serde(rename = "RepoTags", default)]
+    repo_tags: Option<Vec<String>>,
+    #[serde(rename = "Layers")]
+    layers: Vec<String>,
+}
+
+/// The host's platform in OCI terms.
+pub fn host_architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        "loongarch64" => "loong64",
+        other => other,
+    }
+}
+
+/// Where the files of an image archive are: a directory, or members of an (uncompressed) tar.
+enum Layout {
+    Dir(PathBuf),
+    Tar {
+        file: File,
+        members: HashMap<String, Member>,
+    },
+}
+
+enum Member {
+    Data { offset: u64, size: u64 },
+    Link(String),
+}
+
+/// Normalises a member name: no leading `./` or `/`, no trailing `/`.
+fn member_name(raw: &Path) -> String {
+    let s = raw.to_string_lossy();
+    let s = s.trim_start_matches("./").trim_start_matches('/');
+    s.trim_end_matches('/').to_string()
+}
+
+impl Layout {
+    fn index_tar(path: &Path) -> Result<Layout> {
+        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let mut archive = tar::Archive::new(BufReader::new(
+            file.try_clone().context("duplicating a descriptor")?,
+        ));
+        let mut members = HashMap::new();
+        for entry in archive
+            .entries()
+            .with_context(|| format!("reading {}", path.display()))?
+        {
+            let entry = entry.with_context(|| format!("reading {}", path.display()))?;
+            let name = member_name(&entry.path()?);
+            let kind = entry.header().entry_type();
+            let member = if kind.is_symlink() || kind.is_hard_link() {
+                let target = entry
+                    .link_name()?
+                    .with_context(|| format!("archive member {name}: a link without a target"))?;
+                let target = if kind.is_symlink() {
+                    // Relative to the link's directory.
+                    let dir = Path::new(&name).parent().unwrap_or(Path::new(""));
+                    normalize(&dir.join(target))
+                } else {
+                    member_name(&target)
+                };
+                Member::Link(target)
+            } else if kind.is_file() {
+                Member::Data {
+                    offset: entry.raw_file_position(),
+                    size: entry.size(),
+                }
+            } else {
+                continue;
+            };
+            members.insert(name, member);
+        }
+        Ok(Layout::Tar { file, members })
+    }
+
+    fn has(&self, name: &str) -> bool {
+        match self {
+            Layout::Dir(d) => d.join(name).is_file(),
+            Layout::Tar { members, .. } => members.contains_key(name),
+        }
+    }
+
+    /// Opens a member; returns it and its size.
+    fn open(&self, name: &str) -> Result<(Box<dyn Read + '_>, u64)> {
+        match self {
+            Layout::Dir(d) => {
+                let path = d.join(name);
+                let f = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+                let size = f.metadata()?.len();
+                Ok((Box::new(BufReader::with_capacity(1 << 20, f)), size))
+            }
+            Layout::Tar { file, members } => {
+                let mut name = name.to_string();
+                for _ in 0..16 {
+                    match members.get(&name) {
+                        Some(Member::Data { offset, size }) => {
+                            let mut f = file.try_clone()?;
+                            f.seek(SeekFrom::Start(*offset))?;
+                            return Ok((
+                                Box::new(BufReader::with_capacity(1 << 20, f).take(*size)),
+                                *size,
+                            ));
+                        }
+                        Some(Member::Link(target)) => name = target.clone(),
+                        None => bail!("the archive has no member {name}"),
+                    }
+                }
+                bail!("archive member {name}: too many links")
+            }
+        }
+    }
+
+    fn read_small(&self, name: &str) -> Result<Vec<u8>> {
+        let (reader, size) = self.open(name)?;
+        if size > 16 << 20 {
+            bail!("{name} is {size} bytes: too large for image metadata");
+        }
+        let mut data = Vec::with_capacity(size as usize);
+        reader.take(16 << 20).read_to_end(&mut data)?;
+        Ok(data)
+    }
+
+    /// Reads a small blob and checks its digest and size.
+    fn read_blob(&self, d: &Descriptor) -> Result<Vec<u8>> {
+        let name = blob_path(&d.digest)?;
+        if !self.has(&name) {
+            bail!("blob {} is missing from the image (no {name})", d.digest);
+        }
+        let data = self
+            .read_small(&name)
+            .with_context(|| format!("reading blob {}", d.digest))?;
+        let got = sha256_of(&data);
+        if got != d.digest || data.len() as u64 != d.size {
+            bail!(
+                "blob {} does not match its digest: got {got} ({} bytes, {} expected)",
+                d.digest,
+                data.len(),
+                d.size
+            );
+        }
+        Ok(data)
+    }
+}
+
+/// `a/./b/../c` → `a/c` (for symlinks between members of an archive).
+fn normalize(path: &Path) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::Normal(n) => parts.push(n.to_string_lossy().into_owned()),
+            std::path::Component::ParentDir => {
+                parts.pop();
+            }
+            _ => {}
+        }
+    }
+    parts.join("/")
+}
+
+/// `sha256:HEX` → `blobs/sha256/HEX`, refusing anything else (a digest is also a file name).
+fn blob_path(digest: &str) -> Result<String> {
+    let Some((alg, hex)) = digest.split_once(':') else {
+        bail!("malformed digest {digest:?}");
+    };
+    if alg != "sha256" {
+        bail!("digest {digest}: only sha256 digests are supported");
+    }
+    if hex.len() != 64
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        bail!("malformed digest {digest:?}");
+    }
+    Ok(format!("blobs/sha256/{hex}"))
+}
+
+/// Whether a tar's first member says it is an image archive (OCI layout or `docker save`) rather
+/// than a root filesystem.
+pub fn looks_like_image_archive(first_header: &[u8]) -> bool {
+    if first_header.len() < 512 {
+        return false;
+    }
+    let field = |r: std::ops::Range<usize>| {
+        let f = &first_header[r];
+        let end = f.iter().position(|b| *b == 0).unwrap_or(f.len());
+        String::from_utf8_lossy(&f[..end]).into_owned()
+    };
+    let mut name = field(0..100);
+    if &first_header[257..262] == b"ustar" {
+        let prefix = field(345..500);
+        if !prefix.is_empty() {
+            name = format!("{prefix}/{name}");
+        }
+    }
+    let name = member_name(Path::new(&name));
+    let first = name.split('/').next().unwrap_or("");
+    let is_hex_id = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    matches!(
+        first,
+        "blobs" | "oci-layout" | "index.json" | "manifest.json" | "repositories"
+    ) || is_hex_id(first)
+        || first.strip_suffix(".json").is_some_and(is_hex_id)
+}
+
+/// Imports an image archive (OCI layout or docker save) from `layout` into `applier`.
+fn import_layout(layout: &Layout, applier: &mut Applier, what: &str) -> Result<Found> {
+    if layout.has("index.json") {
+        return import_oci(layout, applier, what);
+    }
+    if layout.has("manifest.json") {
+        return import_docker(layout, applier, what);
+    }
+    bail!("{what}: neither an OCI image layout (no index.json) nor a `docker save` archive (no manifest.json)")
+}
+
+fn platform_name(p: &Platform) -> String {
+    match &p.variant {
+        Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
+        None => format!("{}/{}", p.os, p.architecture),
+    }
+}
+
+/// Follows an index (and nested indexes) to the manifest for this host's platform.
+fn choose_manifest(layout: &Layout, index: Index, depth: usize) -> Result<Descriptor> {
+    if depth > 4 {
+        bail!("image indexes nested too deep");
+    }
+    let arch = host_architecture();
+    let mut seen = Vec::new();
+    let mut chosen = None;
+    for d in index.manifests {
+        match &d.platform {
+            Some(p) if p.os == "linux" && p.architecture == arch => {
+                chosen = Some(d);
+                break;
+            }
+            Some(p) => seen.push(platform_name(p)),
+            // Attestations and signatures carry a platform of "unknown" or none; a descriptor
+            // without a platform is a candidate when nothing better comes.
+            None if chosen.is_none() => chosen = Some(d),
+            None => {}
+        }
+    }
+    let Some(d) = chosen else {
+        bail!(
+            "the image has no variant for this host (linux/{arch}); it has: {}",
+            if seen.is_empty() {
+                "none".to_string()
+            } else {
+                seen.join(", ")
+            }
+        );
+    };
+    if d.media_type.ends_with("image.index.v1+json") || d.media_type.contains("manifest.list") {
+        let data = layout.read_blob(&d)?;
+        let nested: Index = serde_json::from_slice(&data)
+            .with_context(|| format!("parsing image index {}", d.digest))?;
+        return choose_manifest(layout, nested, depth + 1);
+    }
+    Ok(d)
+}
+
+fn check_platform(config: &ImageConfigFile) -> Result<()> {
+    let arch = host_architecture();
+    if let (Some(os), Some(a)) = (&config.os, &config.architecture) {
+        if os != "linux" || a != arch {
+            bail!("the image is for {os}/{a}, not for this host (linux/{arch})");
+        }
+    }
+    Ok(())
+}
+
+fn import_oci(layout: &Layout, applier: &mut Applier, what: &str) -> Result<Found> {
+    let index: Index = serde_json::from_slice(&layout.read_small("index.json")?)
+        .with_context(|| format!("{what}: parsing index.json"))?;
+    let manifest_desc =
+        choose_manifest(layout, index, 0).with_context(|| format!("{what}: index.json"))?;
+    let manifest: Manifest = serde_json::from_slice(
+        &layout
+            .read_blob(&manifest_desc)
+            .with_context(|| format!("{what}: manifest"))?,
+    )
+    .with_context(|| format!("{what}: parsing manifest {}", manifest_desc.digest))?;
+    let config: ImageConfigFile = serde_json::from_slice(
+        &layout
+            .read_blob(&manifest.config)
+            .with_context(|| format!("{what}: image config"))?,
+    )
+    .with_context(|| format!("{what}: parsing image config {}", manifest.config.digest))?;
+    check_platform(&config).with_context(|| what.to_string())?;
+    for d in &manifest.layers {
+        let name = blob_path(&d.digest).with_context(|| format!("{what}: layer"))?;
+        if !layout.has(&name) {
+            bail!("{what}: layer blob {} is missing (no {name})", d.digest);
+        }
+        if d.media_type.contains("encrypted") {
+            bail!("{what}: layer {} is encrypted ({})", d.digest, d.media_type);
+        }
+    }
+    let total = manifest.layers.iter().map(|d| d.size).sum();
+    let bar = progress_bar(Some(total), "importing");
+    for (i, d) in manifest.layers.iter().enumerate() {
+        let name = blob_path(&d.digest)?;
+        let label = format!("{what}: layer {} ({})", i + 1, d.digest);
+        let (reader, size) = layout.open(&name).with_context(|| label.clone())?;
+        if size != d.size {
+            bail!(
+                "{label}: the blob is {size} bytes, the manifest says {}",
+                d.size
+            );
+        }
+        let (got, count) = apply_compressed(applier, Hashing::new(reader, bar.clone()), &label)?;
+        if got != d.digest || count != d.size {
+            bail!("{label}: digest mismatch: the blob hashes to {got} ({count} bytes)");
+        }
+    }
+    bar.finish_and_clear();
+    Ok(Found {
+        config: config.config.unwrap_or_default(),
+        kind: "oci-layout".into(),
+        layers: manifest.layers.len(),
+        notes: Vec::new(),
+    })
+}
+
+fn import_docker(layout: &Layout, applier: &mut Applier, what: &str) -> Result<Found> {
+    let entries: Vec<DockerManifestEntry> =
+        serde_json::from_slice(&layout.read_small("manifest.json")?)
+            .with_context(|| format!("{what}: parsing manifest.json"))?;
+    let mut notes = Vec::new();
+    let Some(entry) = entries.first() else {
+        bail!("{what}: manifest.json lists no image");
+    };
+    if entries.len() > 1 {
+        notes.push(format!(
+            "the archive holds {} images; imported the first ({})",
+            entries.len(),
+            entry
+                .repo_tags
+                .as_ref()
+                .map(|t| t.join(", "))
+                .unwrap_or_else(|| entry.config.clone())
+        ));
+    }
+    let config_name = member_name(Path::new(&entry.config));
+    let config_data = layout
+        .read_small(&config_name)
+        .with_context(|| format!("{what}: image config {config_name}"))?;
+    // The config's name is its digest (`HEX.json`, or `blobs/sha256/HEX` in newer archives).
+    let stem = Path::new(&config_name)
+        .file_name()
+        .map(|n| n.to_string_lossy().trim_end_matches(".json").to_string())
+        .unwrap_or_default();
+    let got = sha256_of(&config_data);
+    if got != format!("sha256:{stem}") {
+        bail!("{what}: image config {config_name} does not match its digest (got {got})");
+    }
+    let config: ImageConfigFile = serde_json::from_slice(&config_data)
+        .with_context(|| format!("{what}: parsing image config {config_name}"))?;
+    check_platform(&config).with_context(|| what.to_string())?;
+    let diff_ids = config
+        .rootfs
+        .as_ref()
+        .map(|r| r.diff_ids.clone())
+        .unwrap_or_default();
+    if diff_ids.len() != entry.layers.len() {
+        bail!(
+            "{what}: the config lists {} layer digests (rootfs.diff_ids) for {} layers",
+            diff_ids.len(),
+            entry.layers.len()
+        );
+    }
+    let mut total = 0;
+    for l in &entry.layers {
+        let name = member_name(Path::new(l));
+        let (_, size) = layout
+            .open(&name)
+            .with_context(|| format!("{what}: layer {name}"))?;
+        total += size;
+    }
+    let bar = progress_bar(Some(total), "importing");
+    for (i, (l, want)) in entry.layers.iter().zip(&diff_ids).enumerate() {
+        let name = member_name(Path::new(l));
+        let label = format!("{what}: layer {} ({name})", i + 1);
+        let (reader, _) = layout.open(&name).with_context(|| label.clone())?;
+        // diff_ids are digests of the uncompressed layer.
+        let counted = Counting {
+            inner: reader,
+            bar: bar.clone(),
+        };
+        let (magic, peeked) = peek(counted, 6)?;
+        let compression = Compression::detect(&magic).with_context(|| label.clone())?;
+        let decoder = Decoder::new(peeked, compression)?;
+        let hashing = Hashing::new(decoder, ProgressBar::hidden());
+        let rest = applier.apply(hashing, &label)?;
+        let (got, _) = rest.finish().with_context(|| label.clone())?;
+        if &got != want {
+            bail!("{label}: digest mismatch: the layer hashes to {got}, the config says {want}");
+        }
+    }
+    bar.finish_and_clear();
+    Ok(Found {
+        config: config.config.unwrap_or_default(),
+        kind: "docker-archive".into(),
+        layers: entry.layers.len(),
+        notes,
+    })
+}
+
+/// Counts progress without hashing.
+struct Counting<R> {
+    inner: R,
+    bar: ProgressBar,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bar.inc(n as u64);
+        Ok(n)
+    }
+}
+
+/// Decompresses (by magic bytes) and applies one tar stream; returns the digest and size of the
+/// (compressed) bytes read, all of them.
+fn apply_compressed<R: Read>(
+    applier: &mut Applier,
+    hashing: Hashing<R>,
+    label: &str,
+) -> Result<(String, u64)> {
+    let (magic, peeked) = peek(hashing, 6).with_context(|| label.to_string())?;
+    let compression = Compression::detect(&magic).with_context(|| label.to_string())?;
+    let decoder = Decoder::new(peeked, compression).with_context(|| label.to_string())?;
+    let mut decoder = applier.apply(decoder, label)?;
+    // What follows the tar's end (padding, the rest of the compressed stream) counts too.
+    io::copy(&mut decoder, &mut io::sink())
+        .with_context(|| format!("{label}: reading to the end"))?;
+    let (_, hashing) = decoder.into_inner().into_inner();
+    hashing
+        .finish()
+        .with_context(|| format!("{label}: reading to the end"))
+}
+
+/// Imports `source` (a path, or `-` for stdin) into `applier`. `scratch` is a directory where
+/// a compressed or piped image archive is spooled to be read at random. Runs inside the user
+/// namespace.
+pub fn import_source(source: &str, applier: &mut Applier, scratch: &Path) -> Result<Found> {
+    let path = Path::new(source);
+    if source != "-" && path.is_dir() {
+        if path.join("index.json").is_file() {
+            let layout = Layout::Dir(path.to_path_buf());
+            return import_layout(&layout, applier, source);
+        }
+        bail!("{source} is a directory: import it as a root filesystem");
+    }
+    let (reader, size): (Box<dyn Read>, Option<u64>) = if source == "-" {
+        (Box::new(io::stdin().lock()), None)
+    } else {
+        let f = File::open(path).with_context(|| format!("opening {source}"))?;
+        let size = f.metadata().ok().map(|m| m.len());
+        (Box::new(BufReader::with_capacity(1 << 20, f)), size)
+    };
+    let what = if source == "-" { "stdin" } else { source };
+    let bar = progress_bar(size, "importing");
+    let counted = Counting { inner: reader, bar };
+    let (magic, peeked) = peek(counted, 6).with_context(|| format!("reading {what}"))?;
+    let compression = Compression::detect(&magic).with_context(|| what.to_string())?;
+    let decoder = Decoder::new(peeked, compression)?;
+    let (header, tar_stream) = peek(decoder, 512).with_context(|| format!("reading {what}"))?;
+    if header.is_empty() {
+        bail!("{what} is empty");
+    }
+    if looks_like_image_archive(&header) {
+        let layout = if compression == Compression::None && source != "-" {
+            Layout::index_tar(path)?
+        } else {
+            let spool = scratch.join("archive.tar");
+            let mut out =
+                File::create(&spool).with_context(|| format!("creating {}", spool.display()))?;
+            let mut tar_stream = tar_stream;
+            io::copy(&mut tar_stream, &mut out).with_context(|| format!("decompressing {what}"))?;
+            Layout::index_tar(&spool)?
+        };
+        let found = import_layout(&layout, applier, what);
+        let _ = std::fs::remove_file(scratch.join("archive.tar"));
+        return found;
+    }
+    let mut rest = applier.apply(tar_stream, what)?;
+    // A compressed stream must be whole: garbage after the tar shows up here.
+    io::copy(&mut rest, &mut io::sink()).with_context(|| format!("{what}: reading to the end"))?;
+    let (_, decoder) = rest.into_inner();
+    let (_, counted) = decoder.into_inner().into_inner();
+    counted.bar.finish_and_clear();
+    Ok(Found {
+        config: RunConfig::default(),
+        kind: "tarball".into(),
+        layers: 1,
+        notes: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compression_is_told_by_magic_bytes() {
+        assert_eq!(
+            Compression::detect(&[0x1f, 0x8b, 8]).unwrap(),
+            Compression::Gzip
+        );
+        assert_eq!(
+            Compression::detect(&[0x28, 0xb5, 0x2f, 0xfd, 0]).unwrap(),
+            Compression::Zstd
+        );
+        assert_eq!(
+            Compression::detect(b"\xfd7zXZ\x00").unwrap(),
+            Compression::Xz
+        );
+        assert_eq!(Compression::detect(b"etc/\0").unwrap(), Compression::None);
+        assert!(Compression::detect(b"BZh91AY").is_err());
+    }
+
+    #[test]
+    fn digests_must_be_sha256_hex() {
+        let hex = "a".repeat(64);
+        assert_eq!(
+            blob_path(&format!("sha256:{hex}")).unwrap(),
+            format!("blobs/sha256/{hex}")
+        );
+        assert!(blob_path("sha256:../../etc/passwd").is_err());
+        assert!(blob_path(&format!("sha512:{hex}")).is_err());
+        assert!(blob_path(&hex).is_err());
+    }
+
+    fn header_named(name: &str) -> Vec<u8> {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(name).unwrap();
+        h.as_bytes().to_vec()
+    }
+
+    #[test]
+    fn image_archives_are_told_from_root_filesystems_by_their_first_member() {
+        assert!(looks_like_image_archive(&header_named("blobs/sha256/")));
+        assert!(looks_like_image_archive(&header_named("oci-layout")));
+        assert!(looks_like_image_archive(&header_named("manifest.json")));
+        assert!(looks_like_image_archive(&header_named(&format!(
+            "{}/layer.tar",
+            "0".repeat(64)
+        ))));
+        assert!(!looks_like_image_archive(&header_named("./")));
+        assert!(!looks_like_image_archive(&header_named("etc/passwd")));
+    }
+
+    #[test]
+    fn archive_member_links_are_resolved_relative_to_their_directory() {
+        assert_eq!(normalize(Path::new("a/../b/layer.tar")), "b/layer.tar");
+        assert_eq!(member_name(Path::new("./blobs/sha256/")), "blobs/sha256");
+    }
+}
