@@ -32,6 +32,12 @@ pub enum Command {
     Images(ImagesArgs),
     /// Remove images
     Rmi(RmiArgs),
+    /// Make a new image from a container: its image with the container's changes
+    Commit(CommitArgs),
+    /// List what a container changed: A (added), C (changed), D (deleted)
+    Diff(DiffArgs),
+    /// Write an image's or a container's files as a tar archive or an OCI image archive
+    Export(ExportArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -109,10 +115,14 @@ pub struct RunArgs {
     /// Do not print notes (such as the id-mapping fallback)
     #[arg(short, long)]
     pub quiet: bool,
+    /// Run this program instead of the image's entrypoint (which also drops the image's
+    /// default command); "" for none
+    #[arg(long, value_name = "PROGRAM")]
+    pub entrypoint: Option<String>,
     /// Image name (see `nook images`) or root filesystem directory
     #[arg(value_name = "IMAGE|DIR")]
     pub image: String,
-    /// Command and arguments (default: /bin/sh)
+    /// Command and arguments (default: the image's Cmd after its Entrypoint, else /bin/sh)
     #[arg(
         trailing_var_arg = true,
         allow_hyphen_values = true,
@@ -173,7 +183,8 @@ pub struct ImportArgs {
     /// Do not print notes
     #[arg(short, long)]
     pub quiet: bool,
-    /// A directory, or a tar archive (`-` for stdin)
+    /// A directory, a tarball (plain, gzip, zstd or xz; `-` for stdin), an OCI image layout
+    /// (directory or tar) or a `docker save` archive
     #[arg(value_name = "SOURCE")]
     pub source: String,
     /// Name of the new image
@@ -198,4 +209,47 @@ pub struct RmiArgs {
     pub force: bool,
     #[arg(required = true, value_name = "IMAGE")]
     pub images: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct CommitArgs {
+    /// Change the image config, in Dockerfile syntax: CMD, ENTRYPOINT, ENV, WORKDIR, USER,
+    /// LABEL (e.g. -c 'CMD ["/bin/app"]' -c 'ENV MODE=prod')
+    #[arg(short, long = "change", value_name = "INSTRUCTION")]
+    pub change: Vec<String>,
+    /// Do not print notes
+    #[arg(short, long)]
+    pub quiet: bool,
+    #[arg(value_name = "CONTAINER")]
+    pub container: String,
+    /// Name of the new image
+    #[arg(value_name = "NAME")]
+    pub name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    #[arg(value_name = "CONTAINER")]
+    pub container: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormatArg {
+    /// The files as one tar archive
+    Tar,
+    /// An OCI image layout in a tar archive, with one layer (`podman load -i FILE`)
+    Oci,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Where to write the archive (`-` for stdout)
+    #[arg(short, long, value_name = "FILE")]
+    pub output: String,
+    /// What to write
+    #[arg(long, value_enum, default_value_t = ExportFormatArg::Tar)]
+    pub format: ExportFormatArg,
+    /// An image name, else a container name or id
+    #[arg(value_name = "IMAGE|CONTAINER")]
+    pub target: String,
 }

@@ -3,7 +3,7 @@
 //! files' owners follow).
 
 use std::fs;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -15,6 +15,8 @@ use crate::idmap::IdMapping;
 use crate::launch::run_in_userns;
 use crate::layer::{Applier, Summary};
 use crate::oci::{import_source, Found};
+use crate::tree::{Copier, Share};
+use crate::upper::{Change, ChangeKind, Layer};
 
 /// What the image asks of a container (the part of the OCI image config nook applies).
 pub type ImageConfig = crate::oci::RunConfig;
@@ -253,6 +255,269 @@ impl ImageStore {
     }
 }
 
+/// A container's layer, read as a change set: what `commit`, `diff` and `export` of a container
+/// start from.
+#[derive(Clone, Debug)]
+pub struct ContainerLayer {
+    pub layer: Layer,
+    /// The container's id mapping: its layer's files belong to these ids.
+    pub idmap: IdMapping,
+    /// Whether the base is a stored image with the same mapping (its files may be hard linked).
+    pub base_is_image: bool,
+}
+
+impl ImageStore {
+    /// `nook commit`: a new image `name` made of the container's base with its changes
+    /// applied. Unchanged files are hard links to the base image's (never written, so sharing
+    /// is safe); changed ones are reflinked or copied. Returns the image and how many changes
+    /// it took.
+    pub fn commit(
+        &self,
+        name: &str,
+        from: &ContainerLayer,
+        config: ImageConfig,
+        source: &str,
+    ) -> Result<(ImageMeta, usize)> {
+        let (meta, found) = self.build(name, &from.idmap, source, |tmp| {
+            let changes = flatten_in_userns(from, &tmp.join("rootfs"))?;
+            Ok(Built {
+                found: Found {
+                    config,
+                    kind: "commit".into(),
+                    layers: changes,
+                    notes: Vec::new(),
+                },
+                summary: Summary::default(),
+            })
+        })?;
+        Ok((meta, found.layers))
+    }
+
+    /// The changes of a container's layer, read inside its user namespace.
+    pub fn changes(&self, from: &ContainerLayer) -> Result<Vec<Change>> {
+        let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let mut tx = fs::File::from(tx);
+        let layer = from.layer.clone();
+        run_in_userns(&from.idmap, move || {
+            let changes = crate::upper::changes(&layer)?;
+            serde_json::to_writer(&mut tx, &changes).context("reporting the changes")?;
+            Ok(())
+        })?;
+        let mut report = String::new();
+        fs::File::from(rx)
+            .read_to_string(&mut report)
+            .context("reading the changes")?;
+        serde_json::from_str(&report).context("parsing the changes")
+    }
+
+    /// `nook export`: writes the tree of an image, or of a container (flattened first into a
+    /// scratch directory of the store), to `out` as a tar stream or an OCI image layout archive.
+    pub fn export(&self, what: &Exportable<'_>, out: fs::File, format: ExportFormat) -> Result<()> {
+        match what {
+            Exportable::Image(image) => write_export(
+                &image.rootfs(),
+                &image.meta.idmap,
+                out,
+                format,
+                &image.meta.config,
+                &image.meta.name,
+            ),
+            Exportable::Container { from, config, name } => {
+                let tmp = self
+                    .root
+                    .join(format!(".import-export-{}", std::process::id()));
+                create_private_dir(&tmp)?;
+                let result = (|| -> Result<()> {
+                    write_atomic(&tmp.join(IDMAP_FILE), &serde_json::to_vec(&from.idmap)?)?;
+                    flatten_in_userns(from, &tmp.join("rootfs"))?;
+                    write_export(&tmp.join("rootfs"), &from.idmap, out, format, config, name)
+                })();
+                let removed = remove_owned_tree(&tmp, Some(&from.idmap));
+                result.and(removed)
+            }
+        }
+    }
+}
+
+/// What `export` writes.
+pub enum Exportable<'a> {
+    Image(&'a Image),
+    Container {
+        from: Box<ContainerLayer>,
+        config: ImageConfig,
+        name: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportFormat {
+    Tar,
+    Oci,
+}
+
+/// Base plus changes into `rootfs`, inside the container's user namespace; returns the number of
+/// changes applied.
+fn flatten_in_userns(from: &ContainerLayer, rootfs: &Path) -> Result<usize> {
+    let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let mut tx = fs::File::from(tx);
+    let (layer, rootfs) = (from.layer.clone(), rootfs.to_path_buf());
+    let share = if from.base_is_image {
+        Share::Link
+    } else {
+        Share::Copy
+    };
+    run_in_userns(&from.idmap, move || {
+        let changes = crate::upper::changes(&layer)?;
+        let bar = crate::oci::progress_bar(None, "committing");
+        let mut copier = Copier::default();
+        copier.copy_tree(&layer.base, &rootfs, share)?;
+        for change in &changes {
+            let dest = rootfs.join(&change.path);
+            match change.kind {
+                ChangeKind::Deleted => crate::tree::remove(&dest)?,
+                ChangeKind::Added | ChangeKind::Changed => {
+                    let src = layer.top.join(&change.path);
+                    let meta = fs::symlink_metadata(&src)
+                        .with_context(|| format!("reading {}", src.display()))?;
+                    if meta.is_dir() {
+                        copier.make_dir(&src, &meta, &dest)?;
+                    } else {
+                        copier.copy_entry(&src, &meta, &dest, Share::Copy)?;
+                        bar.inc(meta.len());
+                    }
+                }
+            }
+        }
+        copier.finish()?;
+        bar.finish_and_clear();
+        write!(tx, "{}", changes.len()).context("reporting the commit")?;
+        Ok(())
+    })?;
+    let mut report = String::new();
+    fs::File::from(rx).read_to_string(&mut report)?;
+    report.trim().parse().context("reading the commit's report")
+}
+
+/// Writes `rootfs` to `out` from inside the user namespace of its owners (so every file is
+/// readable and owners come out as the image's own ids).
+fn write_export(
+    rootfs: &Path,
+    idmap: &IdMapping,
+    out: fs::File,
+    format: ExportFormat,
+    config: &ImageConfig,
+    name: &str,
+) -> Result<()> {
+    let rootfs = rootfs.to_path_buf();
+    let (config, name) = (config.clone(), name.to_string());
+    // The layer of an OCI export goes to an unnamed temporary file first: its digest and size
+    // come before its data in the archive.
+    let scratch = match format {
+        ExportFormat::Oci => Some(tempfile_near(&rootfs)?),
+        ExportFormat::Tar => None,
+    };
+    run_in_userns(idmap, move || {
+        let bar = crate::oci::progress_bar(None, "exporting");
+        let out = io::BufWriter::with_capacity(1 << 20, out);
+        match scratch {
+            None => {
+                let mut out = crate::oci::write_tree(&rootfs, out, &bar)?;
+                io::Write::flush(&mut out).context("writing the archive")?;
+            }
+            Some(layer) => {
+                let writer =
+                    crate::oci::HashingWriter::new(io::BufWriter::with_capacity(1 << 20, layer));
+                let writer = crate::oci::write_tree(&rootfs, writer, &bar)?;
+                let (layer, digest, size) = writer.finish().context("writing the layer")?;
+                let layer = layer
+                    .into_inner()
+                    .map_err(|e| e.into_error())
+                    .context("writing the layer")?;
+                let mut out = crate::oci::write_oci_archive(
+                    out,
+                    layer,
+                    &digest,
+                    size,
+                    &config,
+                    &name,
+                    &now_rfc3339(),
+                )?;
+                io::Write::flush(&mut out).context("writing the archive")?;
+            }
+        }
+        bar.finish_and_clear();
+        Ok(())
+    })
+}
+
+/// An unnamed file (`O_TMPFILE`) in the directory of `path`, for scratch data that vanishes
+/// with the process.
+fn tempfile_near(path: &Path) -> Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(0o600)
+        .open(dir)
+        .with_context(|| format!("creating a scratch file in {}", dir.display()))
+}
+
+/// Applies `--change` instructions (Dockerfile syntax: `CMD`, `ENTRYPOINT`, `ENV`, `WORKDIR`,
+/// `USER`, `LABEL`) to an image config.
+pub fn apply_changes(config: &mut ImageConfig, changes: &[String]) -> Result<()> {
+    for change in changes {
+        let (word, rest) = change
+            .trim()
+            .split_once(char::is_whitespace)
+            .map(|(w, r)| (w, r.trim()))
+            .unwrap_or((change.trim(), ""));
+        let command = || -> Result<Vec<String>> {
+            if rest.starts_with('[') {
+                serde_json::from_str(rest)
+                    .with_context(|| format!("--change {change:?}: not a JSON array of strings"))
+            } else {
+                Ok(vec!["/bin/sh".into(), "-c".into(), rest.to_string()])
+            }
+        };
+        match word.to_ascii_uppercase().as_str() {
+            "CMD" => config.cmd = Some(command()?),
+            "ENTRYPOINT" => config.entrypoint = Some(command()?),
+            "WORKDIR" if rest.starts_with('/') => config.working_dir = Some(rest.to_string()),
+            "WORKDIR" => bail!("--change {change:?}: WORKDIR needs an absolute path"),
+            "USER" if !rest.is_empty() => config.user = Some(rest.to_string()),
+            "ENV" | "LABEL" => {
+                let (key, value) = rest
+                    .split_once('=')
+                    .or_else(|| rest.split_once(char::is_whitespace))
+                    .map(|(k, v)| (k.trim(), v.trim()))
+                    .filter(|(k, _)| !k.is_empty())
+                    .with_context(|| format!("--change {change:?}: expected KEY=VALUE"))?;
+                let value = value
+                    .strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or(value);
+                if word.eq_ignore_ascii_case("ENV") {
+                    let env = config.env.get_or_insert_with(Vec::new);
+                    env.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
+                    env.push(format!("{key}={value}"));
+                } else {
+                    config
+                        .labels
+                        .get_or_insert_with(Default::default)
+                        .insert(key.to_string(), value.to_string());
+                }
+            }
+            _ => bail!(
+                "--change {change:?}: use CMD, ENTRYPOINT, ENV, WORKDIR, USER or LABEL, as in a \
+                 Dockerfile"
+            ),
+        }
+    }
+    Ok(())
+}
+
 /// Where a build in progress records its id mapping.
 const IDMAP_FILE: &str = "idmap.json";
 
@@ -364,4 +629,39 @@ fn copy_tree(
     )
     .with_context(|| format!("setting times of {}", dest.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_follow_dockerfile_syntax() {
+        let mut config = ImageConfig {
+            env: Some(vec!["PATH=/bin".into(), "A=1".into()]),
+            cmd: Some(vec!["old".into()]),
+            ..ImageConfig::default()
+        };
+        apply_changes(
+            &mut config,
+            &[
+                r#"CMD ["/bin/app", "--flag"]"#.into(),
+                "ENV A=2".into(),
+                "env B \"two words\"".into(),
+                "WORKDIR /srv".into(),
+                "ENTRYPOINT exec app".into(),
+                "LABEL org.example=yes".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.cmd.unwrap(), ["/bin/app", "--flag"]);
+        assert_eq!(config.env.unwrap(), ["PATH=/bin", "A=2", "B=two words"]);
+        assert_eq!(config.working_dir.as_deref(), Some("/srv"));
+        assert_eq!(config.entrypoint.unwrap(), ["/bin/sh", "-c", "exec app"]);
+        assert_eq!(config.labels.unwrap()["org.example"], "yes");
+        let mut config = ImageConfig::default();
+        assert!(apply_changes(&mut config, &["WORKDIR relative".into()]).is_err());
+        assert!(apply_changes(&mut config, &["RUN make".into()]).is_err());
+        assert!(apply_changes(&mut config, &["CMD [not json".into()]).is_err());
+    }
 }

@@ -16,3 +16,5 @@ pub mod rootfs;
 pub mod security;
 pub mod spec;
 pub mod sys;
+pub mod tree;
+pub mod upper;

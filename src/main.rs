@@ -29,6 +29,9 @@ fn main() {
         Command::Import(args) => commands::import(args),
         Command::Images(args) => commands::images(args),
         Command::Rmi(args) => commands::rmi(args),
+        Command::Commit(args) => commands::commit(args),
+        Command::Diff(args) => commands::diff(args),
+        Command::Export(args) => commands::export(args),
     };
     let code = match result {
         Ok(code) => code,

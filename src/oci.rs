@@ -757,6 +757,243 @@ pub fn import_source(source: &str, applier: &mut Applier, scratch: &Path) -> Res
     })
 }
 
+/// A PAX extended header record: `LEN KEY=VALUE\n`, LEN counting itself.
+fn pax_record(key: &[u8], value: &[u8]) -> Vec<u8> {
+    let body = key.len() + value.len() + 3; // ' ', '=', '\n'
+    let mut len = body + 1;
+    while len != body + len.to_string().len() {
+        len = body + len.to_string().len();
+    }
+    let mut rec = format!("{len} ").into_bytes();
+    rec.extend_from_slice(key);
+    rec.push(b'=');
+    rec.extend_from_slice(value);
+    rec.push(b'\n');
+    rec
+}
+
+/// Writes the tree at `root` as a tar stream: sorted, names relative to the root, owners as
+/// this namespace sees them, hard links as links, xattrs as `SCHILY.xattr.*` PAX records.
+pub fn write_tree<W: io::Write>(root: &Path, out: W, bar: &ProgressBar) -> Result<W> {
+    let mut builder = tar::Builder::new(out);
+    builder.follow_symlinks(false);
+    let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    write_dir(&mut builder, root, Path::new(""), &mut links, bar)?;
+    builder.into_inner().context("finishing the tar stream")
+}
+
+fn write_dir<W: io::Write>(
+    builder: &mut tar::Builder<W>,
+    root: &Path,
+    rel: &Path,
+    links: &mut HashMap<(u64, u64), PathBuf>,
+    bar: &ProgressBar,
+) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let dir = root.join(rel);
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<io::Result<_>>()
+        .with_context(|| format!("reading {}", dir.display()))?;
+    names.sort();
+    for name in names {
+        let path = rel.join(&name);
+        let full = root.join(&path);
+        let meta = std::fs::symlink_metadata(&full)
+            .with_context(|| format!("reading {}", full.display()))?;
+        let kind = meta.file_type();
+        if kind.is_socket() || kind.is_char_device() || kind.is_block_device() {
+            continue;
+        }
+        let xattrs = crate::sys::xattrs(&full)
+            .with_context(|| format!("reading xattrs of {}", full.display()))?;
+        if !xattrs.is_empty() {
+            let mut data = Vec::new();
+            for (k, v) in &xattrs {
+                let mut key = b"SCHILY.xattr.".to_vec();
+                key.extend_from_slice(k.as_bytes());
+                data.extend(pax_record(&key, v));
+            }
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(tar::EntryType::XHeader);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            let pax_name = format!("PaxHeaders/{}", name.to_string_lossy());
+            h.set_path(pax_name.chars().take(99).collect::<String>())
+                .context("naming a PAX header")?;
+            h.set_cksum();
+            builder
+                .append(&h, &data[..])
+                .context("writing a PAX header")?;
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+        let what = || format!("adding {} to the archive", full.display());
+        if kind.is_dir() {
+            h.set_size(0);
+            builder
+                .append_data(&mut h, &path, io::empty())
+                .with_context(what)?;
+            write_dir(builder, root, &path, links, bar)?;
+        } else if kind.is_symlink() {
+            let target = std::fs::read_link(&full).with_context(what)?;
+            h.set_size(0);
+            builder
+                .append_link(&mut h, &path, &target)
+                .with_context(what)?;
+        } else if kind.is_file()
+            && meta.nlink() > 1
+            && links.contains_key(&(meta.dev(), meta.ino()))
+        {
+            let first = &links[&(meta.dev(), meta.ino())];
+            h.set_entry_type(tar::EntryType::Link);
+            h.set_size(0);
+            builder
+                .append_link(&mut h, &path, first)
+                .with_context(what)?;
+        } else if kind.is_file() {
+            if meta.nlink() > 1 {
+                links.insert((meta.dev(), meta.ino()), path.clone());
+            }
+            let file = std::fs::File::open(&full).with_context(what)?;
+            builder
+                .append_data(&mut h, &path, BufReader::with_capacity(1 << 20, file))
+                .with_context(what)?;
+            bar.inc(meta.len());
+        } else {
+            // A fifo.
+            h.set_size(0);
+            builder
+                .append_data(&mut h, &path, io::empty())
+                .with_context(what)?;
+        }
+    }
+    Ok(())
+}
+
+/// A writer that hashes and counts what it writes.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<W: io::Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
+    }
+
+    pub fn finish(mut self) -> io::Result<(W, String, u64)> {
+        self.inner.flush()?;
+        Ok((self.inner, hex_digest(self.hasher), self.count))
+    }
+}
+
+impl<W: io::Write> io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes an OCI image layout as a tar archive (what `podman load` and `skopeo copy
+/// oci-archive:` read): one uncompressed layer read from `layer` (`digest`, `size`), the image
+/// config, a manifest and an index naming the image `name`.
+pub fn write_oci_archive<W: io::Write>(
+    out: W,
+    mut layer: File,
+    digest: &str,
+    size: u64,
+    config: &RunConfig,
+    name: &str,
+    created: &str,
+) -> Result<W> {
+    let config_json = serde_json::to_vec(&serde_json::json!({
+        "created": created,
+        "architecture": host_architecture(),
+        "os": "linux",
+        "config": config,
+        "rootfs": {"type": "layers", "diff_ids": [digest]},
+        "history": [{"created": created, "created_by": "nook"}],
+    }))?;
+    let config_digest = sha256_of(&config_json);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": config_json.len(),
+        },
+        "layers": [{
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": digest,
+            "size": size,
+        }],
+    }))?;
+    let manifest_digest = sha256_of(&manifest);
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_digest,
+            "size": manifest.len(),
+            "platform": {"architecture": host_architecture(), "os": "linux"},
+            "annotations": {"org.opencontainers.image.ref.name": name},
+        }],
+    }))?;
+    let mut builder = tar::Builder::new(out);
+    let mut add = |path: &str, size: u64, data: &mut dyn Read| -> Result<()> {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(if path.ends_with('/') {
+            tar::EntryType::Directory
+        } else {
+            tar::EntryType::Regular
+        });
+        h.set_mode(if path.ends_with('/') { 0o755 } else { 0o644 });
+        h.set_size(size);
+        h.set_mtime(0);
+        builder
+            .append_data(&mut h, path, data)
+            .with_context(|| format!("writing {path} of the OCI layout"))
+    };
+    let layout = br#"{"imageLayoutVersion":"1.0.0"}"#;
+    add("oci-layout", layout.len() as u64, &mut &layout[..])?;
+    add("blobs/", 0, &mut io::empty())?;
+    add("blobs/sha256/", 0, &mut io::empty())?;
+    layer.seek(SeekFrom::Start(0))?;
+    add(
+        &blob_path(digest)?,
+        size,
+        &mut BufReader::with_capacity(1 << 20, layer),
+    )?;
+    add(
+        &blob_path(&config_digest)?,
+        config_json.len() as u64,
+        &mut &config_json[..],
+    )?;
+    add(
+        &blob_path(&manifest_digest)?,
+        manifest.len() as u64,
+        &mut &manifest[..],
+    )?;
+    add("index.json", index.len() as u64, &mut &index[..])?;
+    builder.into_inner().context("finishing the OCI archive")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

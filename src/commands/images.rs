@@ -1,16 +1,22 @@
-//! `import`, `images`, `rmi`.
+//! `import`, `images`, `rmi`, `commit`, `diff`, `export`.
 
 use std::io::Write;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use super::mapping_for;
-use crate::cli::{Format, ImagesArgs, ImportArgs, RmiArgs};
-use crate::container::Store;
+use crate::cli::{
+    CommitArgs, DiffArgs, ExportArgs, ExportFormatArg, Format, ImagesArgs, ImportArgs, RmiArgs,
+};
+use crate::container::{Container, Store};
 use crate::idmap::Caller;
-use crate::image::{ImageMeta, ImageStore};
+use crate::image::{
+    apply_changes, ContainerLayer, ExportFormat, Exportable, Image, ImageConfig, ImageMeta,
+    ImageStore,
+};
 use crate::oci::Found;
+use crate::upper::{Layer, LayerKind};
 
 pub fn import(args: &ImportArgs) -> Result<i32> {
     let idmap = mapping_for(args.userns, &Caller::current(), args.quiet);
@@ -159,4 +165,134 @@ pub fn rmi(args: &RmiArgs) -> Result<i32> {
         }
     }
     Ok(if failed { 1 } else { 0 })
+}
+
+/// A container's layer and the image it started from (if that is a stored image).
+fn container_layer(images: &ImageStore, c: &Container) -> Result<(ContainerLayer, Option<Image>)> {
+    let kind = LayerKind::for_backend(&c.meta.backend);
+    let top = match kind {
+        LayerKind::Copy => c.dir.join("rootfs"),
+        _ => c.upper(),
+    };
+    let Some(idmap) = c.meta.idmap.clone() else {
+        bail!(
+            "container {} was made by an older nook that did not record its id mapping; \
+             its changes cannot be read",
+            c.meta.name
+        );
+    };
+    if !c.meta.image.is_dir() {
+        bail!(
+            "the image of container {} ({}) is gone; its changes have nothing to apply to",
+            c.meta.name,
+            c.meta.image.display()
+        );
+    }
+    let image = images
+        .list()?
+        .into_iter()
+        .find(|i| i.rootfs() == c.meta.image);
+    let base_is_image = image.as_ref().is_some_and(|i| i.meta.idmap == idmap);
+    Ok((
+        ContainerLayer {
+            layer: Layer {
+                kind,
+                top,
+                base: c.meta.image.clone(),
+            },
+            idmap,
+            base_is_image,
+        },
+        image,
+    ))
+}
+
+pub fn commit(args: &CommitArgs) -> Result<i32> {
+    let images = ImageStore::open()?;
+    let container = Store::open()?.get(&args.container)?;
+    let (layer, base) = container_layer(&images, &container)?;
+    let mut config = base.map(|i| i.meta.config).unwrap_or_default();
+    apply_changes(&mut config, &args.change)?;
+    let source = format!("commit of container {}", container.meta.name);
+    let (meta, changes) = images.commit(&args.name, &layer, config, &source)?;
+    if !args.quiet {
+        eprintln!(
+            "nook: note: {changes} change(s) of container {} applied",
+            container.meta.name
+        );
+    }
+    println!("{}", meta.name);
+    Ok(0)
+}
+
+pub fn diff(args: &DiffArgs) -> Result<i32> {
+    let images = ImageStore::open()?;
+    let container = Store::open()?.get(&args.container)?;
+    let (layer, _) = container_layer(&images, &container)?;
+    let mut out = std::io::stdout().lock();
+    for change in images.changes(&layer)? {
+        writeln!(out, "{} /{}", change.kind.letter(), change.path.display())?;
+    }
+    Ok(0)
+}
+
+pub fn export(args: &ExportArgs) -> Result<i32> {
+    let images = ImageStore::open()?;
+    let format = match args.format {
+        ExportFormatArg::Tar => ExportFormat::Tar,
+        ExportFormatArg::Oci => ExportFormat::Oci,
+    };
+    let image = if images.exists(&args.target) {
+        Some(images.get(&args.target)?)
+    } else {
+        None
+    };
+    let what = match &image {
+        Some(image) => Exportable::Image(image),
+        None => {
+            let container = Store::open()?.get(&args.target).map_err(|_| {
+                anyhow::anyhow!(
+                    "no image or container named {} (see `nook images` and `nook ps`)",
+                    args.target
+                )
+            })?;
+            let (from, base) = container_layer(&images, &container)?;
+            Exportable::Container {
+                from: Box::new(from),
+                config: base
+                    .map(|i| i.meta.config)
+                    .unwrap_or_else(ImageConfig::default),
+                name: container.meta.name.clone(),
+            }
+        }
+    };
+    if args.output == "-" {
+        if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            bail!("refusing to write an archive to a terminal: redirect stdout or give -o FILE");
+        }
+        let stdout = std::os::fd::AsFd::as_fd(&std::io::stdout()).try_clone_to_owned()?;
+        images.export(&what, std::fs::File::from(stdout), format)?;
+        return Ok(0);
+    }
+    // Written beside the destination and renamed: a cut-short export leaves no partial file
+    // under the name.
+    let dest = std::path::Path::new(&args.output);
+    let file_name = dest
+        .file_name()
+        .with_context(|| format!("-o {}: not a file name", args.output))?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = dest.with_file_name(format!(".{file_name}.nook-{}", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    let result = images.export(&what, file, format).and_then(|()| {
+        std::fs::rename(&tmp, dest).with_context(|| format!("writing {}", dest.display()))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map(|()| 0)
 }

@@ -5,7 +5,7 @@ mod images;
 mod run;
 
 pub use containers::{logs, ps, rm, stop};
-pub use images::{images, import, rmi};
+pub use images::{commit, diff, export, images, import, rmi};
 pub use run::run;
 
 use crate::cli::UsernsArg;

@@ -14,7 +14,7 @@ use crate::container::{
     now_rfc3339, process_start_time, Container, NewContainer, State, Status, Store,
 };
 use crate::idmap::{Caller, IdMapping};
-use crate::image::{Image, ImageStore};
+use crate::image::{Image, ImageConfig, ImageStore};
 use crate::launch::{self, ChildFailed, Launch, StdinMode};
 use crate::rootfs::RootfsPlan;
 use crate::spec::{self, EtcFiles, NetworkMode, RunRequest, Volume};
@@ -29,6 +29,7 @@ struct Checked {
     user: spec::ContainerUser,
     command: Vec<String>,
     env: Vec<String>,
+    workdir: Option<String>,
     network: NetworkMode,
 }
 
@@ -39,6 +40,10 @@ fn check(args: &RunArgs) -> Result<Checked> {
         );
     }
     let (image, stored) = resolve_image(&args.image)?;
+    let config = stored
+        .as_ref()
+        .map(|i| i.meta.config.clone())
+        .unwrap_or_default();
     let caller = Caller::current();
     let idmap = mapping_for(args.userns, &caller, args.quiet);
     if let (Some(img), false) = (&stored, args.quiet) {
@@ -71,7 +76,7 @@ fn check(args: &RunArgs) -> Result<Checked> {
                 .map(|h| h.display().to_string())
                 .unwrap_or_else(|| "/".into()),
         },
-        (u, _) => spec::resolve_user(&image, u.as_deref())?,
+        (u, _) => spec::resolve_user(&image, u.as_deref().or(config.user.as_deref()))?,
     };
     if !idmap.maps_uid(user.uid) || !idmap.maps_gid(user.gid) {
         bail!(
@@ -85,19 +90,22 @@ fn check(args: &RunArgs) -> Result<Checked> {
                 .unwrap_or_default()
         );
     }
-    let command = if args.command.is_empty() {
-        vec!["/bin/sh".to_string()]
-    } else {
-        args.command.clone()
-    };
-    let env = args
+    let command = command_line(&config, args.entrypoint.as_deref(), &args.command);
+    // The image's environment first: -e overrides it.
+    let env = config
         .env
         .iter()
-        .filter_map(|e| match e.split_once('=') {
+        .flatten()
+        .cloned()
+        .chain(args.env.iter().filter_map(|e| match e.split_once('=') {
             Some(_) => Some(e.clone()),
             None => std::env::var(e).ok().map(|v| format!("{e}={v}")),
-        })
+        }))
         .collect();
+    let workdir = args
+        .workdir
+        .clone()
+        .or_else(|| config.working_dir.clone().filter(|w| !w.is_empty()));
     let network = match args.network {
         NetworkArg::Host => NetworkMode::Host,
         NetworkArg::None => NetworkMode::None,
@@ -113,8 +121,33 @@ fn check(args: &RunArgs) -> Result<Checked> {
         user,
         command,
         env,
+        workdir,
         network,
     })
+}
+
+/// The command a container runs, as docker makes it: the entrypoint (the image's, or
+/// `--entrypoint`, which also drops the image's Cmd) followed by the arguments given on the
+/// command line, else the image's Cmd; `/bin/sh` when all are empty.
+fn command_line(config: &ImageConfig, entrypoint: Option<&str>, args: &[String]) -> Vec<String> {
+    let (entrypoint, default_cmd) = match entrypoint {
+        Some("") => (Vec::new(), Vec::new()),
+        Some(e) => (vec![e.to_string()], Vec::new()),
+        None => (
+            config.entrypoint.clone().unwrap_or_default(),
+            config.cmd.clone().unwrap_or_default(),
+        ),
+    };
+    let mut command = entrypoint;
+    if args.is_empty() {
+        command.extend(default_cmd);
+    } else {
+        command.extend(args.iter().cloned());
+    }
+    if command.is_empty() {
+        command.push("/bin/sh".to_string());
+    }
+    command
 }
 
 /// An image name from the store, else a directory.
@@ -252,7 +285,7 @@ fn prepare(
         rootfs: &container.merged(),
         args: checked.command.clone(),
         env: checked.env.clone(),
-        cwd: args.workdir.clone(),
+        cwd: checked.workdir.clone(),
         user: checked.user.clone(),
         terminal: args.tty,
         hostname,
@@ -426,4 +459,51 @@ fn monitor(
 fn pipe() -> Result<(fs::File, fs::File)> {
     let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe2")?;
     Ok((fs::File::from(rx), fs::File::from(tx)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn entrypoint_and_cmd_combine_like_docker() {
+        let config = ImageConfig {
+            entrypoint: Some(strings(&["/entry", "-x"])),
+            cmd: Some(strings(&["default"])),
+            ..ImageConfig::default()
+        };
+        assert_eq!(
+            command_line(&config, None, &[]),
+            strings(&["/entry", "-x", "default"])
+        );
+        assert_eq!(
+            command_line(&config, None, &strings(&["mine"])),
+            strings(&["/entry", "-x", "mine"])
+        );
+        assert_eq!(
+            command_line(&config, Some("/other"), &[]),
+            strings(&["/other"])
+        );
+        assert_eq!(
+            command_line(&config, Some(""), &strings(&["ls"])),
+            strings(&["ls"])
+        );
+        let cmd_only = ImageConfig {
+            cmd: Some(strings(&["/bin/app"])),
+            ..ImageConfig::default()
+        };
+        assert_eq!(command_line(&cmd_only, None, &[]), strings(&["/bin/app"]));
+        assert_eq!(
+            command_line(&cmd_only, None, &strings(&["sh"])),
+            strings(&["sh"])
+        );
+        assert_eq!(
+            command_line(&ImageConfig::default(), None, &[]),
+            strings(&["/bin/sh"])
+        );
+    }
 }
