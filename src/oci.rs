@@ -90,12 +90,14 @@ impl<R: Read> Decoder<R> {
 
 impl<R: Read> Read for Decoder<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Decoder::Plain(r) => r.read(buf),
-            Decoder::Gzip(d) => d.read(buf),
-            Decoder::Zstd(d) => d.read(buf),
-            Decoder::Xz(d) => d.read(buf),
-        }
+        let (format, result) = match self {
+            Decoder::Plain(r) => return r.read(buf),
+            Decoder::Gzip(d) => ("gzip", d.read(buf)),
+            Decoder::Zstd(d) => ("zstd", d.read(buf)),
+            Decoder::Xz(d) => ("xz", d.read(buf)),
+        };
+        // Say which decompression failed: "corrupt deflate stream" alone names nothing.
+        result.map_err(|e| io::Error::new(e.kind(), format!("{format} data: {e}")))
     }
 }
 
@@ -150,21 +152,25 @@ pub fn sha256_of(data: &[u8]) -> String {
     hex_digest(h)
 }
 
-/// A progress bar on stderr when it is a terminal; hidden otherwise (pipes, logs).
+/// A progress bar on stderr when it is a terminal (unless `TERM=dumb`); hidden otherwise (pipes,
+/// logs).
 pub fn progress_bar(total: Option<u64>, message: &str) -> ProgressBar {
     use std::io::IsTerminal;
-    if !io::stderr().is_terminal() {
+    if !io::stderr().is_terminal() || std::env::var("TERM").is_ok_and(|t| t == "dumb") {
         return ProgressBar::hidden();
     }
+    // Not `ProgressDrawTarget::stderr()`, which also hides the bar when TERM is unset.
+    let target =
+        indicatif::ProgressDrawTarget::term_like_with_hz(Box::new(console::Term::stderr()), 20);
     let bar = match total {
-        Some(t) => ProgressBar::new(t).with_style(
+        Some(t) => ProgressBar::with_draw_target(Some(t), target).with_style(
             ProgressStyle::with_template(
                 "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
             )
             .expect("valid template")
             .progress_chars("=> "),
         ),
-        None => ProgressBar::new_spinner().with_style(
+        None => ProgressBar::with_draw_target(None, target).with_style(
             ProgressStyle::with_template("{spinner} {msg} {bytes} {bytes_per_sec}")
                 .expect("valid template"),
         ),
@@ -432,32 +438,48 @@ fn blob_path(digest: &str) -> Result<String> {
     Ok(format!("blobs/sha256/{hex}"))
 }
 
-/// Whether a tar's first member says it is an image archive (OCI layout or `docker save`) rather
-/// than a root filesystem.
-pub fn looks_like_image_archive(first_header: &[u8]) -> bool {
-    if first_header.len() < 512 {
-        return false;
-    }
-    let field = |r: std::ops::Range<usize>| {
-        let f = &first_header[r];
-        let end = f.iter().position(|b| *b == 0).unwrap_or(f.len());
-        String::from_utf8_lossy(&f[..end]).into_owned()
-    };
-    let mut name = field(0..100);
-    if &first_header[257..262] == b"ustar" {
-        let prefix = field(345..500);
-        if !prefix.is_empty() {
-            name = format!("{prefix}/{name}");
+/// How far into a tar stream `looks_like_image_archive` looks.
+pub const SNIFF_BYTES: usize = 16 << 10;
+
+/// Whether the first member of a tar stream (past a `./` entry) says it is an image archive (an
+/// OCI layout or a `docker save`) rather than a root filesystem. `start` is the stream's first
+/// bytes.
+pub fn looks_like_image_archive(start: &[u8]) -> bool {
+    let mut offset = 0;
+    while offset + 512 <= start.len() {
+        let block = &start[offset..offset + 512];
+        if block.iter().all(|b| *b == 0) {
+            return false;
         }
+        let field = |r: std::ops::Range<usize>| {
+            let f = &block[r];
+            let end = f.iter().position(|b| *b == 0).unwrap_or(f.len());
+            String::from_utf8_lossy(&f[..end]).into_owned()
+        };
+        let mut name = field(0..100);
+        if &block[257..262] == b"ustar" {
+            let prefix = field(345..500);
+            if !prefix.is_empty() {
+                name = format!("{prefix}/{name}");
+            }
+        }
+        let size = u64::from_str_radix(field(124..136).trim(), 8).unwrap_or(0);
+        let kind = block[156];
+        let name = member_name(Path::new(&name));
+        // Extension headers and the archive's own root say nothing yet: look further.
+        if matches!(kind, b'x' | b'g' | b'L' | b'K') || name.is_empty() || name == "." {
+            offset += 512 + (size as usize).div_ceil(512) * 512;
+            continue;
+        }
+        let first = name.split('/').next().unwrap_or("");
+        let is_hex_id = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+        return matches!(
+            first,
+            "blobs" | "oci-layout" | "index.json" | "manifest.json" | "repositories"
+        ) || is_hex_id(first)
+            || first.strip_suffix(".json").is_some_and(is_hex_id);
     }
-    let name = member_name(Path::new(&name));
-    let first = name.split('/').next().unwrap_or("");
-    let is_hex_id = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
-    matches!(
-        first,
-        "blobs" | "oci-layout" | "index.json" | "manifest.json" | "repositories"
-    ) || is_hex_id(first)
-        || first.strip_suffix(".json").is_some_and(is_hex_id)
+    false
 }
 
 /// Imports an image archive (OCI layout or docker save) from `layout` into `applier`.
@@ -724,7 +746,8 @@ pub fn import_source(source: &str, applier: &mut Applier, scratch: &Path) -> Res
     let (magic, peeked) = peek(counted, 6).with_context(|| format!("reading {what}"))?;
     let compression = Compression::detect(&magic).with_context(|| what.to_string())?;
     let decoder = Decoder::new(peeked, compression)?;
-    let (header, tar_stream) = peek(decoder, 512).with_context(|| format!("reading {what}"))?;
+    let (header, tar_stream) =
+        peek(decoder, SNIFF_BYTES).with_context(|| format!("reading {what}"))?;
     if header.is_empty() {
         bail!("{what} is empty");
     }
@@ -1044,6 +1067,12 @@ mod tests {
             "0".repeat(64)
         ))));
         assert!(!looks_like_image_archive(&header_named("./")));
+        let mut layout_tar = header_named("./");
+        layout_tar.extend(header_named("./blobs/"));
+        assert!(looks_like_image_archive(&layout_tar));
+        let mut rootfs_tar = header_named("./");
+        rootfs_tar.extend(header_named("./bin/"));
+        assert!(!looks_like_image_archive(&rootfs_tar));
         assert!(!looks_like_image_archive(&header_named("etc/passwd")));
     }
 
