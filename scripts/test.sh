@@ -14,6 +14,12 @@ TEST_USER=nooktest
 TEST_USER_NOSUB=nooktest-nosub
 PACKAGES=(busybox-static uidmap fuse-overlayfs libseccomp-dev pkg-config)
 
+# --- images (issue 6) ------------------------------------------------------------------------
+# podman: tests/images.rs loads nook's OCI export into it and runs it (as the test user).
+# umoci: scripts/bench.sh compares `nook import` with `umoci unpack --rootless`.
+PACKAGES+=(podman umoci)
+# ---------------------------------------------------------------------------------------------
+
 log() {
     echo "test.sh: $*" >&2
 }
