@@ -144,13 +144,16 @@ impl ImageStore {
             let rootfs = tmp.join("rootfs");
             match &source_path {
                 Some(dir) if dir.is_dir() && !dir.join("index.json").is_file() => {
-                    copy_directory(dir, &rootfs, idmap)?;
+                    let skipped = copy_directory(dir, &rootfs, idmap)?;
                     Ok(Built {
                         found: Found {
                             kind: "directory".into(),
                             ..Found::default()
                         },
-                        summary: Summary::default(),
+                        summary: Summary {
+                            skipped_devices: skipped,
+                            ..Summary::default()
+                        },
                     })
                 }
                 Some(path) => unpack_source(&path.to_string_lossy(), tmp, idmap),
@@ -559,76 +562,21 @@ fn unpack_source(source: &str, tmp: &Path, idmap: &IdMapping) -> Result<Built> {
 
 /// Copies a directory tree into the store, inside the user namespace so owners are kept: the
 /// caller's files become root's, other owners stay where the mapping covers them (else root).
-fn copy_directory(src: &Path, dest: &Path, idmap: &IdMapping) -> Result<()> {
-    let (src, dest, map) = (src.to_path_buf(), dest.to_path_buf(), idmap.clone());
+/// Returns how many device nodes and sockets were left out.
+fn copy_directory(src: &Path, dest: &Path, idmap: &IdMapping) -> Result<u64> {
+    let (src, dest) = (src.to_path_buf(), dest.to_path_buf());
+    let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let mut tx = fs::File::from(tx);
     run_in_userns(idmap, move || {
-        let mut links = std::collections::HashMap::new();
-        copy_tree(&src, &dest, &map, &mut links)
-    })
-}
-
-fn copy_tree(
-    src: &Path,
-    dest: &Path,
-    map: &IdMapping,
-    links: &mut std::collections::HashMap<(u64, u64), PathBuf>,
-) -> Result<()> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-    let meta = fs::symlink_metadata(src).with_context(|| format!("reading {}", src.display()))?;
-    let kind = meta.file_type();
-    if kind.is_dir() {
-        fs::create_dir(dest).with_context(|| format!("creating {}", dest.display()))?;
-        for entry in fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
-            let entry = entry?;
-            copy_tree(&entry.path(), &dest.join(entry.file_name()), map, links)?;
-        }
-    } else if kind.is_symlink() {
-        std::os::unix::fs::symlink(fs::read_link(src)?, dest)
-            .with_context(|| format!("creating {}", dest.display()))?;
-    } else if kind.is_file() {
-        let key = (meta.dev(), meta.ino());
-        if meta.nlink() > 1 {
-            if let Some(first) = links.get(&key) {
-                fs::hard_link(first, dest)
-                    .with_context(|| format!("linking {}", dest.display()))?;
-                return Ok(());
-            }
-            links.insert(key, dest.to_path_buf());
-        }
-        fs::copy(src, dest).with_context(|| format!("copying {}", src.display()))?;
-    } else if kind.is_fifo() {
-        nix::unistd::mkfifo(dest, nix::sys::stat::Mode::from_bits_truncate(0o600))
-            .with_context(|| format!("creating {}", dest.display()))?;
-    } else {
-        // Device nodes and sockets cannot be created in a user namespace, nor are they image
-        // content.
-        return Ok(());
-    }
-    let owner = |id: u32, mapped: bool| if mapped { id } else { 0 };
-    let uid = owner(meta.uid(), map.maps_uid(meta.uid()));
-    let gid = owner(meta.gid(), map.maps_gid(meta.gid()));
-    nix::unistd::fchownat(
-        nix::fcntl::AT_FDCWD,
-        dest,
-        Some(nix::unistd::Uid::from_raw(uid)),
-        Some(nix::unistd::Gid::from_raw(gid)),
-        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-    )
-    .with_context(|| format!("chown {}", dest.display()))?;
-    if !kind.is_symlink() {
-        fs::set_permissions(dest, fs::Permissions::from_mode(meta.mode() & 0o7777))
-            .with_context(|| format!("chmod {}", dest.display()))?;
-    }
-    let times = |s: i64, ns: i64| nix::sys::time::TimeSpec::new(s, ns);
-    nix::sys::stat::utimensat(
-        nix::fcntl::AT_FDCWD,
-        dest,
-        &times(meta.atime(), meta.atime_nsec()),
-        &times(meta.mtime(), meta.mtime_nsec()),
-        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-    )
-    .with_context(|| format!("setting times of {}", dest.display()))?;
-    Ok(())
+        let mut copier = Copier::default();
+        copier.copy_tree(&src, &dest, Share::Copy)?;
+        let skipped = copier.finish()?;
+        write!(tx, "{skipped}").context("reporting the copy")?;
+        Ok(())
+    })?;
+    let mut report = String::new();
+    fs::File::from(rx).read_to_string(&mut report)?;
+    report.trim().parse().context("reading the copy's report")
 }
 
 #[cfg(test)]

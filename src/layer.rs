@@ -86,9 +86,8 @@ impl Applier {
         })
     }
 
-    /// Applies one tar stream. `what` names it in errors (the archive or the layer digest);
-    /// `progress` is called with nothing and only ticks. Returns the reader, for the caller to
-    /// read to its end (digests cover the whole blob).
+    /// Applies one tar stream. `what` names it in errors (the archive or the layer). Returns the
+    /// reader, for the caller to read to its end (digests cover the whole blob).
     pub fn apply<R: Read>(&mut self, reader: R, what: &str) -> Result<R> {
         let mut archive = tar::Archive::new(reader);
         archive.set_preserve_permissions(false);
