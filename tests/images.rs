@@ -1295,3 +1295,86 @@ fn progress_shows_on_a_terminal_only() {
     out.assert_ok().assert_stdout("pipe");
     assert_eq!(out.stderr, "", "{out}");
 }
+
+/// The debootstrap image made by `scripts/mkimage-debian.sh` (scripts/test.sh builds it as root).
+fn debian_archive() -> Option<&'static Path> {
+    let path = Path::new("/var/tmp/nook-test-fixtures/debian-bookworm.tar");
+    if path.exists() {
+        return Some(path);
+    }
+    let reason = "no Debian image: run scripts/test.sh as root (it builds \
+                  /var/tmp/nook-test-fixtures/debian-bookworm.tar with scripts/mkimage-debian.sh)";
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("prerequisite missing under CI=true: {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+    None
+}
+
+/// Splits a tar archive into `n` layers of consecutive entries (a hard link's target always
+/// comes first), each compressed its own way.
+fn split_into_layers(archive: &Path, n: usize) -> Vec<Vec<u8>> {
+    let count = tar::Archive::new(fs::File::open(archive).unwrap())
+        .entries()
+        .unwrap()
+        .count();
+    let per_layer = count.div_ceil(n);
+    let mut layers: Vec<tar::Builder<Vec<u8>>> =
+        (0..n).map(|_| tar::Builder::new(Vec::new())).collect();
+    let mut source = tar::Archive::new(fs::File::open(archive).unwrap());
+    for (i, entry) in source.entries().unwrap().enumerate() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().into_owned();
+        let mut h = entry.header().clone();
+        let b = &mut layers[i / per_layer];
+        match entry.link_name().unwrap().map(|l| l.into_owned()) {
+            Some(target) => b.append_link(&mut h, &path, &target).unwrap(),
+            None => b.append_data(&mut h, &path, &mut entry).unwrap(),
+        }
+    }
+    layers
+        .into_iter()
+        .map(|b| b.into_inner().unwrap())
+        .collect()
+}
+
+#[test]
+fn debian_as_three_oci_layers_flattens_to_the_same_tree_as_its_tarball() {
+    let Some(archive) = debian_archive() else {
+        return;
+    };
+    let Some(t) = Nook::new() else { return };
+    let layers = split_into_layers(archive, 3);
+    let dir = t.dir.join("debian-oci");
+    let layout = Layout::new(dir.clone());
+    let compressed = [gzip(&layers[0]), zstd(&layers[1]), layers[2].clone()];
+    let media = ["tar+gzip", "tar+zstd", "tar"];
+    let descs: Vec<_> = compressed
+        .iter()
+        .zip(media)
+        .map(|(data, m)| layout.blob(&format!("application/vnd.oci.image.layer.v1.{m}"), data))
+        .collect();
+    let refs: Vec<&[u8]> = layers.iter().map(|l| &l[..]).collect();
+    let config = image_config(
+        serde_json::json!({"Cmd": ["cat", "/etc/debian_version"]}),
+        &refs,
+    );
+    let manifest = layout.manifest(&config, &descs);
+    layout.index(&[with_platform(manifest, oci_arch())]);
+    t.give(&dir);
+    t.nook(&["import", "-q", dir.to_str().unwrap(), "layered"])
+        .assert_ok();
+    t.nook(&["import", "-q", archive.to_str().unwrap(), "plain"])
+        .assert_ok();
+    let without_ctime = |v: Vec<String>| -> Vec<String> {
+        v.into_iter()
+            .map(|l| l.rsplit_once("\tctime=").unwrap().0.to_string())
+            .collect()
+    };
+    let a = without_ctime(tree_listing(&rootfs(&t, "plain")));
+    let b = without_ctime(tree_listing(&rootfs(&t, "layered")));
+    assert!(a == b, "layers flattened differently:{}", diff(&a, &b));
+    let out = t.nook(&["run", "--rm", "layered"]);
+    out.assert_ok();
+    assert!(out.stdout.starts_with("12."), "{out}");
+}
