@@ -506,6 +506,16 @@ fn oci_layout_layers_are_flattened_in_order_and_the_config_drives_run() {
     tar_dir(&dir, &archive);
     import(&t, &archive, "from-tar").assert_ok();
     assert_three_layers_flattened(&rootfs(&t, "from-tar"));
+    // Compressed, on stdin: spooled, then read like the file.
+    t.cmd(&["import", "-", "from-stdin"])
+        .stdin(&gzip(&fs::read(&archive).unwrap()))
+        .run()
+        .assert_ok();
+    assert_three_layers_flattened(&rootfs(&t, "from-stdin"));
+    assert!(
+        !t.storage.join("images/from-stdin/archive.tar").exists(),
+        "the spooled archive is not part of the image"
+    );
 
     // Entrypoint + Cmd, Env, WorkingDir and User from the config.
     t.nook(&["run", "--rm", "layered"])
