@@ -787,6 +787,14 @@ fn hostile_tarballs_are_refused_or_confined_and_leave_nothing() {
             "canary",
         ),
         (
+            "symlink to a host file, then a file of the same name",
+            tar_bytes(&[
+                E::Symlink("canary", &via_dotdot),
+                E::File("canary", 0o644, b"inside"),
+            ]),
+            "canary",
+        ),
+        (
             "duplicate entries: the last one wins",
             tar_bytes(&[
                 E::File("canary", 0o644, b"first"),
@@ -1108,7 +1116,38 @@ fn commit_makes_an_image_of_base_and_changes_sharing_unchanged_files() {
     t.nook(&["rmi", "bb"]).assert_ok();
     t.nook(&["run", "--rm", "snap", "cat", "/etc/passwd"])
         .assert_ok();
-    assert!(t.nook(&["commit", "nonexistent", "x"]).code == Some(1));
+    let out = t.nook(&["commit", "nonexistent", "x"]);
+    out.assert_code(1);
+    assert!(out.stderr.contains("no such container"), "{out}");
+}
+
+#[test]
+fn commit_of_a_container_over_a_plain_directory_copies_instead_of_linking() {
+    let Some(t) = Nook::new() else { return };
+    // The directory is the user's to change at any time: nothing of it may be shared.
+    t.nook(&[
+        "run",
+        "-q",
+        "--name",
+        "plain",
+        t.image(),
+        "sh",
+        "-c",
+        "echo x > /x",
+    ])
+    .assert_ok();
+    t.nook(&["commit", "-q", "plain", "fromdir"]).assert_ok();
+    let snap = rootfs(&t, "fromdir");
+    assert_ne!(
+        fs::metadata(snap.join("bin/busybox")).unwrap().ino(),
+        fs::metadata(Path::new(t.image()).join("bin/busybox"))
+            .unwrap()
+            .ino()
+    );
+    t.nook(&["run", "--rm", "fromdir", "cat", "/x"])
+        .assert_ok()
+        .assert_stdout("x");
+    t.nook(&["rm", "plain"]).assert_ok();
 }
 
 #[test]
