@@ -109,9 +109,6 @@ impl Container {
     pub fn work(&self) -> PathBuf {
         self.dir.join("work")
     }
-    pub fn merged(&self) -> PathBuf {
-        self.dir.join("merged")
-    }
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("log")
     }
@@ -127,7 +124,8 @@ impl Container {
     }
 
     pub fn save_state(&self, state: &State) -> Result<()> {
-        write_atomic(&self.state_path(), &serde_json::to_vec(state)?)
+        // Not fsynced: a state lost in a crash is recomputed from the runner's pid.
+        write_atomic(&self.state_path(), &serde_json::to_vec(state)?, false)
     }
 }
 
@@ -197,12 +195,14 @@ impl Store {
         let container = Container { dir, meta };
         let made = (|| -> Result<()> {
             create_private_dir(&container.dir)?;
-            for sub in [container.upper(), container.work(), container.merged()] {
+            for sub in [container.upper(), container.work()] {
                 fs::create_dir(&sub).with_context(|| format!("creating {}", sub.display()))?;
             }
+            // A container removed on exit needs no crash-safe metadata.
             write_atomic(
                 &container.dir.join("meta.json"),
                 &serde_json::to_vec_pretty(&container.meta)?,
+                !container.meta.auto_remove,
             )
         })();
         if let Err(e) = made {

@@ -155,7 +155,11 @@ impl ImageStore {
                 idmap: idmap.clone(),
                 skipped_devices: skipped,
             };
-            write_atomic(&tmp.join("image.json"), &serde_json::to_vec_pretty(&meta)?)?;
+            write_atomic(
+                &tmp.join("image.json"),
+                &serde_json::to_vec_pretty(&meta)?,
+                true,
+            )?;
             fs::rename(&tmp, self.root.join(name))
                 .with_context(|| format!("moving the new image into place as {name}"))?;
             Ok(meta)

@@ -33,9 +33,17 @@ pub enum RootfsPlan {
     Prepared,
 }
 
+/// A file nook provides in the container, such as `/etc/hostname`. It lives in the container's
+/// `/dev` tmpfs (unlinked once bound), so it costs no disk and names no host path.
+#[derive(Clone, Debug)]
+pub struct GeneratedFile {
+    pub destination: PathBuf,
+    pub content: Vec<u8>,
+}
+
 /// Builds the container's filesystem and moves into it. On return the process's root is the
 /// container's root and the host's tree is unreachable.
-pub fn enter(spec: &Spec, plan: &RootfsPlan) -> Result<()> {
+pub fn enter(spec: &Spec, plan: &RootfsPlan, files: &[GeneratedFile]) -> Result<()> {
     let root = spec
         .root()
         .as_ref()
@@ -55,6 +63,12 @@ pub fn enter(spec: &Spec, plan: &RootfsPlan) -> Result<()> {
     }
     if dev_is_ours {
         populate_dev(root_fd.as_fd()).context("populating /dev")?;
+    } else if !files.is_empty() {
+        bail!("nook's generated files need the container's /dev to be a tmpfs");
+    }
+    for (i, file) in files.iter().enumerate() {
+        place_generated(root_fd.as_fd(), i, file)
+            .with_context(|| format!("providing {}", file.destination.display()))?;
     }
     drop(root_fd);
     pivot_into(&root)?;
@@ -379,6 +393,51 @@ fn populate_dev(root: BorrowedFd<'_>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn place_generated(root: BorrowedFd<'_>, index: usize, file: &GeneratedFile) -> Result<()> {
+    use std::io::Write;
+    let dev = sys::open_in_root(root, Path::new("/dev"), libc::O_PATH | libc::O_DIRECTORY)?;
+    let name = format!(".nook-generated-{index}");
+    let fd = nix::fcntl::openat(
+        dev.as_fd(),
+        Path::new(&name),
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o644),
+    )
+    .context("creating it in /dev")?;
+    fs::File::from(fd).write_all(&file.content)?;
+    let source = sys::open_in_root(root, &Path::new("/dev").join(&name), libc::O_PATH)?;
+    let result = match open_or_create(root, &file.destination, Kind::File) {
+        Ok(target) => mount(
+            Some(fd_path(source.as_fd()).as_str()),
+            fd_path(target.as_fd()).as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(anyhow::Error::from),
+        // The image lacks the file and will not let us add it (an /etc owned by an id the
+        // container does not map): go without, as the image's own makers did.
+        Err(e) if is_permission_error(&e) => Ok(()),
+        Err(e) => Err(e),
+    };
+    nix::unistd::unlinkat(
+        dev.as_fd(),
+        Path::new(&name),
+        nix::unistd::UnlinkatFlags::NoRemoveDir,
+    )
+    .context("unlinking the staging copy")?;
+    result
+}
+
+fn is_permission_error(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<nix::Error>(),
+            Some(nix::Error::EACCES | nix::Error::EPERM | nix::Error::EOVERFLOW)
+        )
+    })
 }
 
 fn pivot_into(root: &Path) -> Result<()> {

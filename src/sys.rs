@@ -247,3 +247,24 @@ pub fn has_xattr(path: &std::ffi::CStr, name: &std::ffi::CStr) -> bool {
     let ret = unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
     ret >= 0
 }
+
+/// Installs a classic BPF seccomp program (`SECCOMP_SET_MODE_FILTER`). The caller must already
+/// have set no_new_privs or hold CAP_SYS_ADMIN.
+pub fn seccomp_set_filter(program: &[libc::sock_filter]) -> io::Result<()> {
+    let len =
+        u16::try_from(program.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?;
+    let fprog = libc::sock_fprog {
+        len,
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `fprog` points at `program`, which outlives the call; the kernel copies it.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    check(ret).map(drop)
+}

@@ -43,12 +43,12 @@ fn become_container(
     }
     // Compiled while the parent writes the id maps.
     let seccomp = match linux.and_then(|l| l.seccomp().as_ref()) {
-        Some(profile) => Some(security::compile_seccomp(profile)?),
+        Some(profile) => Some(security::seccomp_program(profile)?),
         None => None,
     };
     chan.expect(Msg::MapsWritten)?;
 
-    rootfs::enter(spec, launch.rootfs)?;
+    rootfs::enter(spec, launch.rootfs, launch.files)?;
     if let Some(hostname) = spec.hostname() {
         nix::unistd::sethostname(hostname).context("sethostname")?;
     }

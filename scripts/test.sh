@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Build nook and run its whole test suite. Extra arguments go to `cargo test`.
+#
+# As root (CI): installs what the tests need, makes /dev/fuse usable, creates
+# the unprivileged test users and runs the suite; the tests then run nook as
+# `nooktest` (with a subordinate id range) and `nooktest-nosub` (without one),
+# never as root.
+# As a normal user: runs the suite with nook run as that same user.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+TEST_USER=nooktest
+TEST_USER_NOSUB=nooktest-nosub
+PACKAGES=(busybox-static uidmap fuse-overlayfs libseccomp-dev pkg-config debootstrap)
+# The realistic image (debootstrap, cached across runs): see scripts/mkimage-debian.sh.
+DEBIAN_IMAGE=/var/tmp/nook-test-fixtures/debian-bookworm.tar
+
+log() {
+    echo "test.sh: $*" >&2
+}
+
+install_packages() {
+    local missing=() pkg
+    for pkg in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' ||
+            missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# First id after every range already given out in /etc/subuid and /etc/subgid,
+# rounded up to a multiple of 65536, and at least 100000.
+free_subid_start() {
+    awk -F: 'NF >= 3 && $2 ~ /^[0-9]+$/ && $3 ~ /^[0-9]+$/ {
+                 end = $2 + $3; if (end > max) max = end
+             }
+             END {
+                 if (max < 100000) { print 100000; exit }
+                 print int((max + 65535) / 65536) * 65536
+             }' /etc/subuid /etc/subgid
+}
+
+# Lines of a subid file that belong to a user, by name or by uid.
+has_subids() {
+    local file=$1 user=$2 uid
+    uid=$(id -u "$user")
+    grep -qE "^(${user}|${uid}):" "$file"
+}
+
+ensure_users() {
+    touch /etc/subuid /etc/subgid
+
+    id "$TEST_USER" >/dev/null 2>&1 || useradd --create-home --shell /bin/sh "$TEST_USER"
+    if ! has_subids /etc/subuid "$TEST_USER" || ! has_subids /etc/subgid "$TEST_USER"; then
+        local start end
+        start=$(free_subid_start)
+        end=$((start + 65535))
+        has_subids /etc/subuid "$TEST_USER" || usermod --add-subuids "$start-$end" "$TEST_USER"
+        has_subids /etc/subgid "$TEST_USER" || usermod --add-subgids "$start-$end" "$TEST_USER"
+    fi
+
+    id "$TEST_USER_NOSUB" >/dev/null 2>&1 || useradd --create-home --shell /bin/sh "$TEST_USER_NOSUB"
+    local uid
+    uid=$(id -u "$TEST_USER_NOSUB")
+    sed -i -E "/^(${TEST_USER_NOSUB}|${uid}):/d" /etc/subuid /etc/subgid
+}
+
+prepare_host() {
+    install_packages
+    if [ -e /dev/fuse ]; then
+        chmod 0666 /dev/fuse
+    fi
+    ensure_users
+    log "building the Debian test image (once): $DEBIAN_IMAGE"
+    ./scripts/mkimage-debian.sh "$DEBIAN_IMAGE"
+    export NOOK_TEST_USER=$TEST_USER
+    export NOOK_TEST_USER_NOSUB=$TEST_USER_NOSUB
+}
+
+if [ "$(id -u)" -eq 0 ]; then
+    prepare_host
+else
+    log "not root: running nook as $(id -un); the test users are not set up"
+fi
+
+cargo build
+cargo test --no-fail-fast "$@"

@@ -1,0 +1,1372 @@
+//! Shared harness for nook's integration tests.
+//!
+//! Every test starts with `let Some(t) = Nook::new() else { return };` and gets:
+//! - the built binary, copied where an unprivileged user can run it;
+//! - the busybox fixture (built once by `scripts/mkrootfs-busybox.sh`, cached under
+//!   /var/tmp and owned by the user nook runs as);
+//! - its own directory under /tmp with a fresh `NOOK_STORAGE`, `XDG_RUNTIME_DIR` and `HOME`.
+//!
+//! When the test process is root, nook runs as the unprivileged test user
+//! (`NOOK_TEST_USER`, default `nooktest`): a run as root never counts as a rootless pass.
+//! If that user is missing the test is skipped with a reason, or fails under `CI=true`.
+//!
+//! Every nook invocation checks that the caller's mount table is the same after it as
+//! before it. Dropping the `Nook` checks that no process of the test is left, that the
+//! shared fixture was not written, and removes the test's directories.
+
+// Each test binary uses only part of the harness.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::fs;
+use std::hash::{DefaultHasher, Hasher};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{Pid, User};
+
+/// How long one nook invocation may take before the harness kills it and fails the test.
+pub const NOOK_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long leftover processes get to go away after a test before they count as leaked.
+const LEFTOVER_GRACE: Duration = Duration::from_secs(3);
+/// PATH given to nook (newuidmap lives in /usr/bin).
+const HOST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+// ---------------------------------------------------------------------------
+// Process-wide setup: the user nook runs as, the binary, the fixture.
+// ---------------------------------------------------------------------------
+
+/// Who nook runs as.
+#[derive(Clone, Debug)]
+pub struct Runner {
+    pub uid: u32,
+    pub gid: u32,
+    pub name: String,
+    /// True when the test process is root and switches to `uid`/`gid` for nook.
+    pub switch: bool,
+    /// The runner's subordinate uid ranges (start, count) from /etc/subuid.
+    pub subuids: Vec<(u32, u32)>,
+}
+
+impl Runner {
+    /// Whether a host uid is the runner's own or one of its subordinate ids.
+    pub fn owns_id(&self, uid: u32) -> bool {
+        uid == self.uid
+            || self
+                .subuids
+                .iter()
+                .any(|&(start, count)| uid >= start && uid - start < count)
+    }
+}
+
+/// `user`'s ranges in a subordinate id file (`name:start:count`, by name or uid).
+fn subid_ranges(file: &str, name: &str, uid: u32) -> Vec<(u32, u32)> {
+    let text = fs::read_to_string(file).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.trim().split(':');
+            let (who, start, count) = (f.next()?, f.next()?, f.next()?);
+            (who == name || who == uid.to_string())
+                .then(|| Some((start.parse().ok()?, count.parse().ok()?)))
+                .flatten()
+        })
+        .collect()
+}
+
+struct Setup {
+    runner: Runner,
+    bin: PathBuf,
+    fixture: PathBuf,
+    fixture_metadata: Vec<String>,
+}
+
+/// Why a test cannot run here. `hard` skips fail under `CI=true`.
+#[derive(Clone, Debug)]
+struct Skip {
+    reason: String,
+    hard: bool,
+}
+
+#[derive(Clone, Copy)]
+enum TestUser {
+    /// `NOOK_TEST_USER`: has a subordinate id range.
+    Default,
+    /// `NOOK_TEST_USER_NOSUB`: has no entry in /etc/subuid or /etc/subgid.
+    WithoutSubids,
+}
+
+fn setup(user: TestUser) -> Result<&'static Setup, Skip> {
+    static DEFAULT: OnceLock<Result<Setup, Skip>> = OnceLock::new();
+    static NOSUB: OnceLock<Result<Setup, Skip>> = OnceLock::new();
+    let cell = match user {
+        TestUser::Default => &DEFAULT,
+        TestUser::WithoutSubids => &NOSUB,
+    };
+    cell.get_or_init(|| {
+        let runner = resolve_runner(user)?;
+        let bin = installed_binary().map_err(|reason| Skip { reason, hard: true })?;
+        let fixture = busybox_fixture(&runner).map_err(|reason| Skip { reason, hard: true })?;
+        let fixture_metadata = tree_metadata(&fixture);
+        Ok(Setup {
+            runner,
+            bin,
+            fixture,
+            fixture_metadata,
+        })
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}
+
+fn resolve_runner(user: TestUser) -> Result<Runner, Skip> {
+    let (var, default) = match user {
+        TestUser::Default => ("NOOK_TEST_USER", "nooktest"),
+        TestUser::WithoutSubids => ("NOOK_TEST_USER_NOSUB", "nooktest-nosub"),
+    };
+    if !nix::unistd::geteuid().is_root() {
+        if let TestUser::WithoutSubids = user {
+            return Err(Skip {
+                reason: "not root: cannot run nook as a user without subordinate ids".into(),
+                hard: false,
+            });
+        }
+        let uid = nix::unistd::getuid();
+        let name = User::from_uid(uid)
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_else(|| uid.to_string());
+        return Ok(Runner {
+            uid: uid.as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            subuids: subid_ranges("/etc/subuid", &name, uid.as_raw()),
+            name,
+            switch: false,
+        });
+    }
+    let name = std::env::var(var).unwrap_or_else(|_| default.to_string());
+    match User::from_name(&name) {
+        Ok(Some(u)) if u.uid.is_root() => Err(Skip {
+            reason: format!("{var}={name} is root; nook must be tested as an unprivileged user"),
+            hard: true,
+        }),
+        Ok(Some(u)) => Ok(Runner {
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+            subuids: subid_ranges("/etc/subuid", &name, u.uid.as_raw()),
+            name,
+            switch: true,
+        }),
+        _ => Err(Skip {
+            reason: format!(
+                "running as root, but the unprivileged test user `{name}` does not exist \
+                 (scripts/test.sh creates it; or set {var}); a run as root never counts"
+            ),
+            hard: true,
+        }),
+    }
+}
+
+fn hash_bytes(parts: &[&[u8]]) -> u64 {
+    let mut h = DefaultHasher::new();
+    for p in parts {
+        h.write(p);
+        h.write_u8(0xff);
+    }
+    h.finish()
+}
+
+/// A directory of ours under a world-writable parent, created if missing.
+fn owned_dir(path: &Path, mode: u32, owner: Option<(u32, u32)>) -> Result<(), String> {
+    match fs::create_dir(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("create {}: {e}", path.display())),
+    }
+    let meta = fs::symlink_metadata(path).map_err(|e| format!("stat {}: {e}", path.display()))?;
+    let want_uid = owner.map_or_else(|| nix::unistd::geteuid().as_raw(), |(u, _)| u);
+    if !meta.is_dir() || (meta.uid() != want_uid && meta.uid() != nix::unistd::geteuid().as_raw()) {
+        return Err(format!(
+            "{} exists but is not a directory owned by uid {want_uid}; remove it",
+            path.display()
+        ));
+    }
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+            .map_err(|e| format!("chown {}: {e}", path.display()))?;
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("chmod {}: {e}", path.display()))
+}
+
+/// Removes entries of `dir` (other than `keep`) whose mtime is older than a day.
+fn prune_old(dir: &Path, keep: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let day = Duration::from_secs(24 * 3600);
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path == keep || entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age > day);
+        if old {
+            force_remove(&path);
+        }
+    }
+}
+
+/// Copies the built binary into a world-accessible directory under /tmp: the checkout
+/// may sit where the test user cannot reach (e.g. under /root).
+fn installed_binary() -> Result<PathBuf, String> {
+    let src = Path::new(env!("CARGO_BIN_EXE_nook"));
+    let meta = fs::metadata(src).map_err(|e| format!("{}: {e}", src.display()))?;
+    let key = hash_bytes(&[
+        src.as_os_str().as_encoded_bytes(),
+        &meta.dev().to_le_bytes(),
+        &meta.ino().to_le_bytes(),
+        &meta.len().to_le_bytes(),
+        &meta.mtime().to_le_bytes(),
+        &meta.mtime_nsec().to_le_bytes(),
+    ]);
+    let base = PathBuf::from(format!("/tmp/nook-test-bin-{}", nix::unistd::geteuid()));
+    owned_dir(&base, 0o755, None)?;
+    let dir = base.join(format!("{key:016x}"));
+    let dest = dir.join("nook");
+    if dest.exists() {
+        return Ok(dest);
+    }
+    let tmp = base.join(format!(".tmp-{}-{key:016x}", std::process::id()));
+    force_remove(&tmp);
+    fs::create_dir(&tmp).map_err(|e| format!("create {}: {e}", tmp.display()))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+    fs::copy(src, tmp.join("nook")).map_err(|e| format!("copy {}: {e}", src.display()))?;
+    fs::set_permissions(tmp.join("nook"), fs::Permissions::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    if fs::rename(&tmp, &dir).is_err() {
+        // Another test process installed the same build first.
+        force_remove(&tmp);
+    }
+    if !dest.exists() {
+        return Err(format!("could not install {}", dest.display()));
+    }
+    prune_old(&base, &dir);
+    Ok(dest)
+}
+
+/// The busybox rootfs, built once per script version and owned by the runner.
+fn busybox_fixture(runner: &Runner) -> Result<PathBuf, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/mkrootfs-busybox.sh");
+    let text = fs::read(&script).map_err(|e| format!("{}: {e}", script.display()))?;
+    let busybox = fs::metadata("/bin/busybox")
+        .map(|m| format!("{} {} {}", m.len(), m.mtime(), m.mtime_nsec()))
+        .unwrap_or_default();
+    let key = hash_bytes(&[&text, busybox.as_bytes()]);
+    let owner = runner.switch.then_some((runner.uid, runner.gid));
+
+    let base = PathBuf::from(format!("/var/tmp/nook-test-fixtures-{}", runner.uid));
+    owned_dir(&base, 0o755, owner)?;
+    let lock_path = base.join(".lock");
+    let lock_file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| format!("open {}: {e}", lock_path.display()))?;
+    if let Some((uid, gid)) = owner {
+        let _ = std::os::unix::fs::lchown(&lock_path, Some(uid), Some(gid));
+    }
+    let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| format!("lock {}: {e}", lock_path.display()))?;
+
+    let dest = base.join(format!("busybox-{key:016x}"));
+    if dest.is_dir() {
+        return Ok(dest);
+    }
+    let build = base.join(format!(".build-{}", std::process::id()));
+    force_remove(&build);
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(&build)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("run {}: {e}", script.display()))?;
+    if !out.status.success() {
+        force_remove(&build);
+        return Err(format!(
+            "{} failed ({}): {}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    if let Some((uid, gid)) = owner {
+        chown_tree(&build, uid, gid)?;
+    }
+    fs::rename(&build, &dest).map_err(|e| format!("rename to {}: {e}", dest.display()))?;
+    prune_old(&base, &dest);
+    Ok(dest)
+}
+
+fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<(), String> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+        .map_err(|e| format!("chown {}: {e}", path.display()))?;
+    let meta = fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+    if meta.is_dir() {
+        for entry in fs::read_dir(path).map_err(|e| e.to_string())? {
+            chown_tree(&entry.map_err(|e| e.to_string())?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes a tree, making directories of ours writable on the way (overlay's
+/// `work/work` is created with mode 000). Best effort.
+pub fn force_remove(path: &Path) {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return;
+    };
+    if meta.is_dir() {
+        let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o700));
+        if let Ok(entries) = fs::read_dir(path) {
+            for entry in entries.flatten() {
+                force_remove(&entry.path());
+            }
+        }
+        let _ = fs::remove_dir(path);
+    } else {
+        let _ = fs::remove_file(path);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The per-test context.
+// ---------------------------------------------------------------------------
+
+/// One test's view of nook: its own storage, runtime dir and home, the fixture, the runner.
+pub struct Nook {
+    setup: &'static Setup,
+    /// The test's directory under /tmp; everything the test makes lives here.
+    pub dir: PathBuf,
+    /// `$NOOK_STORAGE` (not created beforehand: nook makes it on first use).
+    pub storage: PathBuf,
+    /// `$XDG_RUNTIME_DIR` (mode 0700, owned by the runner).
+    pub runtime: PathBuf,
+    /// `$HOME` of the runner for this test.
+    pub home: PathBuf,
+}
+
+impl Nook {
+    /// The context for a test, or `None` (after saying why) when the test must be skipped.
+    /// Under `CI=true` a missing prerequisite fails the test instead.
+    pub fn new() -> Option<Nook> {
+        Self::for_user(TestUser::Default)
+    }
+
+    /// Like `new`, but nook runs as `NOOK_TEST_USER_NOSUB`, a user without subordinate ids.
+    /// Only possible when the test process is root.
+    pub fn new_without_subids() -> Option<Nook> {
+        Self::for_user(TestUser::WithoutSubids)
+    }
+
+    fn for_user(user: TestUser) -> Option<Nook> {
+        let setup = match setup(user) {
+            Ok(s) => s,
+            Err(skip) => {
+                if skip.hard && std::env::var("CI").as_deref() == Ok("true") {
+                    panic!("prerequisite missing under CI=true: {}", skip.reason);
+                }
+                // Written past the test output capture, so a skip is always visible.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED {}: {}",
+                    thread::current().name().unwrap_or("test"),
+                    skip.reason
+                );
+                return None;
+            }
+        };
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = PathBuf::from(format!(
+            "/tmp/nook-test-{}-{n}-{}",
+            std::process::id(),
+            test_name()
+        ));
+        force_remove(&dir);
+        let t = Nook {
+            setup,
+            storage: dir.join("storage"),
+            runtime: dir.join("run"),
+            home: dir.join("home"),
+            dir,
+        };
+        t.make_dir(&t.dir, 0o755);
+        t.make_dir(&t.runtime, 0o700);
+        t.make_dir(&t.home, 0o755);
+        Some(t)
+    }
+
+    /// Who nook runs as.
+    pub fn runner(&self) -> &Runner {
+        &self.setup.runner
+    }
+
+    /// Whether the runner has a subordinate uid range, so that ids other than its own
+    /// (e.g. `-u 1000`) exist in the container. Says why when not (a failure under `CI=true`,
+    /// where scripts/test.sh gives the test user a range).
+    pub fn has_subids(&self) -> bool {
+        if !self.setup.runner.subuids.is_empty() {
+            return true;
+        }
+        let reason = format!(
+            "{} has no subordinate uid range in /etc/subuid",
+            self.setup.runner.name
+        );
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("prerequisite missing under CI=true: {reason}");
+        }
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {}: {reason}",
+            thread::current().name().unwrap_or("test")
+        );
+        false
+    }
+
+    /// The shared busybox image. Never to be written: the harness checks it after every test.
+    pub fn image(&self) -> &str {
+        self.setup.fixture.to_str().expect("fixture path is UTF-8")
+    }
+
+    /// A private copy of the busybox image at `<test dir>/<name>`, owned by the runner,
+    /// for tests that add files to the image or check it byte for byte.
+    pub fn image_copy(&self, name: &str) -> String {
+        let dest = self.dir.join(name);
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(&self.setup.fixture)
+            .arg(&dest)
+            .status()
+            .expect("run cp");
+        assert!(status.success(), "cp -a of the fixture failed");
+        dest.to_str().expect("UTF-8 path").to_string()
+    }
+
+    /// A directory created by the test (as the runner) at `<test dir>/<rel>`.
+    pub fn mkdir(&self, rel: &str) -> PathBuf {
+        let path = self.dir.join(rel);
+        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        self.give(&path);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod");
+        path
+    }
+
+    /// Writes a file (as the runner) at `path`, which may be absolute or relative to the test dir.
+    pub fn write_file(&self, path: impl AsRef<Path>, contents: &str) -> PathBuf {
+        let path = self.dir.join(path);
+        fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        self.give(&path);
+        path
+    }
+
+    /// Makes `path` belong to the runner (when nook runs as another user).
+    pub fn give(&self, path: &Path) {
+        if self.setup.runner.switch {
+            chown_tree(path, self.setup.runner.uid, self.setup.runner.gid)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    /// Runs `f` with this thread's filesystem ids set to the runner's, so that pipes and
+    /// ptys it creates belong to the runner, as they would when a user runs nook from a
+    /// shell (a pipe made by root cannot be reopened through /dev/stdout by the user).
+    fn as_runner<T>(&self, f: impl FnOnce() -> T) -> T {
+        let r = &self.setup.runner;
+        if !r.switch {
+            return f();
+        }
+        // setfsuid/setfsgid affect only the calling thread; each test runs in its own.
+        nix::unistd::setfsgid(nix::unistd::Gid::from_raw(r.gid));
+        nix::unistd::setfsuid(nix::unistd::Uid::from_raw(r.uid));
+        let result = f();
+        nix::unistd::setfsuid(nix::unistd::Uid::from_raw(0));
+        nix::unistd::setfsgid(nix::unistd::Gid::from_raw(0));
+        result
+    }
+
+    /// A close-on-exec pipe (read end, write end) owned by the runner.
+    fn pipe(&self) -> (OwnedFd, OwnedFd) {
+        self.as_runner(|| nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC))
+            .expect("pipe2")
+    }
+
+    fn make_dir(&self, path: &Path, mode: u32) {
+        fs::create_dir_all(path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+        self.give(path);
+    }
+
+    /// A nook invocation to configure before running it.
+    pub fn cmd(&self, args: &[&str]) -> NookCmd<'_> {
+        NookCmd {
+            nook: self,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+            stdin: None,
+            timeout: NOOK_TIMEOUT,
+            inherit_fd: None,
+        }
+    }
+
+    /// Runs `nook ARGS...` as the runner, stdin /dev/null, and waits for it.
+    pub fn nook(&self, args: &[&str]) -> Out {
+        self.cmd(args).run()
+    }
+
+    /// `nook run --rm IMAGE -- sh -c SCRIPT`.
+    pub fn sh(&self, script: &str) -> Out {
+        self.nook(&["run", "--rm", self.image(), "--", "sh", "-c", script])
+    }
+
+    fn command(&self, args: &[String], env: &[(String, String)]) -> Command {
+        let r = &self.setup.runner;
+        let mut cmd = Command::new(&self.setup.bin);
+        cmd.args(args)
+            .env_clear()
+            .env("HOME", &self.home)
+            .env("PATH", HOST_PATH)
+            .env("USER", &r.name)
+            .env("NOOK_STORAGE", &self.storage)
+            .env("XDG_RUNTIME_DIR", &self.runtime)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&self.dir);
+        if r.switch {
+            cmd.uid(r.uid).gid(r.gid);
+        }
+        cmd
+    }
+
+    /// Runs nook with a pty of `rows` x `cols` as its stdin, stdout, stderr and
+    /// controlling terminal. Everything nook writes to the terminal is in `stdout`.
+    pub fn run_in_pty(&self, args: &[&str], rows: u16, cols: u16) -> Out {
+        let winsize = nix::pty::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty = self
+            .as_runner(|| nix::pty::openpty(&winsize, None))
+            .expect("openpty");
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut cmd = self.command(&args, &[]);
+        let clone = |fd: &OwnedFd| Stdio::from(fd.try_clone().expect("dup pty"));
+        cmd.stdin(clone(&pty.slave))
+            .stdout(clone(&pty.slave))
+            .stderr(clone(&pty.slave));
+        // SAFETY: setsid and ioctl are async-signal-safe; nothing is allocated.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mounts_before = mount_table();
+        let child = cmd.spawn().expect("spawn nook");
+        drop(cmd);
+        drop(pty.slave);
+        let captured = Captured::new(1);
+        let mut master = fs::File::from(pty.master);
+        {
+            let captured = Arc::clone(&captured);
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                // Reading the master fails with EIO once every copy of the slave is closed.
+                while let Ok(n) = master.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    captured.append(Stream::Stdout, &buf[..n]);
+                }
+                captured.close();
+            });
+        }
+        Running {
+            child: Some(child),
+            captured,
+            mounts_before,
+            timeout: NOOK_TIMEOUT,
+            label: format!("{args:?} in a pty"),
+        }
+        .wait()
+    }
+
+    /// Names of the directories under `$NOOK_STORAGE/containers` (empty if it doesn't exist).
+    pub fn container_dirs(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.storage.join("containers"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// `nook ps --format json`, parsed.
+    pub fn ps(&self) -> Vec<serde_json::Value> {
+        let out = self.nook(&["ps", "--format", "json"]);
+        out.assert_code(0);
+        match serde_json::from_str(&out.stdout) {
+            Ok(serde_json::Value::Array(items)) => items,
+            _ => panic!("`nook ps --format json` did not print a JSON array:\n{out}"),
+        }
+    }
+
+    /// The `nook ps --format json` entry of the container called `name`.
+    pub fn container(&self, name: &str) -> Option<serde_json::Value> {
+        self.ps()
+            .into_iter()
+            .find(|c| c["name"].as_str() == Some(name))
+    }
+
+    /// Processes of this test that are still alive: nook processes started with this
+    /// test's `NOOK_STORAGE`, their descendants, and (when nook runs as a test user)
+    /// orphaned container processes of that user.
+    pub fn processes(&self) -> Vec<ProcInfo> {
+        let runner = &self.setup.runner;
+        let procs = scan_processes();
+        let by_pid: HashMap<i32, &ProcInfo> = procs.iter().map(|p| (p.pid, p)).collect();
+        let my_pidns = fs::read_link("/proc/self/ns/pid").ok();
+        let storage = self.storage.to_string_lossy().into_owned();
+        let is_nook =
+            |p: &ProcInfo| p.nook_storage.is_some() || p.exe.as_deref() == Some(&self.setup.bin);
+        procs
+            .iter()
+            .filter(|p| {
+                let mut q = *p;
+                for _ in 0..64 {
+                    if is_nook(q) {
+                        return q.nook_storage.as_deref() == Some(storage.as_str())
+                            || q.cmdline.contains(&storage);
+                    }
+                    match by_pid.get(&q.ppid) {
+                        Some(parent) => q = parent,
+                        None => break,
+                    }
+                }
+                // No nook process above it: an orphan. When nook runs as a test user, a
+                // process of that user (or of its subordinate ids) in a pid namespace of
+                // its own can only be a container nook left behind.
+                runner.switch
+                    && p.pidns.is_some()
+                    && p.pidns != my_pidns
+                    && (runner.owns_id(p.uid) || runner.owns_id(p.euid))
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Waits briefly for the test's processes to go away; returns those that stay.
+    fn leftover_processes(&self) -> Vec<ProcInfo> {
+        let deadline = Instant::now() + LEFTOVER_GRACE;
+        loop {
+            let left = self.processes();
+            if left.is_empty() || Instant::now() >= deadline {
+                return left;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Fails unless every process this test started through nook is gone.
+    #[track_caller]
+    pub fn assert_no_processes_left(&self) {
+        let left = self.leftover_processes();
+        if !left.is_empty() {
+            kill_all(&left);
+            panic!("processes left behind:\n{}", describe(&left));
+        }
+    }
+}
+
+impl Drop for Nook {
+    fn drop(&mut self) {
+        let left = self.leftover_processes();
+        kill_all(&left);
+        let fixture_now = tree_metadata(&self.setup.fixture);
+        let fixture_written = fixture_now != self.setup.fixture_metadata;
+        force_remove(&self.dir);
+        if thread::panicking() {
+            return;
+        }
+        assert!(
+            left.is_empty(),
+            "processes left behind:\n{}",
+            describe(&left)
+        );
+        assert!(
+            !fixture_written,
+            "the shared image {} was written: {}",
+            self.setup.fixture.display(),
+            diff(&self.setup.fixture_metadata, &fixture_now)
+        );
+    }
+}
+
+fn test_name() -> String {
+    let name = thread::current()
+        .name()
+        .unwrap_or("test")
+        .rsplit("::")
+        .next()
+        .unwrap_or("test")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(48)
+        .collect::<String>();
+    if name.is_empty() {
+        "test".into()
+    } else {
+        name
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Running nook and capturing what the user sees.
+// ---------------------------------------------------------------------------
+
+/// What a nook invocation left for the user: its exit and its output.
+#[derive(Clone)]
+pub struct Out {
+    /// Exit code, if nook exited.
+    pub code: Option<i32>,
+    /// Signal number, if nook was killed.
+    pub signal: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    /// Fails, showing everything, unless nook exited with `code`.
+    #[track_caller]
+    pub fn assert_code(&self, code: i32) -> &Self {
+        assert_eq!(self.code, Some(code), "unexpected exit status\n{self}");
+        self
+    }
+
+    /// Fails unless nook exited with 0.
+    #[track_caller]
+    pub fn assert_ok(&self) -> &Self {
+        self.assert_code(0)
+    }
+
+    /// Fails unless stdout (trimmed at both ends) is exactly `text`.
+    #[track_caller]
+    pub fn assert_stdout(&self, text: &str) -> &Self {
+        assert_eq!(self.stdout.trim(), text.trim(), "unexpected stdout\n{self}");
+        self
+    }
+
+    /// Lines of stdout without trailing `\r`.
+    pub fn lines(&self) -> Vec<&str> {
+        self.stdout
+            .lines()
+            .map(|l| l.trim_end_matches('\r'))
+            .collect()
+    }
+}
+
+impl fmt::Display for Out {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "exit code: {:?}, signal: {:?}", self.code, self.signal)?;
+        writeln!(f, "--- stdout ---\n{}", self.stdout)?;
+        write!(f, "--- stderr ---\n{}", self.stderr)
+    }
+}
+
+impl fmt::Debug for Out {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// A nook invocation being configured.
+pub struct NookCmd<'a> {
+    nook: &'a Nook,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    stdin: Option<Vec<u8>>,
+    timeout: Duration,
+    inherit_fd: Option<i32>,
+}
+
+impl NookCmd<'_> {
+    /// Adds a variable to nook's environment.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Feeds `bytes` to nook's stdin (instead of /dev/null), then closes it.
+    pub fn stdin(mut self, bytes: &[u8]) -> Self {
+        self.stdin = Some(bytes.to_vec());
+        self
+    }
+
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Hands nook an extra open descriptor (on /dev/null) at number `fd`, not close-on-exec.
+    pub fn inherit_fd(mut self, fd: i32) -> Self {
+        self.inherit_fd = Some(fd);
+        self
+    }
+
+    /// Runs nook to the end.
+    pub fn run(self) -> Out {
+        self.spawn().wait()
+    }
+
+    /// Starts nook and returns while it runs.
+    pub fn spawn(self) -> Running {
+        let mut cmd = self.nook.command(&self.args, &self.env);
+        let (stdout_r, stdout_w) = self.nook.pipe();
+        let (stderr_r, stderr_w) = self.nook.pipe();
+        let (stdin_r, stdin_w) = match self.stdin {
+            Some(_) => {
+                let (r, w) = self.nook.pipe();
+                (Some(r), Some(w))
+            }
+            None => (None, None),
+        };
+        cmd.stdin(stdin_r.map_or_else(Stdio::null, Stdio::from));
+        cmd.stdout(Stdio::from(stdout_w))
+            .stderr(Stdio::from(stderr_w));
+        let devnull = self
+            .inherit_fd
+            .map(|_| fs::File::open("/dev/null").expect("open /dev/null"));
+        if let (Some(target), Some(file)) = (self.inherit_fd, devnull.as_ref()) {
+            let src = file.as_raw_fd();
+            // SAFETY: dup2 is async-signal-safe; the new descriptor is not close-on-exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::dup2(src, target) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mounts_before = mount_table();
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.nook.setup.bin.display()));
+        // Our copies of the child's ends must go, or the readers never see end of file.
+        drop(cmd);
+        drop(devnull);
+        let captured = Captured::new(2);
+        for (stream, pipe) in [(Stream::Stdout, stdout_r), (Stream::Stderr, stderr_r)] {
+            let mut pipe = fs::File::from(pipe);
+            let captured = Arc::clone(&captured);
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    captured.append(stream, &buf[..n]);
+                }
+                captured.close();
+            });
+        }
+        if let (Some(bytes), Some(w)) = (self.stdin, stdin_w) {
+            let mut pipe = fs::File::from(w);
+            // nook may not read its stdin at all; a broken pipe is fine.
+            thread::spawn(move || {
+                let _ = pipe.write_all(&bytes);
+            });
+        }
+        Running {
+            child: Some(child),
+            captured,
+            mounts_before,
+            timeout: self.timeout,
+            label: format!("nook {:?}", self.args),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+#[derive(Default)]
+struct CapturedState {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    open: usize,
+}
+
+struct Captured {
+    state: Mutex<CapturedState>,
+    changed: Condvar,
+}
+
+impl Captured {
+    fn new(open: usize) -> Arc<Self> {
+        Arc::new(Captured {
+            state: Mutex::new(CapturedState {
+                open,
+                ..Default::default()
+            }),
+            changed: Condvar::new(),
+        })
+    }
+
+    fn append(&self, stream: Stream, bytes: &[u8]) {
+        let mut s = self.state.lock().unwrap();
+        match stream {
+            Stream::Stdout => s.stdout.extend_from_slice(bytes),
+            Stream::Stderr => s.stderr.extend_from_slice(bytes),
+        }
+        self.changed.notify_all();
+    }
+
+    fn close(&self) {
+        self.state.lock().unwrap().open -= 1;
+        self.changed.notify_all();
+    }
+
+    /// Waits until `done` holds for the state or `deadline` passes; returns whether it held.
+    fn wait_until(&self, deadline: Instant, done: impl Fn(&CapturedState) -> bool) -> bool {
+        let mut s = self.state.lock().unwrap();
+        loop {
+            if done(&s) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            s = self.changed.wait_timeout(s, deadline - now).unwrap().0;
+        }
+    }
+
+    fn text(&self) -> (String, String) {
+        let s = self.state.lock().unwrap();
+        (
+            String::from_utf8_lossy(&s.stdout).into_owned(),
+            String::from_utf8_lossy(&s.stderr).into_owned(),
+        )
+    }
+}
+
+/// A nook process still running.
+pub struct Running {
+    child: Option<Child>,
+    captured: Arc<Captured>,
+    mounts_before: Vec<String>,
+    timeout: Duration,
+    label: String,
+}
+
+impl Running {
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// Sends `signal` to the nook process.
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid()), signal)
+            .unwrap_or_else(|e| panic!("kill -{signal} {}: {e}", self.pid()));
+    }
+
+    /// What nook has printed so far (stdout, stderr).
+    pub fn output_so_far(&self) -> (String, String) {
+        self.captured.text()
+    }
+
+    /// Waits until stdout contains `needle`; fails the test (showing the output) after `timeout`.
+    #[track_caller]
+    pub fn wait_for_stdout(&self, needle: &str, timeout: Duration) {
+        let needle = needle.as_bytes();
+        let found = self.captured.wait_until(Instant::now() + timeout, |s| {
+            s.stdout.windows(needle.len()).any(|w| w == needle)
+        });
+        if !found {
+            let (stdout, stderr) = self.captured.text();
+            panic!(
+                "{}: no {:?} on stdout after {timeout:?}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+                self.label,
+                String::from_utf8_lossy(needle)
+            );
+        }
+    }
+
+    /// Waits for nook to exit (killing it after the timeout), for its output to close,
+    /// and checks that the caller's mount table is unchanged.
+    #[track_caller]
+    pub fn wait(mut self) -> Out {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + self.timeout;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for nook") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                let (stdout, stderr) = self.captured.text();
+                panic!(
+                    "{} still running after {:?}; killed\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+                    self.label, self.timeout
+                );
+            }
+            thread::sleep(Duration::from_millis(5));
+        };
+        let closed = self
+            .captured
+            .wait_until(Instant::now() + Duration::from_secs(5), |s| s.open == 0);
+        let (stdout, stderr) = self.captured.text();
+        let out = Out {
+            code: status.code(),
+            signal: status.signal(),
+            stdout,
+            stderr,
+        };
+        assert!(
+            closed,
+            "{} exited but its stdout/stderr stayed open (held by a process it left behind)\n{out}",
+            self.label
+        );
+        let mounts_after = mount_table();
+        assert!(
+            mounts_after == self.mounts_before,
+            "{} changed the caller's mount table: {}\n{out}",
+            self.label,
+            diff(&self.mounts_before, &mounts_after)
+        );
+        out
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Observations on the host.
+// ---------------------------------------------------------------------------
+
+/// The raw /proc/self/mountinfo of the test process.
+pub fn mountinfo() -> String {
+    fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo")
+}
+
+/// The caller's mounts as sorted "mount point, root, fs type, source" lines: what must not
+/// change when nook runs (mount ids and options are left out).
+pub fn mount_table() -> Vec<String> {
+    let mut lines: Vec<String> = mountinfo()
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let left: Vec<&str> = left.split(' ').collect();
+            let right: Vec<&str> = right.split(' ').collect();
+            Some(format!(
+                "{} {} {} {}",
+                left.get(4)?,
+                left.get(3)?,
+                right.first()?,
+                right.get(1)?
+            ))
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// Lines only in `before` (-) and only in `after` (+).
+pub fn diff(before: &[String], after: &[String]) -> String {
+    let mut out = String::new();
+    for l in before.iter().filter(|l| !after.contains(l)) {
+        out.push_str(&format!("\n- {l}"));
+    }
+    for l in after.iter().filter(|l| !before.contains(l)) {
+        out.push_str(&format!("\n+ {l}"));
+    }
+    out
+}
+
+/// Every entry under `dir`, sorted: relative path, type, mode, uid, gid, size, symlink
+/// target, content hash, mtime and ctime. Equal listings mean the tree was not written.
+pub fn tree_listing(dir: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    walk(dir, dir, true, &mut lines);
+    lines.sort();
+    lines
+}
+
+/// Like `tree_listing` without reading file contents (ctime still catches any write).
+pub fn tree_metadata(dir: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    walk(dir, dir, false, &mut lines);
+    lines.sort();
+    lines
+}
+
+fn walk(root: &Path, path: &Path, contents: bool, lines: &mut Vec<String>) {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) => {
+            lines.push(format!("{}\terror {e}", path.display()));
+            return;
+        }
+    };
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    let rel = if rel.as_os_str().is_empty() {
+        ".".to_string()
+    } else {
+        rel.display().to_string()
+    };
+    let ft = meta.file_type();
+    use std::os::unix::fs::FileTypeExt;
+    let kind = if ft.is_dir() {
+        "dir"
+    } else if ft.is_symlink() {
+        "symlink"
+    } else if ft.is_file() {
+        "file"
+    } else if ft.is_char_device() {
+        "char"
+    } else if ft.is_block_device() {
+        "block"
+    } else if ft.is_fifo() {
+        "fifo"
+    } else {
+        "socket"
+    };
+    let target = if ft.is_symlink() {
+        fs::read_link(path)
+            .map(|t| t.display().to_string())
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let hash = if contents && ft.is_file() {
+        match fs::read(path) {
+            Ok(bytes) => format!("{:016x}", hash_bytes(&[&bytes])),
+            Err(e) => format!("unreadable: {e}"),
+        }
+    } else {
+        String::new()
+    };
+    lines.push(format!(
+        "{rel}\t{kind}\t{:o}\t{}\t{}\t{}\t{target}\t{hash}\tmtime={}.{:09}\tctime={}.{:09}",
+        meta.mode() & 0o7777,
+        meta.uid(),
+        meta.gid(),
+        if ft.is_dir() { 0 } else { meta.len() },
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+    ));
+    if ft.is_dir() {
+        if let Ok(entries) = fs::read_dir(path) {
+            for entry in entries.flatten() {
+                walk(root, &entry.path(), contents, lines);
+            }
+        }
+    }
+}
+
+/// A process as seen in /proc.
+#[derive(Clone, Debug)]
+pub struct ProcInfo {
+    pub pid: i32,
+    pub ppid: i32,
+    pub uid: u32,
+    pub euid: u32,
+    pub cmdline: String,
+    pub exe: Option<PathBuf>,
+    /// The value of `NOOK_STORAGE` in its initial environment, if readable and set.
+    pub nook_storage: Option<String>,
+    pub pidns: Option<PathBuf>,
+}
+
+fn scan_processes() -> Vec<ProcInfo> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(read_process)
+        .collect()
+}
+
+fn read_process(pid: i32) -> Option<ProcInfo> {
+    let dir = PathBuf::from(format!("/proc/{pid}"));
+    let status = fs::read_to_string(dir.join("status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let uids = field("Uid:");
+    let ppid = field("PPid:").first()?.parse().ok()?;
+    let cmdline = fs::read(dir.join("cmdline"))
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .split('\0')
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    let nook_storage = fs::read(dir.join("environ")).ok().and_then(|env| {
+        env.split(|b| *b == 0)
+            .find_map(|kv| kv.strip_prefix(b"NOOK_STORAGE="))
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    });
+    Some(ProcInfo {
+        pid,
+        ppid,
+        uid: uids.first()?.parse().ok()?,
+        euid: uids.get(1)?.parse().ok()?,
+        cmdline,
+        exe: fs::read_link(dir.join("exe")).ok(),
+        nook_storage,
+        pidns: fs::read_link(dir.join("ns/pid")).ok(),
+    })
+}
+
+fn describe(procs: &[ProcInfo]) -> String {
+    procs
+        .iter()
+        .map(|p| {
+            format!(
+                "  pid {} (ppid {}, uid {}): {}",
+                p.pid, p.ppid, p.uid, p.cmdline
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn kill_all(procs: &[ProcInfo]) {
+    for p in procs {
+        let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Parses `KEY=VALUE` lines (as printed by `env`) into a map.
+pub fn parse_env(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.trim_end_matches('\r').split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The value of a `Name:\tvalue` line of a /proc/PID/status text.
+pub fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
+/// Whether `s` looks like an RFC 3339 date-time (`2024-05-01T12:34:56Z`, fraction and
+/// numeric offsets allowed).
+pub fn is_rfc3339(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| r.clone().all(|i| b.get(i).is_some_and(u8::is_ascii_digit));
+    if b.len() < 20
+        || !digits(0..4)
+        || b[4] != b'-'
+        || !digits(5..7)
+        || b[7] != b'-'
+        || !digits(8..10)
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || !digits(11..13)
+        || b[13] != b':'
+        || !digits(14..16)
+        || b[16] != b':'
+        || !digits(17..19)
+    {
+        return false;
+    }
+    let mut rest = &s[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if n == 0 {
+            return false;
+        }
+        rest = &frac[n..];
+    }
+    match rest {
+        "Z" | "z" => true,
+        _ => {
+            let o = rest.as_bytes();
+            o.len() == 6
+                && matches!(o[0], b'+' | b'-')
+                && o[1..3].iter().all(u8::is_ascii_digit)
+                && o[3] == b':'
+                && o[4..6].iter().all(u8::is_ascii_digit)
+        }
+    }
+}
