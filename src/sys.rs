@@ -268,3 +268,26 @@ pub fn seccomp_set_filter(program: &[libc::sock_filter]) -> io::Result<()> {
     };
     check(ret).map(drop)
 }
+
+/// Closes every descriptor from 3 upwards except those in `keep`: descriptors a careless caller
+/// left open must not reach the container (a directory among them would be a way out).
+pub fn close_inherited_fds(keep: &[RawFd]) -> io::Result<()> {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter(|fd| **fd > 2)
+        .map(|fd| *fd as u32)
+        .collect();
+    keep.sort_unstable();
+    let mut first = 3u32;
+    for fd in keep {
+        if fd > first {
+            // SAFETY: the range holds no descriptor this process still uses; those are in `keep`.
+            let ret = unsafe { libc::close_range(first, fd - 1, 0) };
+            check(ret as libc::c_long)?;
+        }
+        first = fd + 1;
+    }
+    // SAFETY: as above, for the range past the last kept descriptor.
+    let ret = unsafe { libc::close_range(first, u32::MAX, 0) };
+    check(ret as libc::c_long).map(drop)
+}
