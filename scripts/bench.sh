@@ -1,255 +1,270 @@
 #!/usr/bin/env bash
-# Benchmarks: scripts, not tests. Prints tables; never fails on a slow number.
+# Benchmarks nook beside crun, runc, bubblewrap, Charliecloud and podman, all run rootless by one
+# unprivileged user in one run, and writes bench/results.md (median, min, max, ratio to crun) and
+# bench/startup.png. Only ratios from one run mean anything on a noisy machine.
 #
-#   scripts/bench.sh [images]
+#   sudo scripts/bench.sh [--runs N] [--quick]
 #
-# As root: builds nook (release), makes sure the Debian image exists (scripts/mkimage-debian.sh),
-# and runs every section as the bench user ($NOOK_BENCH_USER, default nooktest) in a scratch
-# directory under /var/tmp that is removed at exit.
-# As a normal user: runs the sections as that user ($NOOK_BIN, else target/release/nook).
-#
-# Sections (other issues add theirs):
-#   images   import of the Debian image as a three-layer OCI layout (gzip layers, built here):
-#            nook against `umoci unpack --rootless` and against plain `tar -xzf` of the same
-#            layer files one after the other (the floor: decompress and write, no digests, no
-#            owners, no whiteouts); then `nook commit` of a container that changed 1% of the
-#            image's files against `cp -a` of the image.
+# As root it installs what it needs (Debian packages), makes Debian 12's crun runnable on a
+# hybrid-cgroup host, creates the user `nookbench` and runs every case as that user. As a normal
+# user it runs the cases it can with what is installed.
 set -euo pipefail
-
 cd "$(dirname "$0")/.."
-ROOT_DIR=$(pwd)
-SECTIONS=${*:-images}
-BENCH_USER=${NOOK_BENCH_USER:-nooktest}
-DEBIAN_IMAGE=${NOOK_BENCH_DEBIAN:-/var/tmp/nook-test-fixtures/debian-bookworm.tar}
-RUNS=${NOOK_BENCH_RUNS:-5}
+repo=$PWD
 
-log() { echo "bench.sh: $*" >&2; }
-
-# ---------------------------------------------------------------------------------------------
-# As root: prepare, then run the sections as the bench user.
-# ---------------------------------------------------------------------------------------------
-as_root() {
-    id "$BENCH_USER" >/dev/null 2>&1 || {
-        log "user $BENCH_USER is missing (scripts/test.sh creates nooktest)"
-        exit 1
-    }
-    [ -s "$DEBIAN_IMAGE" ] || ./scripts/mkimage-debian.sh "$DEBIAN_IMAGE"
-    cargo build --release --quiet
-    work=$(mktemp -d /var/tmp/nook-bench.XXXXXX)
-    chmod 0755 "$work"
-    install -m 0755 "${CARGO_TARGET_DIR:-target}/release/nook" "$work/nook"
-    mkdir "$work/run"
-    chown "$BENCH_USER:" "$work" "$work/run"
-    chmod 0700 "$work/run"
-    # Files of the bench user's subordinate ids are removed as root.
-    trap 'rm -rf "$work"' EXIT
-    setpriv --reuid="$BENCH_USER" --regid="$BENCH_USER" --init-groups --reset-env \
-        env PATH="/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin" NOOK_BIN="$work/nook" \
-        NOOK_BENCH_WORK="$work" XDG_RUNTIME_DIR="$work/run" HOME="$work" \
-        NOOK_BENCH_DEBIAN="$DEBIAN_IMAGE" NOOK_BENCH_RUNS="$RUNS" \
-        bash "$ROOT_DIR/scripts/bench.sh" $SECTIONS
-}
-
-# ---------------------------------------------------------------------------------------------
-# Helpers (as the bench user).
-# ---------------------------------------------------------------------------------------------
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
-
-# Median of the numbers on stdin.
-median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
-
-# Milliseconds one run of "$@" takes (its output discarded).
-time_ms() {
-    local t0 t1
-    t0=$(now_ms)
-    "$@" >/dev/null 2>&1 || true
-    t1=$(now_ms)
-    echo $((t1 - t0))
-}
-
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
-
-# Removes a tree the bench user made, including read-only directories.
-scrub() {
-    [ -e "$1" ] || return 0
-    chmod -R u+rwX "$1" 2>/dev/null || true
-    rm -rf "$1" 2>/dev/null || true
-}
-
-# =============================================================================================
-# Section: images
-# =============================================================================================
-
-# Splits the Debian tarball into three gzip layers (contiguous thirds of its entries, so a hard
-# link's target is always in the same or an earlier layer) and writes an OCI image layout, tag
-# `latest`, at $1.
-images_make_layout() {
-    local out=$1
-    python3 - "$DEBIAN_IMAGE" "$out" <<'EOF'
-import gzip, hashlib, json, os, platform, subprocess, sys, tarfile
-
-src, out = sys.argv[1], sys.argv[2]
-os.makedirs(os.path.join(out, "blobs/sha256"))
-with tarfile.open(src) as t:
-    members = t.getmembers()
-    third = (len(members) + 2) // 3
-    layers = []
-    for i in range(3):
-        raw = os.path.join(out, f"layer{i}.tar")
-        with tarfile.open(raw, "w", format=tarfile.PAX_FORMAT) as layer:
-            for m in members[i * third:(i + 1) * third]:
-                layer.addfile(m, t.extractfile(m) if m.isreg() else None)
-        diff_id = hashlib.sha256(open(raw, "rb").read()).hexdigest()
-        subprocess.run(["gzip", "-n", "-6", raw], check=True)
-        data = open(raw + ".gz", "rb").read()
-        digest = hashlib.sha256(data).hexdigest()
-        os.rename(raw + ".gz", os.path.join(out, "blobs/sha256", digest))
-        layers.append((digest, len(data), diff_id))
-
-def blob(obj):
-    data = json.dumps(obj).encode()
-    digest = hashlib.sha256(data).hexdigest()
-    open(os.path.join(out, "blobs/sha256", digest), "wb").write(data)
-    return {"digest": "sha256:" + digest, "size": len(data)}
-
-arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
-config = blob({"architecture": arch, "os": "linux", "config": {"Cmd": ["/bin/bash"]},
-               "rootfs": {"type": "layers", "diff_ids": ["sha256:" + l[2] for l in layers]}})
-manifest = blob({"schemaVersion": 2,
-                 "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                 "config": dict(config, mediaType="application/vnd.oci.image.config.v1+json"),
-                 "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                             "digest": "sha256:" + d, "size": s} for d, s, _ in layers]})
-index = {"schemaVersion": 2, "manifests": [dict(
-    manifest, mediaType="application/vnd.oci.image.manifest.v1+json",
-    platform={"architecture": arch, "os": "linux"},
-    annotations={"org.opencontainers.image.ref.name": "latest"})]}
-json.dump(index, open(os.path.join(out, "index.json"), "w"))
-json.dump({"imageLayoutVersion": "1.0.0"}, open(os.path.join(out, "oci-layout"), "w"))
-for d, _, _ in layers:
-    print(os.path.join(out, "blobs/sha256", d))
-EOF
-}
-
-section_images() {
-    local nook=$1 work=$2
-    local layout=$work/debian-oci st=$work/images-storage
-    echo
-    echo "== images: import of the Debian image as a three-layer OCI layout =="
-    log "building the OCI layout from $DEBIAN_IMAGE"
-    local layers
-    mapfile -t layers < <(images_make_layout "$layout")
-    local size
-    size=$(du -sm "$layout" | cut -f1)
-    echo "layout: ${#layers[@]} gzip layers, ${size} MB; $(tar -tf "$DEBIAN_IMAGE" | wc -l) entries"
-
-    local have_umoci=1
-    command -v umoci >/dev/null || {
-        have_umoci=0
-        log "umoci is missing (apt-get install umoci): its column stays empty"
-    }
-    local i nook_ms=() umoci_ms=() tar_ms=()
-    for i in $(seq 0 "$RUNS"); do
-        scrub "$st"
-        local t
-        t=$(time_ms env NOOK_STORAGE="$st" "$nook" import -q "$layout" deb)
-        [ -d "$st/images/deb/rootfs/usr/bin" ] || log "nook import failed"
-        NOOK_STORAGE="$st" "$nook" rmi deb >/dev/null
-        [ "$i" -gt 0 ] && nook_ms+=("$t")
-
-        if [ $have_umoci = 1 ]; then
-            scrub "$work/umoci"
-            t=$(time_ms umoci unpack --rootless --image "$layout:latest" "$work/umoci")
-            [ -d "$work/umoci/rootfs/usr/bin" ] || log "umoci unpack failed"
-            scrub "$work/umoci"
-            [ "$i" -gt 0 ] && umoci_ms+=("$t")
-        fi
-
-        scrub "$work/tar"
-        mkdir "$work/tar"
-        local t0 t1 l
-        t0=$(now_ms)
-        for l in "${layers[@]}"; do
-            tar -xzf "$l" -C "$work/tar" 2>/dev/null || true
-        done
-        t1=$(now_ms)
-        scrub "$work/tar"
-        [ "$i" -gt 0 ] && tar_ms+=($((t1 - t0)))
-    done
-    local n u f
-    n=$(printf '%s\n' "${nook_ms[@]}" | median)
-    f=$(printf '%s\n' "${tar_ms[@]}" | median)
-    u=-
-    [ ${#umoci_ms[@]} -gt 0 ] && u=$(printf '%s\n' "${umoci_ms[@]}" | median)
-    printf '%-34s %10s %10s\n' "median of $RUNS warm runs" "ms" "vs floor"
-    printf '%-34s %10s %10s\n' "tar -xzf of the 3 layers (floor)" "$f" "1.00"
-    printf '%-34s %10s %10s\n' "nook import" "$n" "$(ratio "$n" "$f")"
-    printf '%-34s %10s %10s\n' "umoci unpack --rootless" "$u" "$(ratio "$u" "$f")"
-    echo "nook / umoci: $(ratio "$n" "$u") (goal: < 1); nook / floor: $(ratio "$n" "$f") (goal: <= 1.3)"
-
-    echo
-    echo "== images: commit of a container that changed 1% of the image's files =="
-    scrub "$st"
-    NOOK_STORAGE="$st" "$nook" import -q "$DEBIAN_IMAGE" deb >/dev/null
-    local files
-    files=$(NOOK_STORAGE="$st" "$nook" run --rm -q deb sh -c 'find / -xdev -type f | wc -l')
-    NOOK_STORAGE="$st" "$nook" run -q --name changed deb sh -c \
-        'find / -xdev -type f | awk "NR % 100 == 0" | while read -r f; do echo >> "$f"; done' \
-        >/dev/null 2>&1 || true
-    local changes
-    changes=$(NOOK_STORAGE="$st" "$nook" diff changed | grep -c '^C' || true)
-    echo "image: $files files; the container changed $changes entries (directories included)"
-    local commit_ms=() copy_ms=()
-    for i in $(seq 0 "$RUNS"); do
-        local t
-        t=$(time_ms env NOOK_STORAGE="$st" "$nook" commit -q changed "snap$i")
-        [ -d "$st/images/snap$i/rootfs/usr" ] || log "nook commit failed"
-        NOOK_STORAGE="$st" "$nook" rmi "snap$i" >/dev/null
-        [ "$i" -gt 0 ] && commit_ms+=("$t")
-        scrub "$work/copy"
-        # As the bench user: files of subordinate ids that it cannot read are skipped, so the
-        # copy does a little less than the commit.
-        t=$(time_ms cp -a "$st/images/deb/rootfs" "$work/copy")
-        scrub "$work/copy"
-        [ "$i" -gt 0 ] && copy_ms+=("$t")
-    done
-    local c k
-    c=$(printf '%s\n' "${commit_ms[@]}" | median)
-    k=$(printf '%s\n' "${copy_ms[@]}" | median)
-    printf '%-34s %10s %10s\n' "median of $RUNS warm runs" "ms" "vs copy"
-    printf '%-34s %10s %10s\n' "cp -a of the image" "$k" "1.00"
-    printf '%-34s %10s %10s\n' "nook commit" "$c" "$(ratio "$c" "$k")"
-    NOOK_STORAGE="$st" "$nook" rm changed >/dev/null
-    NOOK_STORAGE="$st" "$nook" rmi deb >/dev/null
-    scrub "$st"
-    scrub "$layout"
-}
-
-# ---------------------------------------------------------------------------------------------
-# Main.
-# ---------------------------------------------------------------------------------------------
-if [ "$(id -u)" -eq 0 ]; then
-    as_root
-    exit 0
-fi
-
-NOOK=${NOOK_BIN:-$ROOT_DIR/${CARGO_TARGET_DIR:-target}/release/nook}
-[ -x "$NOOK" ] || {
-    log "no nook binary at $NOOK: cargo build --release, or set NOOK_BIN"
-    exit 1
-}
-WORK=${NOOK_BENCH_WORK:-}
-if [ -z "$WORK" ]; then
-    WORK=$(mktemp -d /var/tmp/nook-bench.XXXXXX)
-    trap 'scrub "$WORK"' EXIT
-fi
-echo "nook benchmarks on $(uname -r), $(nproc) CPUs, $(stat -f -c %T "$WORK") at $WORK"
-for section in $SECTIONS; do
-    case $section in
-    images) section_images "$NOOK" "$WORK" ;;
-    *)
-        log "unknown section $section"
-        exit 1
-        ;;
+runs=30
+quick=false
+while [ $# -gt 0 ]; do
+    case $1 in
+        --runs) runs=$2; shift 2 ;;
+        --quick) quick=true; runs=10; shift ;;
+        *) echo "usage: scripts/bench.sh [--runs N] [--quick]" >&2; exit 2 ;;
     esac
 done
+
+BENCH_USER=nookbench
+PACKAGES=(crun runc bubblewrap charliecloud-runtime podman hyperfine umoci gnuplot-nox time
+          busybox-static uidmap fuse-overlayfs debootstrap jq)
+work=/tmp/nook-bench
+out=$repo/bench
+log() { echo "bench: $*" >&2; }
+
+# ---------------------------------------------------------------------------------------------
+# Setup (root): packages, the crun host tweak, the bench user.
+# ---------------------------------------------------------------------------------------------
+setup_host() {
+    local missing=() p
+    for p in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing ${missing[*]}"
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+    # crun 1.8.1 refuses hybrid cgroup hosts with a controller left on cgroup2; moving hugetlb to
+    # v1 lets it run. A host tweak for the comparison only: nook needs none.
+    if [ -d /sys/fs/cgroup/unified ] && ! mountpoint -q /sys/fs/cgroup/hugetlb 2>/dev/null &&
+        grep -qw hugetlb /sys/fs/cgroup/unified/cgroup.controllers 2>/dev/null; then
+        mkdir -p /sys/fs/cgroup/hugetlb
+        mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb || log "could not move hugetlb to cgroup v1; crun may refuse to run"
+    fi
+    [ -e /dev/fuse ] && chmod 0666 /dev/fuse
+    id "$BENCH_USER" >/dev/null 2>&1 || useradd --create-home --shell /bin/sh "$BENCH_USER"
+}
+
+as_user=()
+if [ "$(id -u)" = 0 ]; then
+    setup_host
+    as_user=(runuser -u "$BENCH_USER" --)
+fi
+user_id=$("${as_user[@]}" id -u)
+
+log "building nook (release)"
+cargo build --release --quiet
+rm -rf "$work"
+mkdir -p "$work" "$out"
+chmod 755 "$work"
+install -m 755 target/release/nook "$work/nook"
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures, owned by the bench user.
+# ---------------------------------------------------------------------------------------------
+scripts/mkrootfs-busybox.sh "$work/busybox" >/dev/null
+debian_tar=/var/tmp/nook-test-fixtures/debian-bookworm.tar
+if [ ! -s "$debian_tar" ] && [ "$(id -u)" = 0 ]; then
+    scripts/mkimage-debian.sh "$debian_tar"
+fi
+[ "$(id -u)" = 0 ] && chown -R "$BENCH_USER:" "$work"
+
+runtime_dir=$work/run
+user_env=(env "HOME=$work/home" "NOOK_STORAGE=$work/storage" "XDG_RUNTIME_DIR=$runtime_dir"
+          "USER=$BENCH_USER" "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+[ "$(id -u)" = 0 ] || user_env=(env "NOOK_STORAGE=$work/storage" "XDG_RUNTIME_DIR=$runtime_dir" "HOME=$work/home")
+run_user() { "${as_user[@]}" "${user_env[@]}" "$@"; }
+run_user mkdir -p "$work/home" "$runtime_dir"
+run_user chmod 700 "$runtime_dir"
+
+if [ -s "$debian_tar" ]; then
+    run_user mkdir -p "$work/debian"
+    run_user sh -c "tar -C '$work/debian' -xf '$debian_tar' --exclude=./dev/* 2>/dev/null || true"
+    run_user "$work/nook" import -q "$debian_tar" debian
+fi
+
+# An OCI bundle per image: runc's rootless template running /bin/true, shared by every runtime.
+make_bundle() { # DIR ROOTFS
+    run_user mkdir -p "$1"
+    (cd "$1" && run_user runc spec --rootless)
+    run_user sh -c "jq '.process.terminal=false | .process.args=[\"/bin/true\"] | .root.path=\"$2\"
+        | .mounts |= map(select(.destination != \"/sys/fs/cgroup\"))' '$1/config.json' > '$1/c.json' &&
+        mv '$1/c.json' '$1/config.json'"
+}
+make_bundle "$work/bundle-busybox" "$work/busybox"
+[ -d "$work/debian" ] && make_bundle "$work/bundle-debian" "$work/debian"
+
+# ---------------------------------------------------------------------------------------------
+# Measuring.
+# ---------------------------------------------------------------------------------------------
+results=$work/results.tsv   # section, case, median_ms, min_ms, max_ms
+: >"$results"
+# The OCI runtime face (create/start/…) arrived with its own issue; measure it when present.
+nook_is_oci() { run_user "$work/nook" --help | grep -qw create; }
+
+# time_case SECTION NAME COMMAND: hyperfine median/min/max in ms, or a note when it fails.
+time_case() {
+    local section=$1 name=$2 cmd=$3 json=$work/h.json
+    if ! run_user sh -c "$cmd" >/dev/null 2>&1; then
+        log "skipped ($section) $name: it failed once: $cmd"
+        printf '%s\t%s\tfailed\t\t\n' "$section" "$name" >>"$results"
+        return 0
+    fi
+    run_user hyperfine -N --warmup 3 --runs "$runs" --export-json "$json" "$cmd" >/dev/null 2>&1 ||
+        run_user hyperfine --warmup 3 --runs "$runs" --export-json "$json" "$cmd" >/dev/null 2>&1
+    jq -r --arg s "$section" --arg n "$name" \
+        '.results[0] | [$s, $n, (.median*1000), (.min*1000), (.max*1000)] | @tsv' "$json" >>"$results"
+    log "$section / $name: $(tail -1 "$results" | cut -f3 | xargs printf '%.2f') ms"
+}
+
+# peak_rss NAME COMMAND: the largest resident set of the command's own process, in kB.
+peak_rss() {
+    local name=$1 cmd=$2 kb
+    kb=$(run_user /usr/bin/time -f '%M' sh -c "exec $cmd" 2>&1 >/dev/null | tail -1)
+    printf 'peak RSS\t%s\t%s\t\t\n' "$name" "$kb" >>"$results"
+}
+
+# concurrent NAME COMMAND_WITH_%i: 32 at once, total wall time; fails count.
+concurrent() {
+    local name=$1 cmd=$2
+    local t0 t1 failures
+    t0=$(date +%s%N)
+    failures=$(run_user bash -c "fails=0; for i in \$(seq 1 32); do ( ${cmd//%i/\$i} ) >/dev/null 2>&1 & done;
+        for j in \$(jobs -p); do wait \$j || fails=\$((fails+1)); done; echo \$fails")
+    t1=$(date +%s%N)
+    printf '32 concurrent\t%s\t%s\t\t%s failures\n' "$name" "$(((t1 - t0) / 1000000))" "$failures" >>"$results"
+    log "32 concurrent / $name: $(((t1 - t0) / 1000000)) ms, $failures failures"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Startup cases.
+# ---------------------------------------------------------------------------------------------
+startup_section() { # SECTION ROOTFS BUNDLE IMAGE
+    local s=$1 rootfs=$2 bundle=$3 image=$4
+    time_case "$s" "unshare -Urmpf (floor)" "unshare -Urmpf --mount-proc /bin/true"
+    time_case "$s" "ch-run" "ch-run $rootfs -- /bin/true"
+    time_case "$s" "bwrap" "bwrap --unshare-all --ro-bind $rootfs / --proc /proc --dev /dev /bin/true"
+    time_case "$s" "crun run --bundle" "crun --root $runtime_dir/crun run --bundle $bundle b\$\$"
+    time_case "$s" "runc run --bundle" "runc --root $runtime_dir/runc run --bundle $bundle b\$\$"
+    if nook_is_oci; then
+        time_case "$s" "nook run --bundle" "$work/nook --root $runtime_dir/nook run --bundle $bundle b\$\$"
+    fi
+    for backend in overlay fuse copy; do
+        if run_user "$work/nook" run --help | grep -q "$backend"; then
+            time_case "$s" "nook run --rm ($backend)" "$work/nook run --rm -q --backend $backend $image /bin/true"
+        fi
+    done
+    if command -v podman >/dev/null; then
+        time_case "$s" "podman run (crun)" "podman --runtime crun --cgroup-manager=cgroupfs --events-backend=file run --rm --net=host $s-img /bin/true"
+        if nook_is_oci; then
+            time_case "$s" "podman run (nook)" "podman --runtime $work/nook --cgroup-manager=cgroupfs --events-backend=file run --rm --net=host $s-img /bin/true"
+        fi
+    fi
+}
+
+podman_import() { # NAME ROOTFS
+    command -v podman >/dev/null || return 0
+    run_user sh -c "tar -C '$2' -c . 2>/dev/null | podman --cgroup-manager=cgroupfs --events-backend=file import - $1 >/dev/null" ||
+        log "podman import of $1 failed; podman cases will be skipped"
+}
+
+log "startup, busybox"
+podman_import busybox-img "$work/busybox"
+startup_section busybox "$work/busybox" "$work/bundle-busybox" "$work/busybox"
+if [ -d "$work/debian" ]; then
+    log "startup, debian"
+    podman_import debian-img "$work/debian"
+    startup_section debian "$work/debian" "$work/bundle-debian" debian
+fi
+
+log "create+start+delete"
+cycle() { # RUNTIME
+    echo "$1 --root $runtime_dir/$(basename "$1") create --bundle $work/bundle-busybox c\$\$ &&
+          $1 --root $runtime_dir/$(basename "$1") start c\$\$ &&
+          $1 --root $runtime_dir/$(basename "$1") delete --force c\$\$"
+}
+time_case cycle "crun" "$(cycle crun)"
+time_case cycle "runc" "$(cycle runc)"
+if nook_is_oci; then
+    time_case cycle "nook" "$(cycle "$work/nook")"
+fi
+
+log "peak RSS"
+peak_rss "crun run --bundle" "crun --root $runtime_dir/crun run --bundle $work/bundle-busybox rss"
+peak_rss "runc run --bundle" "runc --root $runtime_dir/runc run --bundle $work/bundle-busybox rss"
+peak_rss "bwrap" "bwrap --unshare-all --ro-bind $work/busybox / --proc /proc --dev /dev /bin/true"
+peak_rss "ch-run" "ch-run $work/busybox -- /bin/true"
+peak_rss "nook run --rm" "$work/nook run --rm -q $work/busybox /bin/true"
+if nook_is_oci; then
+    peak_rss "nook run --bundle" "$work/nook --root $runtime_dir/nook run --bundle $work/bundle-busybox rss"
+fi
+
+if ! $quick; then
+    log "32 concurrent"
+    concurrent "crun" "crun --root $runtime_dir/crun run --bundle $work/bundle-busybox k%i"
+    concurrent "runc" "runc --root $runtime_dir/runc run --bundle $work/bundle-busybox k%i"
+    concurrent "bwrap" "bwrap --unshare-all --ro-bind $work/busybox / --proc /proc --dev /dev /bin/true"
+    concurrent "nook run --rm" "$work/nook run --rm -q $work/busybox /bin/true"
+    if nook_is_oci; then
+        concurrent "nook run --bundle" "$work/nook --root $runtime_dir/nook run --bundle $work/bundle-busybox k%i"
+    fi
+fi
+
+# Further sections (storage backends, image import) append to $results through time_case.
+for section in scripts/bench.d/*.sh; do
+    [ -e "$section" ] || continue
+    log "section $(basename "$section" .sh)"
+    # shellcheck source=/dev/null
+    . "$section"
+done
+
+# ---------------------------------------------------------------------------------------------
+# Report.
+# ---------------------------------------------------------------------------------------------
+python3 - "$results" "$out/results.md" "$runs" <<'PY'
+import sys, collections
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+sections = collections.OrderedDict()
+for r in rows:
+    sections.setdefault(r[0], []).append(r)
+with open(sys.argv[2], "w") as f:
+    f.write(f"# nook benchmarks\n\nOne run, {sys.argv[3]} runs per case (hyperfine median/min/max). "
+            "Ratios are to crun in the same section.\n\n")
+    for name, rs in sections.items():
+        unit = "kB" if name == "peak RSS" else "ms"
+        crun = next((float(r[2]) for r in rs if r[1].startswith("crun") and r[2] not in ("", "failed")), None)
+        f.write(f"## {name}\n\n| case | median {unit} | min | max | ratio to crun | note |\n|---|---|---|---|---|---|\n")
+        for r in rs:
+            r += [""] * (6 - len(r))
+            med = r[2]
+            ratio = f"{float(med) / crun:.2f}" if crun and med not in ("", "failed") else ""
+            fmt = lambda v: f"{float(v):.2f}" if v not in ("", "failed") else v
+            f.write(f"| {r[1]} | {fmt(med)} | {fmt(r[3])} | {fmt(r[4])} | {ratio} | {r[5]} |\n")
+        f.write("\n")
+PY
+awk -F'\t' '$1 == "busybox" && $3 != "failed" {printf "\"%s\" %s\n", $2, $3}' "$results" >"$work/startup.dat"
+if command -v gnuplot >/dev/null && [ -s "$work/startup.dat" ]; then
+    gnuplot <<GP
+set terminal pngcairo size 1000,520
+set output "$out/startup.png"
+set title "Rootless start of a busybox /bin/true container (median of $runs runs)"
+set style fill solid 0.8
+set boxwidth 0.6
+set ylabel "ms (log scale)"
+set logscale y
+set xtics rotate by -30
+set grid ytics
+plot "$work/startup.dat" using 0:2:xtic(1) with boxes notitle lc rgb "#3465a4", \
+     "" using 0:2:(sprintf("%.1f",\$2)) with labels offset 0,0.7 notitle
+GP
+fi
+log "wrote $out/results.md${out:+ and $out/startup.png}"
+cat "$out/results.md"

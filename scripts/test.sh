@@ -12,11 +12,13 @@ cd "$(dirname "$0")/.."
 
 TEST_USER=nooktest
 TEST_USER_NOSUB=nooktest-nosub
-PACKAGES=(busybox-static uidmap fuse-overlayfs libseccomp-dev pkg-config)
+PACKAGES=(busybox-static uidmap fuse-overlayfs libseccomp-dev pkg-config debootstrap)
+# The realistic image (debootstrap, cached across runs): see scripts/mkimage-debian.sh.
+DEBIAN_IMAGE=/var/tmp/nook-test-fixtures/debian-bookworm.tar
 
 # --- images (issue 6) ------------------------------------------------------------------------
 # podman: tests/images.rs loads nook's OCI export into it and runs it (as the test user).
-# umoci: scripts/bench.sh compares `nook import` with `umoci unpack --rootless`.
+# umoci: scripts/bench.d/images.sh compares `nook import` with `umoci unpack --rootless`.
 PACKAGES+=(podman umoci)
 # ---------------------------------------------------------------------------------------------
 
@@ -80,6 +82,8 @@ prepare_host() {
         chmod 0666 /dev/fuse
     fi
     ensure_users
+    log "building the Debian test image (once): $DEBIAN_IMAGE"
+    ./scripts/mkimage-debian.sh "$DEBIAN_IMAGE"
     export NOOK_TEST_USER=$TEST_USER
     export NOOK_TEST_USER_NOSUB=$TEST_USER_NOSUB
 }

@@ -43,6 +43,21 @@ pub struct Meta {
     /// The id mapping the container runs with: its upper layer's owners follow it.
     #[serde(default)]
     pub idmap: Option<IdMapping>,
+    /// The nook process that created the container, with its start time: while it lives, a
+    /// container without state is being set up, not abandoned.
+    #[serde(default)]
+    pub creator_pid: Option<i32>,
+    #[serde(default)]
+    pub creator_start: Option<u64>,
+}
+
+impl Meta {
+    fn creator_alive(&self) -> bool {
+        match (self.creator_pid, self.creator_start) {
+            (Some(pid), Some(start)) => process_start_time(pid) == Some(start),
+            _ => false,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,9 +124,6 @@ impl Container {
     pub fn work(&self) -> PathBuf {
         self.dir.join("work")
     }
-    pub fn merged(&self) -> PathBuf {
-        self.dir.join("merged")
-    }
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("log")
     }
@@ -126,8 +138,21 @@ impl Container {
             .unwrap_or_default()
     }
 
+    /// A `--rm` container whose nook process died before removing it: nobody will.
+    fn is_abandoned(&self) -> bool {
+        if !self.meta.auto_remove {
+            return false;
+        }
+        let state = self.state();
+        match state.status {
+            None | Some(Status::Created) => !self.meta.creator_alive(),
+            Some(_) => state.effective_status() != Status::Running,
+        }
+    }
+
     pub fn save_state(&self, state: &State) -> Result<()> {
-        write_atomic(&self.state_path(), &serde_json::to_vec(state)?)
+        // Not fsynced: a state lost in a crash is recomputed from the runner's pid.
+        write_atomic(&self.state_path(), &serde_json::to_vec(state)?, false)
     }
 }
 
@@ -181,7 +206,6 @@ impl Store {
             }
             None => default_name(new.image, &id),
         };
-        self.claim_name(&name, &id)?;
         let dir = self.containers_dir().join(&id);
         let meta = Meta {
             id: id.clone(),
@@ -193,19 +217,36 @@ impl Store {
             command: new.command.to_vec(),
             auto_remove: new.auto_remove,
             idmap: Some(new.idmap.clone()),
+            creator_pid: Some(std::process::id() as i32),
+            creator_start: process_start_time(std::process::id() as i32),
         };
+        // Built under a temporary name and renamed into place, so a create cut short leaves
+        // nothing that looks like a container, only a `.creating-` directory the next listing
+        // removes once its creator is gone.
+        let staging = self
+            .containers_dir()
+            .join(format!(".creating-{}-{id}", std::process::id()));
         let container = Container { dir, meta };
         let made = (|| -> Result<()> {
-            create_private_dir(&container.dir)?;
-            for sub in [container.upper(), container.work(), container.merged()] {
-                fs::create_dir(&sub).with_context(|| format!("creating {}", sub.display()))?;
+            create_private_dir(&staging)?;
+            for sub in ["upper", "work"] {
+                let path = staging.join(sub);
+                fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
             }
+            // A container removed on exit needs no crash-safe metadata.
             write_atomic(
-                &container.dir.join("meta.json"),
+                &staging.join("meta.json"),
                 &serde_json::to_vec_pretty(&container.meta)?,
-            )
+                !container.meta.auto_remove,
+            )?;
+            fs::rename(&staging, &container.dir)
+                .with_context(|| format!("moving {} into place", staging.display()))
         })();
-        if let Err(e) = made {
+        if made.is_err() {
+            let _ = remove_tree(&staging);
+        }
+        // The name is claimed last, so whoever finds a claim finds the container behind it.
+        if let Err(e) = made.and_then(|()| self.claim_name(&name, &id)) {
             let _ = self.remove(&container);
             return Err(e);
         }
@@ -214,29 +255,34 @@ impl Store {
 
     fn claim_name(&self, name: &str, id: &str) -> Result<()> {
         let link = self.names_dir().join(name);
-        for _ in 0..2 {
-            match std::os::unix::fs::symlink(id, &link) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    let owner = fs::read_link(&link).ok();
-                    let owner_alive = owner
-                        .as_ref()
-                        .is_some_and(|o| self.containers_dir().join(o).join("meta.json").exists());
-                    if owner_alive {
-                        bail!(
-                            "the container name {name:?} is already in use; remove that container \
-                             with `nook rm {name}` or choose another --name"
-                        );
-                    }
-                    // A claim left by a create that crashed: take it over.
-                    let _ = fs::remove_file(&link);
-                }
-                Err(e) => {
-                    return Err(e).with_context(|| format!("claiming name at {}", link.display()))
-                }
+        let claim = || std::os::unix::fs::symlink(id, &link);
+        match claim() {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("claiming name at {}", link.display()))
             }
         }
-        bail!("the container name {name:?} is being taken by another nook process")
+        // Taken, perhaps by a container that no longer exists or was abandoned: decide under a
+        // lock, so two processes never both take over the same stale claim.
+        let lock_file = fs::File::create(self.names_dir().join(".lock"))
+            .with_context(|| format!("locking {}", self.names_dir().display()))?;
+        let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .context("flock on the names directory")?;
+        let owner = fs::read_link(&link)
+            .ok()
+            .and_then(|owner| self.load(&self.containers_dir().join(owner)).ok());
+        match owner {
+            Some(owner) if !owner.is_abandoned() => bail!(
+                "the container name {name:?} is already in use; remove that container with \
+                 `nook rm {name}` or choose another --name"
+            ),
+            Some(owner) => self.remove(&owner)?,
+            None => {}
+        }
+        let _ = fs::remove_file(&link);
+        claim().with_context(|| format!("claiming name at {}", link.display()))
     }
 
     /// Finds a container by name, full id or unique id prefix.
@@ -271,21 +317,69 @@ impl Store {
         })
     }
 
-    /// Every container, oldest first.
+    /// Every container, oldest first. What crashed nook processes left behind is cleaned on the
+    /// way: removals cut short, and `--rm` containers whose nook process died.
     pub fn list(&self) -> Result<Vec<Container>> {
         let dir = self.containers_dir();
         let mut out = Vec::new();
         for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
             let entry = entry?;
-            if entry.file_name().to_string_lossy().starts_with('.') {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_prefix(".removing-") {
+                self.finish_removal(&entry.path(), id);
+                continue;
+            }
+            if let Some(rest) = name.strip_prefix(".creating-") {
+                let creator = rest.split('-').next().and_then(|p| p.parse::<i32>().ok());
+                if creator.is_some_and(|pid| fs::metadata(format!("/proc/{pid}")).is_err()) {
+                    let _ = remove_tree(&entry.path());
+                }
+                continue;
+            }
+            if name.starts_with('.') {
                 continue;
             }
             if let Ok(c) = self.load(&entry.path()) {
+                if !self.owns_its_name(&c) {
+                    // Still being created, or a create that crashed before claiming its name.
+                    if !c.meta.creator_alive() {
+                        let _ = remove_owned_tree(&c.dir, c.meta.idmap.as_ref());
+                    }
+                    continue;
+                }
+                if c.is_abandoned() {
+                    let _ = self.remove(&c);
+                    continue;
+                }
                 out.push(c);
             }
         }
         out.sort_by(|a, b| a.meta.created.cmp(&b.meta.created));
         Ok(out)
+    }
+
+    fn owns_its_name(&self, c: &Container) -> bool {
+        fs::read_link(self.names_dir().join(&c.meta.name))
+            .is_ok_and(|id| id == Path::new(&c.meta.id))
+    }
+
+    /// Completes a removal that a killed nook process left half done.
+    fn finish_removal(&self, path: &Path, id: &str) {
+        let idmap = self
+            .load(path)
+            .ok()
+            .and_then(|c| c.meta.idmap)
+            .unwrap_or_else(IdMapping::of_current_user);
+        if remove_owned_tree(path, Some(&idmap)).is_ok() {
+            // The name may still point at the removed id.
+            if let Ok(names) = fs::read_dir(self.names_dir()) {
+                for link in names.flatten() {
+                    if fs::read_link(link.path()).is_ok_and(|target| target == Path::new(id)) {
+                        let _ = fs::remove_file(link.path());
+                    }
+                }
+            }
+        }
     }
 
     /// Removes the container's directory, upper layer included, and releases its name.
@@ -421,7 +515,12 @@ mod tests {
         store.remove(&c).unwrap();
         assert!(store.get("x").is_err());
         assert_eq!(fs::read_dir(root.join("containers")).unwrap().count(), 0);
-        assert_eq!(fs::read_dir(root.join("names")).unwrap().count(), 0);
+        let claims = fs::read_dir(root.join("names"))
+            .unwrap()
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .count();
+        assert_eq!(claims, 0);
         remove_tree(&root).unwrap();
     }
 }

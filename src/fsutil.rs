@@ -8,7 +8,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 /// Writes `data` to `path` so that readers see either the old or the new content, never a part.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+/// With `durable`, the data reaches the disk before the rename (worth an fsync only for state
+/// that must survive a crash).
+pub fn write_atomic(path: &Path, data: &[u8], durable: bool) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -18,7 +20,9 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let result = (|| -> io::Result<()> {
         let mut file = fs::File::create(&tmp)?;
         file.write_all(data)?;
-        file.sync_data()?;
+        if durable {
+            file.sync_data()?;
+        }
         fs::rename(&tmp, path)
     })();
     if result.is_err() {
@@ -93,8 +97,8 @@ mod tests {
     fn write_atomic_replaces_content_and_leaves_no_temp_file() {
         let dir = scratch("atomic");
         let file = dir.join("state.json");
-        write_atomic(&file, b"one").unwrap();
-        write_atomic(&file, b"two").unwrap();
+        write_atomic(&file, b"one", true).unwrap();
+        write_atomic(&file, b"two", false).unwrap();
         assert_eq!(fs::read(&file).unwrap(), b"two");
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
         remove_tree(&dir).unwrap();

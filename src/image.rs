@@ -185,7 +185,7 @@ impl ImageStore {
         create_private_dir(&tmp)?;
         let result = (|| -> Result<(ImageMeta, Found)> {
             // Written first, so that whoever cleans up a build cut short knows the owners.
-            write_atomic(&tmp.join(IDMAP_FILE), &serde_json::to_vec(idmap)?)?;
+            write_atomic(&tmp.join(IDMAP_FILE), &serde_json::to_vec(idmap)?, true)?;
             let built = fill(&tmp)?;
             let meta = ImageMeta {
                 name: name.to_string(),
@@ -196,7 +196,11 @@ impl ImageStore {
                 skipped_devices: built.summary.skipped_devices,
                 unmapped_owners: built.summary.unmapped_owners,
             };
-            write_atomic(&tmp.join("image.json"), &serde_json::to_vec_pretty(&meta)?)?;
+            write_atomic(
+                &tmp.join("image.json"),
+                &serde_json::to_vec_pretty(&meta)?,
+                true,
+            )?;
             fs::remove_file(tmp.join(IDMAP_FILE))
                 .with_context(|| format!("removing {}", tmp.join(IDMAP_FILE).display()))?;
             fs::rename(&tmp, self.root.join(name)).with_context(|| {
@@ -331,7 +335,11 @@ impl ImageStore {
                     .join(format!(".import-export-{}", std::process::id()));
                 create_private_dir(&tmp)?;
                 let result = (|| -> Result<()> {
-                    write_atomic(&tmp.join(IDMAP_FILE), &serde_json::to_vec(&from.idmap)?)?;
+                    write_atomic(
+                        &tmp.join(IDMAP_FILE),
+                        &serde_json::to_vec(&from.idmap)?,
+                        false,
+                    )?;
                     flatten_in_userns(from, &tmp.join("rootfs"))?;
                     write_export(&tmp.join("rootfs"), &from.idmap, out, format, config, name)
                 })();

@@ -33,9 +33,17 @@ pub enum RootfsPlan {
     Prepared,
 }
 
+/// A file nook provides in the container, such as `/etc/hostname`. It lives in the container's
+/// `/dev` tmpfs (unlinked once bound), so it costs no disk and names no host path.
+#[derive(Clone, Debug)]
+pub struct GeneratedFile {
+    pub destination: PathBuf,
+    pub content: Vec<u8>,
+}
+
 /// Builds the container's filesystem and moves into it. On return the process's root is the
 /// container's root and the host's tree is unreachable.
-pub fn enter(spec: &Spec, plan: &RootfsPlan) -> Result<()> {
+pub fn enter(spec: &Spec, plan: &RootfsPlan, files: &[GeneratedFile]) -> Result<()> {
     let root = spec
         .root()
         .as_ref()
@@ -55,6 +63,12 @@ pub fn enter(spec: &Spec, plan: &RootfsPlan) -> Result<()> {
     }
     if dev_is_ours {
         populate_dev(root_fd.as_fd()).context("populating /dev")?;
+    } else if !files.is_empty() {
+        bail!("nook's generated files need the container's /dev to be a tmpfs");
+    }
+    for (i, file) in files.iter().enumerate() {
+        place_generated(root_fd.as_fd(), i, file)
+            .with_context(|| format!("providing {}", file.destination.display()))?;
     }
     drop(root_fd);
     pivot_into(&root)?;
@@ -158,8 +172,24 @@ enum Kind {
 }
 
 /// Opens `path` inside `root` (`O_PATH`), creating it and its missing parents first. Each step is
-/// resolved inside the root, so no symlink in the image can point it elsewhere.
+/// resolved inside the root, and a dangling symlink on the way is followed inside the root too
+/// (its target is created there), so no symlink in the image can point a mount elsewhere.
 fn open_or_create(root: BorrowedFd<'_>, path: &Path, kind: Kind) -> Result<OwnedFd> {
+    open_or_create_following(root, path, kind, 0)
+}
+
+/// Symlinks followed before giving up, as the kernel's own limit.
+const MAX_SYMLINKS: u32 = 40;
+
+fn open_or_create_following(
+    root: BorrowedFd<'_>,
+    path: &Path,
+    kind: Kind,
+    followed: u32,
+) -> Result<OwnedFd> {
+    if followed > MAX_SYMLINKS {
+        bail!("too many symbolic links resolving {}", path.display());
+    }
     match sys::open_in_root(root, path, libc::O_PATH) {
         Ok(fd) => return Ok(fd),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
@@ -169,43 +199,63 @@ fn open_or_create(root: BorrowedFd<'_>, path: &Path, kind: Kind) -> Result<Owned
     let mut walked = PathBuf::from("/");
     let components: Vec<Component> = path.components().collect();
     for (i, component) in components.iter().enumerate() {
-        let Component::Normal(name) = component else {
-            continue;
+        let name = match component {
+            Component::Normal(name) => *name,
+            Component::ParentDir => {
+                // `walked` holds only real directories, so its lexical parent is the real one;
+                // at the root it stays the root, as with RESOLVE_IN_ROOT.
+                walked.pop();
+                parent = sys::open_in_root(root, &walked, libc::O_PATH)?;
+                continue;
+            }
+            _ => continue,
         };
         walked.push(name);
-        let last = i + 1 == components.len();
         match sys::open_in_root(root, &walked, libc::O_PATH) {
-            Ok(fd) => parent = fd,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                if last && kind == Kind::File {
-                    let created = nix::fcntl::openat(
-                        parent.as_fd(),
-                        Path::new(name),
-                        OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                        Mode::from_bits_truncate(0o644),
-                    )
-                    .with_context(|| format!("creating {}", walked.display()))?;
-                    drop(created);
-                } else {
-                    nix::sys::stat::mkdirat(
-                        parent.as_fd(),
-                        Path::new(name),
-                        Mode::from_bits_truncate(0o755),
-                    )
-                    .or_else(|e| {
-                        if e == nix::Error::EEXIST {
-                            Ok(())
-                        } else {
-                            Err(e)
-                        }
-                    })
-                    .with_context(|| format!("creating directory {}", walked.display()))?;
-                }
-                parent = sys::open_in_root(root, &walked, libc::O_PATH)
-                    .with_context(|| format!("resolving {}", walked.display()))?;
+            Ok(fd) => {
+                parent = fd;
+                continue;
             }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) => return Err(e).with_context(|| format!("resolving {}", walked.display())),
         }
+        if let Ok(target) = nix::fcntl::readlinkat(parent.as_fd(), Path::new(name)) {
+            // A dangling symlink: go where it points, inside the root.
+            let target = PathBuf::from(target);
+            let mut next = if target.is_absolute() {
+                target
+            } else {
+                walked.parent().unwrap_or(Path::new("/")).join(target)
+            };
+            for rest in &components[i + 1..] {
+                next.push(rest.as_os_str());
+            }
+            return open_or_create_following(root, &next, kind, followed + 1);
+        }
+        let last = i + 1 == components.len();
+        if last && kind == Kind::File {
+            nix::fcntl::openat(
+                parent.as_fd(),
+                Path::new(name),
+                OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o644),
+            )
+            .with_context(|| format!("creating {}", walked.display()))?;
+        } else {
+            match nix::sys::stat::mkdirat(
+                parent.as_fd(),
+                Path::new(name),
+                Mode::from_bits_truncate(0o755),
+            ) {
+                Ok(()) | Err(nix::Error::EEXIST) => {}
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("creating directory {}", walked.display()))
+                }
+            }
+        }
+        parent = sys::open_in_root(root, &walked, libc::O_PATH)
+            .with_context(|| format!("resolving {}", walked.display()))?;
     }
     Ok(parent)
 }
@@ -379,6 +429,51 @@ fn populate_dev(root: BorrowedFd<'_>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn place_generated(root: BorrowedFd<'_>, index: usize, file: &GeneratedFile) -> Result<()> {
+    use std::io::Write;
+    let dev = sys::open_in_root(root, Path::new("/dev"), libc::O_PATH | libc::O_DIRECTORY)?;
+    let name = format!(".nook-generated-{index}");
+    let fd = nix::fcntl::openat(
+        dev.as_fd(),
+        Path::new(&name),
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o644),
+    )
+    .context("creating it in /dev")?;
+    fs::File::from(fd).write_all(&file.content)?;
+    let source = sys::open_in_root(root, &Path::new("/dev").join(&name), libc::O_PATH)?;
+    let result = match open_or_create(root, &file.destination, Kind::File) {
+        Ok(target) => mount(
+            Some(fd_path(source.as_fd()).as_str()),
+            fd_path(target.as_fd()).as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(anyhow::Error::from),
+        // The image lacks the file and will not let us add it (an /etc owned by an id the
+        // container does not map): go without, as the image's own makers did.
+        Err(e) if is_permission_error(&e) => Ok(()),
+        Err(e) => Err(e),
+    };
+    nix::unistd::unlinkat(
+        dev.as_fd(),
+        Path::new(&name),
+        nix::unistd::UnlinkatFlags::NoRemoveDir,
+    )
+    .context("unlinking the staging copy")?;
+    result
+}
+
+fn is_permission_error(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<nix::Error>(),
+            Some(nix::Error::EACCES | nix::Error::EPERM | nix::Error::EOVERFLOW)
+        )
+    })
 }
 
 fn pivot_into(root: &Path) -> Result<()> {

@@ -151,7 +151,7 @@ fn compare(arg: &oci_spec::runtime::LinuxSeccompArg) -> ScmpArgCompare {
 
 /// Compiles the spec's seccomp profile for this machine. Names libseccomp does not know (newer
 /// than the installed library) are skipped: they fall to the default action.
-pub fn compile_seccomp(profile: &LinuxSeccomp) -> Result<ScmpFilterContext> {
+fn compile_seccomp(profile: &LinuxSeccomp) -> Result<ScmpFilterContext> {
     let default = action(profile.default_action(), profile.default_errno_ret());
     let mut filter = ScmpFilterContext::new(default).context("seccomp_init")?;
     let native = ScmpArch::native();
@@ -192,11 +192,103 @@ pub fn compile_seccomp(profile: &LinuxSeccomp) -> Result<ScmpFilterContext> {
     Ok(filter)
 }
 
-/// Loads a compiled filter into this process; everything it execs keeps it.
-pub fn load_seccomp(filter: &ScmpFilterContext) -> Result<()> {
+/// A seccomp profile compiled to the kernel's BPF, ready to load.
+pub struct SeccompProgram {
+    instructions: Vec<libc::sock_filter>,
+}
+
+impl SeccompProgram {
+    fn from_bytes(bytes: &[u8]) -> Option<SeccompProgram> {
+        if bytes.is_empty() || bytes.len() % 8 != 0 {
+            return None;
+        }
+        let instructions = bytes
+            .chunks_exact(8)
+            .map(|c| libc::sock_filter {
+                code: u16::from_ne_bytes([c[0], c[1]]),
+                jt: c[2],
+                jf: c[3],
+                k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+            })
+            .collect();
+        Some(SeccompProgram { instructions })
+    }
+}
+
+/// FNV-1a: a stable hash for cache keys (std's hasher may change between releases).
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut hash = 0xcbf29ce484222325u64;
+    for part in parts {
+        for byte in *part {
+            hash ^= *byte as u64;
+            hash = hash.wrapping_mul(0x100000001b3);
+        }
+        hash = (hash ^ 0xff).wrapping_mul(0x100000001b3);
+    }
+    hash
+}
+
+fn seccomp_cache_dir() -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|d| !d.is_empty())
+                .map(|h| std::path::PathBuf::from(h).join(".cache"))
+        })?;
+    Some(base.join("nook/seccomp"))
+}
+
+/// The BPF program of `profile`. Compiling a profile of several hundred rules costs
+/// milliseconds, so the result is cached per profile, libseccomp version and nook version.
+pub fn seccomp_program(profile: &LinuxSeccomp) -> Result<SeccompProgram> {
+    let json = serde_json::to_vec(profile)?;
+    let version = libseccomp::ScmpVersion::current()
+        .map(|v| format!("{}.{}.{}", v.major, v.minor, v.micro))
+        .unwrap_or_default();
+    let key = fnv1a(&[
+        &json,
+        version.as_bytes(),
+        env!("CARGO_PKG_VERSION").as_bytes(),
+        std::env::consts::ARCH.as_bytes(),
+    ]);
+    let cached = seccomp_cache_dir().map(|d| d.join(format!("{key:016x}.bpf")));
+    if let Some(program) = cached
+        .as_ref()
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|bytes| SeccompProgram::from_bytes(&bytes))
+    {
+        return Ok(program);
+    }
+    let filter = compile_seccomp(profile)?;
+    let memfd =
+        nix::sys::memfd::memfd_create(c"nook-seccomp", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+            .context("memfd_create")?;
     filter
-        .load()
-        .context("loading the seccomp filter (seccomp_load)")
+        .export_bpf(&memfd)
+        .context("generating the seccomp BPF program (seccomp_export_bpf)")?;
+    let mut file = std::fs::File::from(memfd);
+    use std::io::{Read, Seek};
+    file.rewind()?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    let program = SeccompProgram::from_bytes(&bytes)
+        .context("libseccomp produced an empty or malformed program")?;
+    if let Some(path) = cached {
+        // A cache that cannot be written only costs the next run the compile.
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _ = crate::fsutil::write_atomic(&path, &bytes, false);
+    }
+    Ok(program)
+}
+
+/// Loads the program into this process; everything it execs keeps it.
+pub fn load_seccomp(program: &SeccompProgram) -> Result<()> {
+    crate::sys::seccomp_set_filter(&program.instructions)
+        .context("loading the seccomp filter (seccomp(SECCOMP_SET_MODE_FILTER))")
 }
 
 #[cfg(test)]
@@ -214,9 +306,22 @@ mod tests {
     }
 
     #[test]
-    fn builtin_profile_compiles() {
+    fn builtin_profile_compiles_to_bpf() {
         let profile: LinuxSeccomp =
             serde_json::from_str(crate::spec::DEFAULT_SECCOMP_PROFILE).unwrap();
         compile_seccomp(&profile).unwrap();
+        let program = seccomp_program(&profile).unwrap();
+        // Several hundred rules make a program far longer than a trivial filter.
+        assert!(
+            program.instructions.len() > 100,
+            "{}",
+            program.instructions.len()
+        );
+    }
+
+    #[test]
+    fn cache_keys_change_with_any_part() {
+        assert_ne!(fnv1a(&[b"ab", b"c"]), fnv1a(&[b"a", b"bc"]));
+        assert_eq!(fnv1a(&[b"x"]), fnv1a(&[b"x"]));
     }
 }

@@ -188,14 +188,6 @@ pub fn read_image_file(image: &Path, path: &str) -> String {
     text
 }
 
-/// Host files that stand in for the container's `/etc/hostname`, `/etc/hosts` and
-/// `/etc/resolv.conf`.
-pub struct EtcFiles {
-    pub hostname: PathBuf,
-    pub hosts: PathBuf,
-    pub resolv_conf: PathBuf,
-}
-
 /// Everything `nook run` decides about a container, before it becomes a spec.
 pub struct RunRequest<'a> {
     pub rootfs: &'a Path,
@@ -207,7 +199,6 @@ pub struct RunRequest<'a> {
     pub hostname: String,
     pub network: NetworkMode,
     pub volumes: &'a [Volume],
-    pub etc: &'a EtcFiles,
     pub idmap: &'a IdMapping,
 }
 
@@ -334,11 +325,6 @@ fn mount(
         .build()?)
 }
 
-/// A read-write bind mount of one host file.
-pub fn bind_file(destination: &str, source: &Path) -> Result<Mount> {
-    mount(destination, "bind", source, &["bind"])
-}
-
 fn run_mounts(req: &RunRequest<'_>) -> Result<Vec<Mount>> {
     let tty_gid_mapped = req.idmap.maps_gid(5);
     let mut pts_options = vec![
@@ -389,13 +375,6 @@ fn run_mounts(req: &RunRequest<'_>) -> Result<Vec<Mount>> {
             &["rbind", "nosuid", "noexec", "nodev", "ro"],
         )?,
     });
-    for (dest, file) in [
-        ("/etc/hostname", &req.etc.hostname),
-        ("/etc/hosts", &req.etc.hosts),
-        ("/etc/resolv.conf", &req.etc.resolv_conf),
-    ] {
-        mounts.push(mount(dest, "bind", file, &["bind"])?);
-    }
     for volume in req.volumes {
         let mut options = vec!["rbind"];
         if volume.readonly {

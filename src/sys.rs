@@ -353,3 +353,47 @@ pub fn ficlone(dest: BorrowedFd<'_>, src: BorrowedFd<'_>) -> io::Result<()> {
     let ret = unsafe { libc::ioctl(dest.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) };
     check(ret as libc::c_long).map(drop)
 }
+
+/// Installs a classic BPF seccomp program (`SECCOMP_SET_MODE_FILTER`). The caller must already
+/// have set no_new_privs or hold CAP_SYS_ADMIN.
+pub fn seccomp_set_filter(program: &[libc::sock_filter]) -> io::Result<()> {
+    let len =
+        u16::try_from(program.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?;
+    let fprog = libc::sock_fprog {
+        len,
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `fprog` points at `program`, which outlives the call; the kernel copies it.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// Closes every descriptor from 3 upwards except those in `keep`: descriptors a careless caller
+/// left open must not reach the container (a directory among them would be a way out).
+pub fn close_inherited_fds(keep: &[RawFd]) -> io::Result<()> {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter(|fd| **fd > 2)
+        .map(|fd| *fd as u32)
+        .collect();
+    keep.sort_unstable();
+    let mut first = 3u32;
+    for fd in keep {
+        if fd > first {
+            // SAFETY: the range holds no descriptor this process still uses; those are in `keep`.
+            let ret = unsafe { libc::close_range(first, fd - 1, 0) };
+            check(ret as libc::c_long)?;
+        }
+        first = fd + 1;
+    }
+    // SAFETY: as above, for the range past the last kept descriptor.
+    let ret = unsafe { libc::close_range(first, u32::MAX, 0) };
+    check(ret as libc::c_long).map(drop)
+}

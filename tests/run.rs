@@ -260,13 +260,15 @@ fn env_option_sets_variables_for_the_command() {
 }
 
 #[test]
-fn default_environment_is_path_home_and_hostname_only() {
+fn default_environment_is_path_home_hostname_and_container_only() {
     let Some(t) = Nook::new() else { return };
     let out = t.nook(&["run", "--rm", "--name", "envcheck", t.image(), "env"]);
     out.assert_ok();
     let env = parse_env(&out.stdout);
     let keys: Vec<&str> = env.keys().map(String::as_str).collect();
-    assert_eq!(keys, ["HOME", "HOSTNAME", "PATH"], "{out}");
+    assert_eq!(keys, ["HOME", "HOSTNAME", "PATH", "container"], "{out}");
+    // The convention systemd and other tools use to detect a container.
+    assert_eq!(env["container"], "nook", "{out}");
     assert_eq!(env["HOME"], "/root", "{out}");
     assert_eq!(env["HOSTNAME"], "envcheck", "{out}");
     assert!(env["PATH"].split(':').any(|d| d == "/bin"), "{out}");

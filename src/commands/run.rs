@@ -16,8 +16,9 @@ use crate::container::{
 use crate::idmap::{Caller, IdMapping};
 use crate::image::{Image, ImageConfig, ImageStore};
 use crate::launch::{self, ChildFailed, Launch, StdinMode};
+use crate::rootfs::GeneratedFile;
 use crate::rootfs::RootfsPlan;
-use crate::spec::{self, EtcFiles, NetworkMode, RunRequest, Volume};
+use crate::spec::{self, NetworkMode, RunRequest, Volume};
 use crate::sys;
 
 /// Everything checked before anything is created, so that bad input leaves nothing behind.
@@ -215,8 +216,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         auto_remove: args.rm,
         idmap: &checked.idmap,
     })?;
-    let prepared = prepare(args, &checked, &container);
-    let (spec, plan, idmap) = match prepared {
+    let prepared = match prepare(args, &checked, &container) {
         Ok(p) => p,
         Err(e) => {
             let _ = store.remove(&container);
@@ -224,9 +224,10 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         }
     };
     let launch = Launch {
-        spec: &spec,
-        rootfs: &plan,
-        idmap: &idmap,
+        spec: &prepared.spec,
+        rootfs: &prepared.plan,
+        files: &prepared.files,
+        idmap: &checked.idmap,
         init: args.init,
         keep_stdin: args.interactive,
         die_with_parent: true,
@@ -254,35 +255,40 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     Ok(code)
 }
 
-fn prepare(
-    args: &RunArgs,
-    checked: &Checked,
-    container: &Container,
-) -> Result<(oci_spec::runtime::Spec, RootfsPlan, IdMapping)> {
+/// What a launch needs beyond the spec.
+struct Prepared {
+    spec: oci_spec::runtime::Spec,
+    plan: RootfsPlan,
+    files: Vec<GeneratedFile>,
+}
+
+fn prepare(args: &RunArgs, checked: &Checked, container: &Container) -> Result<Prepared> {
     let hostname = args
         .hostname
         .clone()
         .unwrap_or_else(|| container.meta.name.clone());
-    let etc = EtcFiles {
-        hostname: container.dir.join("hostname"),
-        hosts: container.dir.join("hosts"),
-        resolv_conf: container.dir.join("resolv.conf"),
+    let file = |destination: &str, content: Vec<u8>| GeneratedFile {
+        destination: PathBuf::from(destination),
+        content,
     };
-    fs::write(&etc.hostname, format!("{hostname}\n"))
-        .with_context(|| format!("writing {}", etc.hostname.display()))?;
-    fs::write(&etc.hosts, spec::hosts_file(&hostname, checked.network))
-        .with_context(|| format!("writing {}", etc.hosts.display()))?;
-    let resolv = fs::read("/etc/resolv.conf").unwrap_or_default();
-    fs::write(&etc.resolv_conf, resolv)
-        .with_context(|| format!("writing {}", etc.resolv_conf.display()))?;
-
-    let idmap = checked.idmap.clone();
-    let mut extra_files = Vec::new();
+    let mut files = vec![
+        file("/etc/hostname", format!("{hostname}\n").into_bytes()),
+        file(
+            "/etc/hosts",
+            spec::hosts_file(&hostname, checked.network).into_bytes(),
+        ),
+        file(
+            "/etc/resolv.conf",
+            fs::read("/etc/resolv.conf").unwrap_or_default(),
+        ),
+    ];
     if args.userns == UsernsArg::KeepId && args.user.is_none() {
-        extra_files = keep_id_identity(checked, container)?;
+        files.extend(keep_id_identity(checked));
     }
-    let mut spec = spec::build_run_spec(&RunRequest {
-        rootfs: &container.merged(),
+    let spec = spec::build_run_spec(&RunRequest {
+        // The overlay is mounted over the container's own directory, in the container's mount
+        // namespace only; its layers are named by descriptor, so hiding them does no harm.
+        rootfs: &container.dir,
         args: checked.command.clone(),
         env: checked.env.clone(),
         cwd: checked.workdir.clone(),
@@ -291,29 +297,20 @@ fn prepare(
         hostname,
         network: checked.network,
         volumes: &checked.volumes,
-        etc: &etc,
-        idmap: &idmap,
+        idmap: &checked.idmap,
     })?;
-    if let Some(mounts) = spec.mounts_mut() {
-        for (dest, file) in extra_files {
-            mounts.push(spec::bind_file(dest, &file)?);
-        }
-    }
     let plan = RootfsPlan::Overlay {
         lower: checked.image.clone(),
         upper: container.upper(),
         work: container.work(),
         volatile: args.rm,
     };
-    Ok((spec, plan, idmap))
+    Ok(Prepared { spec, plan, files })
 }
 
-/// keep-id: the caller's passwd and group entries added to copies of the image's files, so the
-/// caller has a name and a home inside. Returns the (container path, host file) pairs to bind.
-fn keep_id_identity(
-    checked: &Checked,
-    container: &Container,
-) -> Result<Vec<(&'static str, PathBuf)>> {
+/// keep-id: the caller's passwd and group entries added to the image's, so the caller has a
+/// name and a home inside.
+fn keep_id_identity(checked: &Checked) -> Vec<GeneratedFile> {
     let caller = &checked.caller;
     let name = caller
         .name
@@ -349,11 +346,12 @@ fn keep_id_identity(
         }
         content.push_str(&line);
         content.push('\n');
-        let host = container.dir.join(dest.trim_start_matches("/etc/"));
-        fs::write(&host, content).with_context(|| format!("writing {}", host.display()))?;
-        files.push((dest, host));
+        files.push(GeneratedFile {
+            destination: PathBuf::from(dest),
+            content: content.into_bytes(),
+        });
     }
-    Ok(files)
+    files
 }
 
 fn record_running(container: &Container, pid: i32) -> Result<()> {

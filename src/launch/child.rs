@@ -17,7 +17,11 @@ use crate::{rootfs, security, sys};
 
 /// Runs in the cloned child; never returns. Any failure goes to the parent as a message.
 pub(super) fn run(launch: &Launch<'_>, chan: Channel, devnull: OwnedFd, parent_mask: SigSet) -> ! {
-    let err = match become_container(launch, &chan, devnull, parent_mask) {
+    let kept = [chan.as_raw_fd(), devnull.as_raw_fd()];
+    let setup = sys::close_inherited_fds(&kept)
+        .context("closing inherited descriptors")
+        .and_then(|()| become_container(launch, &chan, devnull, parent_mask));
+    let err = match setup {
         Ok(never) => match never {},
         Err(e) => e,
     };
@@ -43,12 +47,12 @@ fn become_container(
     }
     // Compiled while the parent writes the id maps.
     let seccomp = match linux.and_then(|l| l.seccomp().as_ref()) {
-        Some(profile) => Some(security::compile_seccomp(profile)?),
+        Some(profile) => Some(security::seccomp_program(profile)?),
         None => None,
     };
     chan.expect(Msg::MapsWritten)?;
 
-    rootfs::enter(spec, launch.rootfs)?;
+    rootfs::enter(spec, launch.rootfs, launch.files)?;
     if let Some(hostname) = spec.hostname() {
         nix::unistd::sethostname(hostname).context("sethostname")?;
     }
@@ -149,12 +153,20 @@ fn enter_cwd(process: &Process) -> Result<()> {
     if !cwd.is_absolute() {
         anyhow::bail!("the working directory {} is not absolute", cwd.display());
     }
-    if nix::unistd::chdir(cwd).is_ok() {
-        return Ok(());
+    if nix::unistd::chdir(cwd).is_err() {
+        std::fs::create_dir_all(cwd)
+            .with_context(|| format!("creating the working directory {}", cwd.display()))?;
+        nix::unistd::chdir(cwd).with_context(|| format!("entering {}", cwd.display()))?;
     }
-    std::fs::create_dir_all(cwd)
-        .with_context(|| format!("creating the working directory {}", cwd.display()))?;
-    nix::unistd::chdir(cwd).with_context(|| format!("entering {}", cwd.display()))
+    // A path through /proc (a descriptor, another process's root) could lead out of the
+    // container; the kernel then has no path for the directory from our root.
+    match nix::unistd::getcwd() {
+        Ok(real) if real.is_absolute() => Ok(()),
+        _ => anyhow::bail!(
+            "the working directory {} lies outside the container's root; refusing it",
+            cwd.display()
+        ),
+    }
 }
 
 /// The command to exec, with its arguments and environment ready as C strings, so that nothing

@@ -22,7 +22,7 @@ use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::idmap::IdMapping;
-use crate::rootfs::RootfsPlan;
+use crate::rootfs::{GeneratedFile, RootfsPlan};
 use crate::sys;
 
 pub use io::StdinMode;
@@ -43,6 +43,8 @@ pub struct ChildFailed {
 pub struct Launch<'a> {
     pub spec: &'a Spec,
     pub rootfs: &'a RootfsPlan,
+    /// Files nook writes into the container (hostname, hosts, resolv.conf), kept in memory.
+    pub files: &'a [GeneratedFile],
     pub idmap: &'a IdMapping,
     /// Run a tiny init as pid 1 with the command as its child.
     pub init: bool,

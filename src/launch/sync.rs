@@ -31,6 +31,12 @@ pub struct Channel {
 
 const MAX_MESSAGE: usize = 64 * 1024;
 
+impl AsRawFd for Channel {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 impl Channel {
     /// A connected pair, both ends close-on-exec: (parent's, child's).
     pub fn pair() -> Result<(Channel, Channel)> {

@@ -825,7 +825,7 @@ pub struct NookCmd<'a> {
     env: Vec<(String, String)>,
     stdin: Option<Vec<u8>>,
     timeout: Duration,
-    inherit_fd: Option<i32>,
+    inherit_fd: Option<(i32, PathBuf)>,
 }
 
 impl NookCmd<'_> {
@@ -847,8 +847,14 @@ impl NookCmd<'_> {
     }
 
     /// Hands nook an extra open descriptor (on /dev/null) at number `fd`, not close-on-exec.
-    pub fn inherit_fd(mut self, fd: i32) -> Self {
-        self.inherit_fd = Some(fd);
+    pub fn inherit_fd(self, fd: i32) -> Self {
+        self.inherit_fd_of(fd, Path::new("/dev/null"))
+    }
+
+    /// Hands nook an extra open descriptor on `path` (a file or a directory) at number `fd`,
+    /// not close-on-exec, as a careless caller would.
+    pub fn inherit_fd_of(mut self, fd: i32, path: &Path) -> Self {
+        self.inherit_fd = Some((fd, path.to_path_buf()));
         self
     }
 
@@ -872,10 +878,10 @@ impl NookCmd<'_> {
         cmd.stdin(stdin_r.map_or_else(Stdio::null, Stdio::from));
         cmd.stdout(Stdio::from(stdout_w))
             .stderr(Stdio::from(stderr_w));
-        let devnull = self
-            .inherit_fd
-            .map(|_| fs::File::open("/dev/null").expect("open /dev/null"));
-        if let (Some(target), Some(file)) = (self.inherit_fd, devnull.as_ref()) {
+        let devnull = self.inherit_fd.as_ref().map(|(_, path)| {
+            fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+        });
+        if let (Some((target, _)), Some(file)) = (self.inherit_fd.clone(), devnull.as_ref()) {
             let src = file.as_raw_fd();
             // SAFETY: dup2 is async-signal-safe; the new descriptor is not close-on-exec.
             unsafe {

@@ -1,0 +1,225 @@
+//! Known container escapes of the symlink and descriptor kinds: each must stay confined to the
+//! container or be refused, and the host must come out untouched.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use common::{tree_listing, Nook};
+
+/// A host directory the container must never reach, with one file in it.
+fn canary(t: &Nook) -> PathBuf {
+    let dir = t.mkdir("canary");
+    t.write_file("canary/hosts", "HOST FILE\n");
+    dir
+}
+
+/// Replaces `path` of the image copy `image` with a symlink to `target`.
+fn plant_symlink(t: &Nook, image: &str, path: &str, target: &Path) {
+    let link = Path::new(image).join(path.trim_start_matches('/'));
+    if link.is_dir() && !link.is_symlink() {
+        fs::remove_dir_all(&link).expect("remove the image's directory");
+    } else {
+        let _ = fs::remove_file(&link);
+    }
+    symlink(target, &link).expect("plant symlink");
+    t.give(&link);
+}
+
+fn assert_untouched(dir: &Path, before: &[String]) {
+    assert_eq!(
+        tree_listing(dir),
+        before,
+        "the host directory {} changed",
+        dir.display()
+    );
+}
+
+#[test]
+fn proc_symlinked_to_a_host_path_is_mounted_inside_the_container() {
+    let Some(t) = Nook::new() else { return };
+    let canary = canary(&t);
+    let before = tree_listing(&canary);
+    let image = t.image_copy("img");
+    plant_symlink(&t, &image, "/proc", &canary);
+    let out = t.nook(&[
+        "run",
+        "--rm",
+        &image,
+        "sh",
+        "-c",
+        "grep -c ^Pid: /proc/self/status",
+    ]);
+    out.assert_ok().assert_stdout("1");
+    assert_untouched(&canary, &before);
+}
+
+#[test]
+fn etc_hosts_symlinked_out_of_the_image_is_confined() {
+    let Some(t) = Nook::new() else { return };
+    let canary = canary(&t);
+    let before = tree_listing(&canary);
+    let image = t.image_copy("img");
+    let climb = PathBuf::from("../".repeat(12))
+        .join(canary.strip_prefix("/").unwrap())
+        .join("hosts");
+    plant_symlink(&t, &image, "/etc/hosts", &climb);
+    let out = t.nook(&[
+        "run",
+        "--rm",
+        &image,
+        "sh",
+        "-c",
+        "cat /etc/hosts; echo x >> /etc/hosts",
+    ]);
+    out.assert_ok();
+    assert!(out.stdout.contains("localhost"), "{out}");
+    assert!(
+        !out.stdout.contains("HOST FILE"),
+        "the container read the host's file\n{out}"
+    );
+    assert_untouched(&canary, &before);
+    assert_eq!(
+        fs::read_to_string(canary.join("hosts")).unwrap(),
+        "HOST FILE\n"
+    );
+}
+
+#[test]
+fn volume_target_symlinked_to_a_host_path_is_confined() {
+    let Some(t) = Nook::new() else { return };
+    let canary = canary(&t);
+    let before = tree_listing(&canary);
+    let vol = t.mkdir("vol");
+    t.write_file("vol/inside", "volume\n");
+    let image = t.image_copy("img");
+    plant_symlink(&t, &image, "/data", &canary);
+    let out = t.nook(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{}:/data", vol.display()),
+        &image,
+        "sh",
+        "-c",
+        "cat /data/inside",
+    ]);
+    out.assert_ok().assert_stdout("volume");
+    assert_untouched(&canary, &before);
+}
+
+#[test]
+fn volume_target_climbing_with_dotdot_stays_in_the_root() {
+    let Some(t) = Nook::new() else { return };
+    let vol = t.mkdir("vol");
+    t.write_file("vol/inside", "volume\n");
+    let escape = t.dir.join("escaped-target");
+    let target = format!("/../../../../..{}", escape.display());
+    let out = t.nook(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{}:{target}", vol.display()),
+        t.image(),
+        "cat",
+        &format!("{}/inside", escape.display()),
+    ]);
+    out.assert_ok().assert_stdout("volume");
+    assert!(
+        !escape.exists(),
+        "nook created {} on the host",
+        escape.display()
+    );
+}
+
+#[test]
+fn inherited_descriptors_do_not_reach_the_container() {
+    let Some(t) = Nook::new() else { return };
+    let canary = canary(&t);
+    let out = t
+        .cmd(&["run", "--rm", t.image(), "ls", "/proc/self/fd"])
+        .inherit_fd_of(7, &canary)
+        .run();
+    out.assert_ok();
+    let fds: Vec<&str> = out.stdout.split_whitespace().collect();
+    assert_eq!(
+        fds,
+        ["0", "1", "2", "3"],
+        "only stdio and ls's own directory\n{out}"
+    );
+}
+
+#[test]
+fn workdir_through_a_leaked_descriptor_is_refused() {
+    let Some(t) = Nook::new() else { return };
+    let canary = canary(&t);
+    let before = tree_listing(&canary);
+    let out = t
+        .cmd(&[
+            "run",
+            "--rm",
+            "-w",
+            "/proc/self/fd/7",
+            t.image(),
+            "sh",
+            "-c",
+            "pwd; cat hosts",
+        ])
+        .inherit_fd_of(7, &canary)
+        .run();
+    assert_eq!(out.code, Some(125), "{out}");
+    assert!(
+        !out.stdout.contains("HOST FILE"),
+        "the container read the host through fd 7\n{out}"
+    );
+    assert!(out.stderr.contains("/proc/self/fd/7"), "{out}");
+    assert_untouched(&canary, &before);
+}
+
+#[test]
+fn masked_and_read_only_kernel_paths_stay_so() {
+    let Some(t) = Nook::new() else { return };
+    // Masked files read as empty, masked directories list nothing; only those this kernel has.
+    let mut script = String::new();
+    for file in [
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/timer_list",
+        "/proc/sched_debug",
+    ] {
+        if Path::new(file).exists() {
+            script.push_str(&format!("echo {file} $(wc -c < {file});"));
+        }
+    }
+    for dir in ["/sys/firmware", "/proc/acpi", "/proc/scsi"] {
+        if Path::new(dir).is_dir() {
+            script.push_str(&format!("echo {dir} $(ls -A {dir} | wc -l);"));
+        }
+    }
+    script.push_str(
+        "if echo x > /proc/sys/kernel/hostname 2>/dev/null; then echo sysctl wrote; \
+         else echo sysctl refused; fi",
+    );
+    let out = t.sh(&script);
+    out.assert_ok();
+    let lines = out.lines();
+    assert!(lines.len() >= 2, "{out}");
+    for line in &lines[..lines.len() - 1] {
+        assert!(line.ends_with(" 0"), "not masked: {line}\n{out}");
+    }
+    assert_eq!(lines[lines.len() - 1], "sysctl refused", "{out}");
+}
+
+#[test]
+fn the_container_cannot_unmask_or_remount_anything() {
+    let Some(t) = Nook::new() else { return };
+    let out = t.sh(
+        "for c in 'umount /proc/kcore' 'mount -o remount,rw /proc/sys' 'umount -l /sys'; do \
+           if $c 2>/dev/null; then echo \"$c: allowed\"; else echo \"$c: refused\"; fi; done",
+    );
+    out.assert_ok();
+    assert!(!out.stdout.contains("allowed"), "{out}");
+    assert_eq!(out.lines().len(), 3, "{out}");
+}
