@@ -42,8 +42,14 @@ pub struct GeneratedFile {
 }
 
 /// Builds the container's filesystem and moves into it. On return the process's root is the
-/// container's root and the host's tree is unreachable.
-pub fn enter(spec: &Spec, plan: &RootfsPlan, files: &[GeneratedFile]) -> Result<()> {
+/// container's root and the host's tree is unreachable. `before_pivot` runs once the mounts are
+/// made, while the host's tree is still in view (the OCI `createRuntime`/`createContainer` hooks).
+pub fn enter(
+    spec: &Spec,
+    plan: &RootfsPlan,
+    files: &[GeneratedFile],
+    before_pivot: &mut dyn FnMut() -> Result<()>,
+) -> Result<()> {
     let root = spec
         .root()
         .as_ref()
@@ -71,6 +77,7 @@ pub fn enter(spec: &Spec, plan: &RootfsPlan, files: &[GeneratedFile]) -> Result<
             .with_context(|| format!("providing {}", file.destination.display()))?;
     }
     drop(root_fd);
+    before_pivot()?;
     pivot_into(&root)?;
     if let Some(linux) = spec.linux() {
         for path in linux.masked_paths().iter().flatten() {
