@@ -817,7 +817,9 @@ pub fn spec(args: &SpecArgs) -> Result<i32> {
     } else {
         Spec::default()
     };
-    spec.set_version(OCI_VERSION.to_string());
+    // The oldest version that has everything written here, so that older runtimes (crun 1.8
+    // refuses versions it does not know) run it too.
+    spec.set_version("1.0.2".to_string());
     // No cgroup mount: a rootless container has no cgroup of its own to show (nook manages
     // none yet), and crun would mount the host's hierarchy read-only where nook shows nothing.
     if let Some(mounts) = spec.mounts().clone() {
