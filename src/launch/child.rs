@@ -134,7 +134,7 @@ fn become_container(ctx: &mut Context<'_>, gate_passed: &Cell<bool>) -> Result<I
         sys::die_with_parent().context("prctl(PR_SET_PDEATHSIG)")?;
     }
     // Compiled while the parent writes the id maps.
-    let seccomp = match linux.and_then(|l| l.seccomp().as_ref()) {
+    let mut seccomp = match linux.and_then(|l| l.seccomp().as_ref()) {
         Some(profile) => Some(security::seccomp_program(profile)?),
         None => None,
     };
@@ -187,6 +187,14 @@ fn become_container(ctx: &mut Context<'_>, gate_passed: &Cell<bool>) -> Result<I
         security::set_rlimits(rlimits)?;
     }
 
+    // Without no_new_privs the kernel takes a filter only from a process holding CAP_SYS_ADMIN,
+    // so it is loaded now, before the capabilities go (as runc and crun do); the rest of the
+    // setup then runs under it.
+    if process.no_new_privileges() != Some(true) {
+        if let Some(filter) = seccomp.take() {
+            security::load_seccomp(&filter)?;
+        }
+    }
     let user = process.user();
     if let Some(caps) = process.capabilities() {
         security::limit_bounding_set(caps)?;
