@@ -309,6 +309,17 @@ fn enter_cwd(process: &Process) -> Result<()> {
     }
 }
 
+/// The home directory of `uid` in an `/etc/passwd` text, or `/`.
+fn home_of(passwd: &str, uid: u32) -> String {
+    passwd
+        .lines()
+        .map(|line| line.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 7 && f[2].parse() == Ok(uid))
+        .map(|f| f[5].to_string())
+        .filter(|home| !home.is_empty())
+        .unwrap_or_else(|| "/".to_string())
+}
+
 /// The command to exec, with its arguments and environment ready as C strings, so that nothing
 /// after the security setup needs to allocate much or touch the filesystem beyond `execve`.
 struct Program {
@@ -329,7 +340,12 @@ impl Program {
             .first()
             .cloned()
             .context("the process has no command (args is empty)")?;
-        let env = process.env().clone().unwrap_or_default();
+        let mut env = process.env().clone().unwrap_or_default();
+        if !env.iter().any(|e| e.starts_with("HOME=")) {
+            // As runc and crun do: the user's home from the container's /etc/passwd, else /.
+            let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+            env.push(format!("HOME={}", home_of(&passwd, process.user().uid())));
+        }
         let path_var = env
             .iter()
             .find_map(|e| e.strip_prefix("PATH="))
@@ -411,5 +427,19 @@ impl Program {
             },
         }
         .into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn home_comes_from_passwd_or_is_root() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n";
+        assert_eq!(home_of(passwd, 0), "/root");
+        assert_eq!(home_of(passwd, 1000), "/home/alice");
+        assert_eq!(home_of(passwd, 5), "/");
+        assert_eq!(home_of("", 0), "/");
     }
 }
