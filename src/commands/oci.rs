@@ -293,7 +293,9 @@ pub fn create(global: &GlobalArgs, args: &CreateArgs) -> Result<i32> {
     }
 }
 
-/// Opens the exec fifo: the waiting process goes on to `execve`.
+/// Opens the exec fifo: the waiting process goes on to `execve`. Returns once it has run the
+/// `startContainer` hooks and exec'd (its end of the fifo closes then), so that `poststart`
+/// hooks and the engine see the command running.
 fn pass_gate(entry: &Entry, record: &Record) -> Result<()> {
     let path = entry.fifo_path();
     let fifo = nix::fcntl::open(
@@ -302,6 +304,8 @@ fn pass_gate(entry: &Entry, record: &Record) -> Result<()> {
         nix::sys::stat::Mode::empty(),
     )
     .with_context(|| format!("opening the exec fifo {}", path.display()))?;
+    let mut passed = false;
+    let mut failed = false;
     loop {
         let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(100u16)) {
@@ -309,23 +313,35 @@ fn pass_gate(entry: &Entry, record: &Record) -> Result<()> {
             Ok(_) => {
                 let mut byte = [0u8; 1];
                 match nix::unistd::read(&fifo, &mut byte) {
-                    Ok(1) => break,
+                    Ok(1) if byte[0] == b'E' => failed = true,
+                    Ok(1) => passed = true,
+                    // End of file after the byte: the writer exec'd (or died).
+                    Ok(0) if passed => break,
                     Ok(_) | Err(nix::Error::EAGAIN) => {}
                     Err(e) => return Err(e).context("reading the exec fifo"),
                 }
             }
             Err(e) => return Err(e).context("poll on the exec fifo"),
         }
-        if !crate::oci_state::process_alive(record.pid, record.pid_start) {
-            bail!(
-                "the process of container {} (pid {}) died before it could start",
-                entry.id,
-                record.pid
-            );
+        // Before it opens the fifo, poll tells nothing: watch the process itself.
+        if !passed {
+            if !crate::oci_state::process_alive(record.pid, record.pid_start) {
+                failed = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
-        std::thread::sleep(Duration::from_millis(1));
     }
-    fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))
+    fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    if failed {
+        bail!(
+            "the process of container {} (pid {}) failed before its command ran; its error \
+             went to the container's stderr",
+            entry.id,
+            record.pid
+        );
+    }
+    Ok(())
 }
 
 fn run_poststart(entry: &Entry, record: &Record) {

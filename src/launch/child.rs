@@ -26,7 +26,8 @@ pub(super) struct Context<'a> {
     pub devnull: OwnedFd,
     pub parent_mask: SigSet,
     pub may_setgroups: bool,
-    /// The exec fifo (`O_PATH`) to wait at before `execve`.
+    /// The exec fifo to wait at before `execve`: `O_PATH` until the child passed it, then its
+    /// open write end.
     pub gate: Option<OwnedFd>,
 }
 
@@ -45,6 +46,10 @@ pub(super) fn run(mut ctx: Context<'_>) -> ! {
         Ok(never) => match never {},
         Err(e) => e,
     };
+    if let (true, Some(fifo)) = (gate_passed.get(), &ctx.gate) {
+        // Tells `nook start` that the command will not run.
+        let _ = nix::unistd::write(fifo, b"E");
+    }
     fail(&ctx.chan, err, gate_passed.get())
 }
 
@@ -214,7 +219,8 @@ fn become_container(ctx: &mut Context<'_>, gate_passed: &Cell<bool>) -> Result<I
         program.check_exists()?;
         chan.send(&Msg::Ready)?;
         gate_passed.set(true);
-        wait_at_gate(gate)?;
+        // Held open (close-on-exec) until execve: `nook start` returns when it closes.
+        ctx.gate = Some(wait_at_gate(gate)?);
         if let Some(hooks) = launch.hooks {
             hooks.run_start_container(host_pid.unwrap_or(0))?;
         }
@@ -225,6 +231,7 @@ fn become_container(ctx: &mut Context<'_>, gate_passed: &Cell<bool>) -> Result<I
         sys::set_not_dumpable().context("prctl(PR_SET_DUMPABLE)")?;
         if let sys::CloneResult::Parent(command) = sys::fork_process().context("fork")? {
             drop(terminal);
+            drop(ctx.gate.take());
             if let Some(filter) = &seccomp {
                 security::load_seccomp(filter)?;
             }
@@ -246,8 +253,9 @@ fn become_container(ctx: &mut Context<'_>, gate_passed: &Cell<bool>) -> Result<I
 }
 
 /// Blocks until `nook start` opens the exec fifo for reading, then tells it we passed. The fifo
-/// is reopened through our own descriptor, which works whatever user we are by now.
-fn wait_at_gate(gate: OwnedFd) -> Result<()> {
+/// is reopened through our own descriptor, which works whatever user we are by now. The open
+/// end is returned: `start` reads end-of-file once `execve` closes it.
+fn wait_at_gate(gate: OwnedFd) -> Result<OwnedFd> {
     let path = format!("/proc/self/fd/{}", gate.as_raw_fd());
     let fifo = nix::fcntl::open(
         path.as_str(),
@@ -256,7 +264,7 @@ fn wait_at_gate(gate: OwnedFd) -> Result<()> {
     )
     .context("opening the exec fifo to wait for `start` (is /proc mounted in the spec?)")?;
     nix::unistd::write(&fifo, b"0").context("writing to the exec fifo")?;
-    Ok(())
+    Ok(fifo)
 }
 
 /// Opens a terminal in the container's own devpts instance, hands the master to the parent and
