@@ -848,8 +848,18 @@ fn podman_runs_nook_exit_status_and_volume() {
 fn podman_detached_exec_stop_rm_and_tty() {
     let Some(t) = Nook::new() else { return };
     let Some(p) = Podman::new(&t) else { return };
-    p.run(&["run", "-d", "--name", "d1", p.image, "sleep", "1000"])
-        .assert_ok();
+    p.run(&[
+        "run",
+        "-d",
+        "--name",
+        "d1",
+        "--network",
+        "none",
+        p.image,
+        "sleep",
+        "1000",
+    ])
+    .assert_ok();
     p.run(&[
         "exec",
         "d1",
@@ -860,6 +870,20 @@ fn podman_detached_exec_stop_rm_and_tty() {
     .assert_ok()
     .assert_stdout("sleep 1000\nexec-ok");
     p.run(&["exec", "d1", "sh", "-c", "exit 7"]).assert_code(7);
+    // A container that joins another's network: podman passes the namespace by path.
+    let d1_net = p.run(&["exec", "d1", "readlink", "/proc/self/ns/net"]);
+    d1_net.assert_ok();
+    p.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "container:d1",
+        p.image,
+        "readlink",
+        "/proc/self/ns/net",
+    ])
+    .assert_ok()
+    .assert_stdout(d1_net.stdout.trim());
     p.run(&["stop", "-t", "1", "d1"]).assert_ok();
     p.run(&["rm", "d1"]).assert_ok();
     // -t: conmon hands nook a console socket; the container gets a terminal.

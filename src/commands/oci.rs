@@ -97,10 +97,18 @@ fn check_spec(bundle: &Path, spec: &mut Spec) -> Result<()> {
     }
     let linux = spec.linux().as_ref().context("field `linux` is missing")?;
     for (i, ns) in linux.namespaces().iter().flatten().enumerate() {
-        if ns.path().is_some() {
+        let joinable = matches!(
+            ns.typ(),
+            LinuxNamespaceType::Network
+                | LinuxNamespaceType::Ipc
+                | LinuxNamespaceType::Uts
+                | LinuxNamespaceType::Cgroup
+        );
+        if ns.path().is_some() && !joinable {
             bail!(
                 "field `linux.namespaces[{i}].path`: joining an existing {:?} namespace is not \
-                 supported by nook yet; remove the path to get a new one",
+                 supported by nook yet (network, ipc, uts and cgroup are); remove the path to \
+                 get a new one",
                 ns.typ()
             );
         }

@@ -129,6 +129,42 @@ fn join_namespaces(target: Pid) -> Result<()> {
     Ok(())
 }
 
+/// Enters the namespaces the spec names by path (a pod's network, another container's IPC).
+/// They must belong to a user namespace we hold capabilities in: ours when the spec creates
+/// none (as under rootless podman).
+fn join_spec_namespaces(spec: &oci_spec::runtime::Spec) -> Result<()> {
+    let namespaces = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .into_iter()
+        .flatten();
+    for ns in namespaces {
+        let Some(path) = ns.path() else { continue };
+        let flag = match ns.typ() {
+            LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+            LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+            LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+            LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+            other => anyhow::bail!(
+                "joining an existing {other:?} namespace ({}) is not supported",
+                path.display()
+            ),
+        };
+        let fd = nix::fcntl::open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+            .with_context(|| format!("opening the namespace {}", path.display()))?;
+        nix::sched::setns(fd.as_fd(), flag).with_context(|| {
+            format!(
+                "setns into the {:?} namespace {} (it must belong to a user namespace nook \
+                 holds capabilities in)",
+                ns.typ(),
+                path.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
 fn become_container(ctx: &mut Context<'_>, gate_passed: &Cell<bool>) -> Result<Infallible> {
     let launch = ctx.launch;
     let chan = &ctx.chan;
@@ -154,6 +190,7 @@ fn become_container(ctx: &mut Context<'_>, gate_passed: &Cell<bool>) -> Result<I
         chan.expect(Msg::MapsWritten)?;
         // From here on only we may look into this process: the parent is done with /proc/PID.
         sys::set_not_dumpable().context("prctl(PR_SET_DUMPABLE)")?;
+        join_spec_namespaces(spec)?;
         rootfs::enter(spec, plan, files, &mut || {
             let Some(hooks) = launch.hooks.filter(|h| h.has_create_hooks()) else {
                 return Ok(());
@@ -173,7 +210,10 @@ fn become_container(ctx: &mut Context<'_>, gate_passed: &Cell<bool>) -> Result<I
         }
         let own_network = linux
             .and_then(|l| l.namespaces().as_ref())
-            .is_some_and(|nss| nss.iter().any(|ns| ns.typ() == LinuxNamespaceType::Network));
+            .is_some_and(|nss| {
+                nss.iter()
+                    .any(|ns| ns.typ() == LinuxNamespaceType::Network && ns.path().is_none())
+            });
         if own_network {
             sys::loopback_up().context("bringing up the loopback interface")?;
         }

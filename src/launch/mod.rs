@@ -99,6 +99,8 @@ pub struct Started {
     old_mask: SigSet,
 }
 
+/// The namespaces the clone creates: those of the spec without a `path` (a namespace with a
+/// path is joined by the child instead).
 fn namespace_flags(spec: &Spec) -> libc::c_int {
     let mut flags = 0;
     for ns in spec
@@ -107,6 +109,7 @@ fn namespace_flags(spec: &Spec) -> libc::c_int {
         .and_then(|l| l.namespaces().as_ref())
         .into_iter()
         .flatten()
+        .filter(|ns| ns.path().is_none())
     {
         flags |= match ns.typ() {
             LinuxNamespaceType::User => libc::CLONE_NEWUSER,

@@ -1268,6 +1268,15 @@ fn scan_processes() -> Vec<ProcInfo> {
 fn read_process(pid: i32) -> Option<ProcInfo> {
     let dir = PathBuf::from(format!("/proc/{pid}"));
     let status = fs::read_to_string(dir.join("status")).ok()?;
+    // A zombie has ended; reaping it is its parent's job (for an orphaned container process,
+    // the host's init, which may take a moment). Its environment can no longer tell which
+    // test it belonged to either.
+    if status
+        .lines()
+        .any(|l| l.starts_with("State:") && l.contains("Z (zombie)"))
+    {
+        return None;
+    }
     let field = |name: &str| {
         status
             .lines()
