@@ -290,37 +290,52 @@ pub struct RunArgs {
     #[arg(long, requires = "bundle")]
     pub keep: bool,
     /// Remove the container (and its writable layer) when it exits
-    #[arg(long)]
+    #[arg(long, conflicts_with = "bundle")]
     pub rm: bool,
     /// Name the container (default: the image directory's name and a few characters of the id)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "bundle")]
     pub name: Option<String>,
     /// Set an environment variable (KEY=VALUE, or KEY to pass nook's own value)
-    #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]")]
+    #[arg(
+        short = 'e',
+        long = "env",
+        value_name = "KEY[=VALUE]",
+        conflicts_with = "bundle"
+    )]
     pub env: Vec<String>,
     /// Working directory inside the container (created if missing)
-    #[arg(short = 'w', long, value_name = "DIR")]
+    #[arg(short = 'w', long, value_name = "DIR", conflicts_with = "bundle")]
     pub workdir: Option<String>,
     /// User inside the container: UID[:GID] or names from the image's /etc/passwd
-    #[arg(short = 'u', long, value_name = "USER[:GROUP]")]
+    #[arg(
+        short = 'u',
+        long,
+        value_name = "USER[:GROUP]",
+        conflicts_with = "bundle"
+    )]
     pub user: Option<String>,
     /// Bind a host path into the container
-    #[arg(short = 'v', long = "volume", value_name = "HOST:CONTAINER[:ro|:rw]")]
+    #[arg(
+        short = 'v',
+        long = "volume",
+        value_name = "HOST:CONTAINER[:ro|:rw]",
+        conflicts_with = "bundle"
+    )]
     pub volumes: Vec<String>,
     /// Hostname inside the container (default: the container's name)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "bundle")]
     pub hostname: Option<String>,
     /// Keep stdin open and pass it to the container
-    #[arg(short = 'i', long)]
+    #[arg(short = 'i', long, conflicts_with = "bundle")]
     pub interactive: bool,
     /// Give the container a terminal
-    #[arg(short = 't', long)]
+    #[arg(short = 't', long, conflicts_with = "bundle")]
     pub tty: bool,
     /// Network mode
     #[arg(long, value_enum, default_value_t = NetworkArg::Host)]
     pub network: NetworkArg,
     /// Run a tiny init as pid 1 that forwards signals and reaps zombies
-    #[arg(long)]
+    #[arg(long, conflicts_with = "bundle")]
     pub init: bool,
     /// Run in the background; see `nook logs`, `nook stop`
     #[arg(short = 'd', long)]
@@ -342,6 +357,7 @@ pub struct RunArgs {
     #[arg(
         trailing_var_arg = true,
         allow_hyphen_values = true,
+        conflicts_with = "bundle",
         value_name = "COMMAND"
     )]
     pub command: Vec<String>,

@@ -216,8 +216,21 @@ fn oci_lifecycle_create_start_kill_delete() {
         cmdline(pid)
     );
 
+    // Until it execs, the process is nook itself, in the container: non-dumpable, so the
+    // container's root (the runner) cannot reach nook's binary through /proc/PID/exe.
+    let exe = format!("/proc/{pid}/exe");
+    let readlink = Path::new("/bin/readlink");
+    let before = tool(&t, readlink, &[&exe]);
+    assert_ne!(
+        before.code,
+        Some(0),
+        "nook's binary is reachable before start\n{before}"
+    );
+
     oci(&t, &["start", "c1"]).assert_ok();
     assert_eq!(state(&t, "c1")["status"], "running");
+    let after = tool(&t, readlink, &[&exe]);
+    assert!(after.stdout.contains("busybox"), "{after}");
     assert!(
         wait_until(Duration::from_secs(5), || cmdline(pid)
             .starts_with("sleep 1000")),

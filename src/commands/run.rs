@@ -34,6 +34,10 @@ struct Checked {
 }
 
 fn check(args: &RunArgs) -> Result<Checked> {
+    if args.oci.pid_file.is_some() || args.oci.console_socket.is_some() || args.oci.preserve_fds > 0
+    {
+        bail!("--pid-file, --console-socket and --preserve-fds are OCI options: use them with --bundle");
+    }
     if args.detach && (args.tty || args.interactive) {
         bail!(
             "-d cannot be combined with -i or -t: a detached container has no terminal to attach"
