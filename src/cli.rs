@@ -9,7 +9,8 @@ const VERSION: &str = concat!("version ", env!("CARGO_PKG_VERSION"), "\nspec: ",
 
 const AFTER_HELP: &str = "\
 Two faces, one binary:
-  Human:  nook run [OPTIONS] DIR [CMD...]   ps   rm   logs   stop   exec NAME CMD...
+  Human:  nook run [OPTIONS] IMAGE|DIR [CMD...]   ps   rm   logs   stop   exec NAME CMD...
+          import   images   rmi
   OCI runtime (runc-compatible, for podman/conmon and other engines):
           create start state kill delete list features spec, run --bundle/-b, exec, ps ID
 Which face a verb shows is decided by its arguments only:

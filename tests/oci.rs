@@ -320,6 +320,21 @@ fn oci_errors_name_the_problem_and_leave_no_state() {
         "already exists",
     );
     assert_eq!(state(&t, "dup")["status"], "created");
+    // Concurrent creates of one id: the state directory is claimed once, under a lock.
+    let racers: Vec<Tool> = (0..4)
+        .map(|_| Tool::start(&t, t.bin(), &["create", "--bundle", s(&ok), "race"]))
+        .collect();
+    let outs: Vec<Out> = racers.into_iter().map(Tool::wait).collect();
+    let won = outs.iter().filter(|o| o.code == Some(0)).count();
+    assert_eq!(won, 1, "{outs:?}");
+    for o in outs.iter().filter(|o| o.code != Some(0)) {
+        assert!(
+            o.stderr.contains("already exists") || o.stderr.contains("being created"),
+            "{o}"
+        );
+    }
+    assert_eq!(state(&t, "race")["status"], "created");
+    oci(&t, &["delete", "race"]).assert_ok();
     // A created container is deleted without --force, as runc does.
     oci(&t, &["delete", "dup"]).assert_ok();
     for verb in ["start", "state", "delete"] {
