@@ -591,6 +591,24 @@ fn human_exec_joins_a_detached_nook_run() {
     t.nook(&["exec", "-e", "X=7", "web", "sh", "-c", "echo $X; exit 4"])
         .assert_code(4)
         .assert_stdout("7");
+    // -t: a terminal of the container's own devpts, relayed to nook's.
+    let out = t.run_in_pty(
+        &[
+            "exec",
+            "-t",
+            "web",
+            "sh",
+            "-c",
+            "tty; test -t 1 && echo is-a-tty",
+        ],
+        24,
+        80,
+    );
+    out.assert_ok();
+    assert!(
+        out.stdout.contains("/dev/pts/") && out.stdout.contains("is-a-tty"),
+        "{out}"
+    );
     t.nook(&["rm", "-f", "web"]).assert_ok();
     let out = t.nook(&["exec", "web", "true"]);
     assert_fails_with(&out, "no container web");
