@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -85,31 +84,57 @@ impl StateRoot {
         })
     }
 
-    /// Claims the state directory of a new container. A directory left by a `create` that died
-    /// (no record, nobody holding its lock) is cleaned up and claimed.
+    /// Claims the state directory of a new container. The directory is made under a hidden
+    /// name with its lock already held, then renamed into place: whoever finds it there can
+    /// trust that a free lock and no record mean its creator died (it is then cleaned up and
+    /// claimed).
     pub fn create(&self, id: &str) -> Result<Entry> {
         validate_id(id)?;
         let dir = self.dir.join(id);
-        for _ in 0..2 {
-            match fs::DirBuilder::new().mode_private().create(&dir) {
-                Ok(()) => return Entry::lock(id, dir),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+        let tmp = self
+            .dir
+            .join(format!(".creating-{id}-{}", std::process::id()));
+        let _ = remove_tree(&tmp);
+        fs::DirBuilder::new()
+            .mode_private()
+            .create(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        let mut entry = match Entry::lock(id, tmp.clone()) {
+            Ok(entry) => entry,
+            Err(e) => {
+                let _ = remove_tree(&tmp);
+                return Err(e);
+            }
+        };
+        for _ in 0..3 {
+            match fs::rename(&tmp, &dir) {
+                Ok(()) => {
+                    entry.dir = dir;
+                    return Ok(entry);
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY)) => {
+                    // Waits while its creator holds the lock.
                     let stale = Entry::lock(id, dir.clone())
                         .ok()
-                        .filter(|entry| entry.record().is_err());
+                        .filter(|other| other.record().is_err());
                     match stale {
-                        Some(entry) => entry.remove()?,
-                        None => bail!(
-                            "container {id} already exists (state in {}); delete it first",
-                            dir.display()
-                        ),
+                        Some(other) => other.remove()?,
+                        None => {
+                            let _ = remove_tree(&tmp);
+                            bail!(
+                                "container {id} already exists (state in {}); delete it first",
+                                dir.display()
+                            );
+                        }
                     }
                 }
                 Err(e) => {
+                    let _ = remove_tree(&tmp);
                     return Err(e).with_context(|| format!("creating {}", dir.display()));
                 }
             }
         }
+        let _ = remove_tree(&tmp);
         bail!("container {id} is being created by another nook process")
     }
 
@@ -134,7 +159,8 @@ impl StateRoot {
             fs::read_dir(&self.dir).with_context(|| format!("reading {}", self.dir.display()))?
         {
             let name = entry?.file_name().to_string_lossy().into_owned();
-            if validate_id(&name).is_ok() {
+            // Hidden: claims still being made.
+            if !name.starts_with('.') && validate_id(&name).is_ok() {
                 ids.push(name);
             }
         }
