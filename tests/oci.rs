@@ -888,6 +888,18 @@ fn podman_runs_nook_exit_status_and_volume() {
     p.run(&["run", "--rm", "--userns", "keep-id", p.image, "id", "-u"])
         .assert_ok()
         .assert_stdout(&t.runner().uid.to_string());
+    // exec joins a container with a user namespace of its own.
+    p.run(&[
+        "run", "-d", "--name", "k1", "--userns", "keep-id", p.image, "sleep", "1000",
+    ])
+    .assert_ok();
+    p.run(&["exec", "k1", "id", "-u"])
+        .assert_ok()
+        .assert_stdout(&t.runner().uid.to_string());
+    p.run(&["exec", "-u", "0", "k1", "id", "-u"])
+        .assert_ok()
+        .assert_stdout("0");
+    p.run(&["rm", "-f", "-t", "0", "k1"]).assert_ok();
 }
 
 #[test]
