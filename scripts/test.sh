@@ -88,8 +88,30 @@ prepare_host() {
     export NOOK_TEST_USER_NOSUB=$TEST_USER_NOSUB
 }
 
+# --- OCI runtime tests (tests/oci.rs) -------------------------------------------
+# podman drives nook (--runtime) as the test user; crun runs the same bundles for the
+# parity tests.
+PACKAGES+=(podman crun)
+
+# Debian 12's crun 1.8.1 refuses every container on a host whose cgroups are in hybrid
+# mode with a controller left on cgroup2 ("cgroups in hybrid mode not supported, drop
+# all controllers from cgroupv2"). Mounting each such controller as a cgroup v1
+# hierarchy leaves cgroup2 empty, and crun runs. Test setup only: nook itself never
+# touches cgroups.
+prepare_oci() {
+    local unified=/sys/fs/cgroup/unified controller
+    [ -f "$unified/cgroup.controllers" ] || return 0
+    for controller in $(cat "$unified/cgroup.controllers"); do
+        log "moving the $controller cgroup controller to v1 for crun (hybrid cgroups)"
+        mkdir -p "/sys/fs/cgroup/$controller"
+        mount -t cgroup -o "$controller" cgroup "/sys/fs/cgroup/$controller"
+    done
+}
+# --- end of the OCI runtime part -------------------------------------------------
+
 if [ "$(id -u)" -eq 0 ]; then
     prepare_host
+    prepare_oci
 else
     log "not root: running nook as $(id -un); the test users are not set up"
 fi

@@ -2,23 +2,80 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use std::path::PathBuf;
+
+/// `--version` output, shaped like runc's so engines can read the spec version.
+const VERSION: &str = concat!("version ", env!("CARGO_PKG_VERSION"), "\nspec: ", "1.2.0");
+
+const AFTER_HELP: &str = "\
+Two faces, one binary:
+  Human:  nook run [OPTIONS] IMAGE|DIR [CMD...]   ps   rm   logs   stop   exec NAME CMD...
+          import   images   rmi
+  OCI runtime (runc-compatible, for podman/conmon and other engines):
+          create start state kill delete list features spec, run --bundle/-b, exec, ps ID
+Which face a verb shows is decided by its arguments only:
+  run     with --bundle/-b it is the OCI `run` (the positional is the container id);
+          without, the positional is a root filesystem directory.
+  ps      with a container id it is the OCI `ps` (processes of that container under --root);
+          without, it lists the human store's containers.
+  exec    looks the id up under --root first; a name not there is looked up in the human store
+          (containers of `nook run -d`).
+
+Storage: $NOOK_STORAGE, else $XDG_DATA_HOME/nook, else ~/.local/share/nook.
+OCI state (--root): $XDG_RUNTIME_DIR/nook, else /tmp/nook-UID (mode 0700).";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "nook",
-    version,
+    version = VERSION,
     about = "Rootless containers: one writable layer over a plain-directory image, no daemon",
-    after_help = "Storage: $NOOK_STORAGE, else $XDG_DATA_HOME/nook, else ~/.local/share/nook."
+    after_help = AFTER_HELP
 )]
 pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
     #[command(subcommand)]
     pub command: Command,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// runc's global options.
+#[derive(Args, Debug)]
+pub struct GlobalArgs {
+    /// Directory of the OCI runtime state
+    #[arg(long, global = true, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Also write errors and warnings to this file (engines read it)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub log: Option<PathBuf>,
+    /// Format of --log
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log what nook does, not only errors
+    #[arg(long, global = true)]
+    pub debug: bool,
+    /// Accepted for runc compatibility; nook manages no cgroups yet
+    #[arg(long, global = true)]
+    pub systemd_cgroup: bool,
+    /// Accepted for runc compatibility; nook is always rootless
+    #[arg(long = "rootless", hide = true, value_name = "true|false|auto")]
+    pub rootless_mode: Option<String>,
+    /// Accepted for runc compatibility; nook has no checkpointing
+    #[arg(long, hide = true, value_name = "PATH")]
+    pub criu: Option<String>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run a command in a new container made from a root filesystem directory
+    /// Run a command in a new container made from a root filesystem directory (or, with
+    /// --bundle, run an OCI bundle: create + start, and wait unless --detach)
     Run(RunArgs),
-    /// List containers
+    /// List containers (with a container id: the processes of that OCI container)
     Ps(PsArgs),
     /// Remove containers and their writable layers
     Rm(RmArgs),
@@ -26,7 +83,7 @@ pub enum Command {
     Logs(LogsArgs),
     /// Stop a running container: SIGTERM, then SIGKILL after a grace period
     Stop(StopArgs),
-    /// Import a directory or tar archive as an image
+    /// Import a directory, tarball, OCI image layout or docker save archive as an image
     Import(ImportArgs),
     /// List images
     Images(ImagesArgs),
@@ -38,6 +95,167 @@ pub enum Command {
     Diff(DiffArgs),
     /// Write an image's or a container's files as a tar archive or an OCI image archive
     Export(ExportArgs),
+    /// Run a command in a running container (OCI or `nook run -d`)
+    Exec(ExecArgs),
+    /// OCI: create a container from a bundle; its process waits for `start`
+    Create(CreateArgs),
+    /// OCI: start the process of a created container
+    Start(IdArg),
+    /// OCI: print the state of a container as JSON
+    State(IdArg),
+    /// OCI: send a signal to a container's process (default SIGTERM)
+    Kill(KillArgs),
+    /// OCI: delete a container's state (and the container, with --force)
+    Delete(DeleteArgs),
+    /// OCI: list the containers under --root
+    List(ListArgs),
+    /// OCI: write a config.json for a bundle
+    Spec(SpecArgs),
+    /// OCI: print the features this runtime supports, as JSON
+    Features,
+}
+
+#[derive(Args, Debug)]
+pub struct IdArg {
+    #[arg(value_name = "ID")]
+    pub id: String,
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// Bundle directory (holds config.json)
+    #[arg(short = 'b', long, default_value = ".", value_name = "DIR")]
+    pub bundle: PathBuf,
+    #[command(flatten)]
+    pub oci: OciCreateArgs,
+    #[arg(value_name = "ID")]
+    pub id: String,
+}
+
+/// Options `create` and OCI `run` share.
+#[derive(Args, Debug, Default)]
+pub struct OciCreateArgs {
+    /// Write the container's pid to this file
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+    /// Send the terminal's master over this Unix socket (SCM_RIGHTS)
+    #[arg(long, value_name = "PATH")]
+    pub console_socket: Option<PathBuf>,
+    /// Pass descriptors 3..3+N to the container's process
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub preserve_fds: u32,
+    /// Accepted for runc compatibility: nook always uses pivot_root in its own mount namespace
+    #[arg(long)]
+    pub no_pivot: bool,
+    /// Accepted for runc compatibility: nook creates no session keyring
+    #[arg(long)]
+    pub no_new_keyring: bool,
+    /// Accepted for runc compatibility
+    #[arg(long, hide = true)]
+    pub no_subreaper: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct KillArgs {
+    /// Signal every process of the container, not only its first
+    #[arg(short, long)]
+    pub all: bool,
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// Signal name (TERM, SIGKILL) or number
+    #[arg(value_name = "SIGNAL", default_value = "SIGTERM")]
+    pub signal: String,
+}
+
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    /// Kill the container first if it still runs
+    #[arg(short, long)]
+    pub force: bool,
+    #[arg(value_name = "ID")]
+    pub id: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    #[arg(short, long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Print only ids
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SpecArgs {
+    /// A spec for a rootless container (user namespace mapping you to root)
+    #[arg(long)]
+    pub rootless: bool,
+    /// Where to write config.json
+    #[arg(short = 'b', long, default_value = ".", value_name = "DIR")]
+    pub bundle: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// JSON file with the process to run (runtime-spec `process`); replaces the other options
+    #[arg(short, long, value_name = "FILE")]
+    pub process: Option<PathBuf>,
+    /// Leave the process running and return at once
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Write the process's pid to this file
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+    /// Send the terminal's master over this Unix socket (SCM_RIGHTS)
+    #[arg(long, value_name = "PATH")]
+    pub console_socket: Option<PathBuf>,
+    /// Give the process a terminal
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Relay stdin to the terminal (with --tty)
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Working directory inside the container
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<String>,
+    /// Set an environment variable
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// UID[:GID] inside the container
+    #[arg(short, long, value_name = "UID[:GID]")]
+    pub user: Option<String>,
+    /// Add a capability (CAP_NET_RAW or NET_RAW)
+    #[arg(short, long = "cap", value_name = "CAP")]
+    pub caps: Vec<String>,
+    /// Additional gids
+    #[arg(short = 'g', long = "additional-gids", value_name = "GID")]
+    pub additional_gids: Vec<u32>,
+    /// Set no_new_privs for the process
+    #[arg(long)]
+    pub no_new_privs: bool,
+    /// Pass descriptors 3..3+N to the process
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub preserve_fds: u32,
+    /// Accepted for runc compatibility (no AppArmor/SELinux here)
+    #[arg(long, hide = true, value_name = "LABEL")]
+    pub process_label: Option<String>,
+    #[arg(long, hide = true, value_name = "PROFILE")]
+    pub apparmor: Option<String>,
+    /// Accepted for runc compatibility (no cgroups yet)
+    #[arg(long, hide = true, value_name = "PATH")]
+    pub cgroup: Option<String>,
+    #[arg(long, hide = true)]
+    pub ignore_paused: bool,
+    /// Container id (OCI) or name (`nook run -d`)
+    #[arg(value_name = "CONTAINER")]
+    pub container: String,
+    /// Command and arguments (unless --process)
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -70,38 +288,61 @@ pub enum BackendArg {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
+    /// OCI: run this bundle (the positional is then the container id)
+    #[arg(short = 'b', long, value_name = "DIR")]
+    pub bundle: Option<PathBuf>,
+    #[command(flatten)]
+    pub oci: OciCreateArgs,
+    /// OCI: keep the container's state after it exits (with --bundle)
+    #[arg(long, requires = "bundle")]
+    pub keep: bool,
     /// Remove the container (and its writable layer) when it exits
-    #[arg(long)]
+    #[arg(long, conflicts_with = "bundle")]
     pub rm: bool,
     /// Name the container (default: the image directory's name and a few characters of the id)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "bundle")]
     pub name: Option<String>,
     /// Set an environment variable (KEY=VALUE, or KEY to pass nook's own value)
-    #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]")]
+    #[arg(
+        short = 'e',
+        long = "env",
+        value_name = "KEY[=VALUE]",
+        conflicts_with = "bundle"
+    )]
     pub env: Vec<String>,
     /// Working directory inside the container (created if missing)
-    #[arg(short = 'w', long, value_name = "DIR")]
+    #[arg(short = 'w', long, value_name = "DIR", conflicts_with = "bundle")]
     pub workdir: Option<String>,
     /// User inside the container: UID[:GID] or names from the image's /etc/passwd
-    #[arg(short = 'u', long, value_name = "USER[:GROUP]")]
+    #[arg(
+        short = 'u',
+        long,
+        value_name = "USER[:GROUP]",
+        conflicts_with = "bundle"
+    )]
     pub user: Option<String>,
     /// Bind a host path into the container
-    #[arg(short = 'v', long = "volume", value_name = "HOST:CONTAINER[:ro|:rw]")]
+    #[arg(
+        short = 'v',
+        long = "volume",
+        value_name = "HOST:CONTAINER[:ro|:rw]",
+        conflicts_with = "bundle"
+    )]
     pub volumes: Vec<String>,
     /// Hostname inside the container (default: the container's name)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "bundle")]
     pub hostname: Option<String>,
     /// Keep stdin open and pass it to the container
-    #[arg(short = 'i', long)]
+    #[arg(short = 'i', long, conflicts_with = "bundle")]
     pub interactive: bool,
     /// Give the container a terminal
-    #[arg(short = 't', long)]
+    #[arg(short = 't', long, conflicts_with = "bundle")]
     pub tty: bool,
     /// Network mode
     #[arg(long, value_enum, default_value_t = NetworkArg::Host)]
     pub network: NetworkArg,
     /// Run a tiny init as pid 1 that forwards signals and reaps zombies
-    #[arg(long)]
+    #[arg(long, conflicts_with = "bundle")]
     pub init: bool,
     /// Run in the background; see `nook logs`, `nook stop`
     #[arg(short = 'd', long)]
@@ -119,13 +360,15 @@ pub struct RunArgs {
     /// default command); "" for none
     #[arg(long, value_name = "PROGRAM")]
     pub entrypoint: Option<String>,
-    /// Image name (see `nook images`) or root filesystem directory
-    #[arg(value_name = "IMAGE|DIR")]
+    /// Image name (see `nook images`) or root filesystem directory (with --bundle: the
+    /// container id)
+    #[arg(value_name = "IMAGE|DIR|ID")]
     pub image: String,
     /// Command and arguments (default: the image's Cmd after its Entrypoint, else /bin/sh)
     #[arg(
         trailing_var_arg = true,
         allow_hyphen_values = true,
+        conflicts_with = "bundle",
         value_name = "COMMAND"
     )]
     pub command: Vec<String>,
@@ -140,11 +383,17 @@ pub enum Format {
 #[derive(Args, Debug)]
 pub struct PsArgs {
     /// Output format
-    #[arg(long, value_enum, default_value_t = Format::Table)]
+    #[arg(short, long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
     /// Print only names
     #[arg(short, long)]
     pub quiet: bool,
+    /// OCI: list the processes of this container instead
+    #[arg(value_name = "ID")]
+    pub container: Option<String>,
+    /// Accepted for runc compatibility (ps(1) options)
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    pub ps_args: Vec<String>,
 }
 
 #[derive(Args, Debug)]

@@ -51,6 +51,10 @@ pub enum MapWriter {
     /// The setuid helpers `newuidmap`/`newgidmap` (package `uidmap`), which may map the ranges
     /// `/etc/subuid` and `/etc/subgid` grant the caller.
     Helpers,
+    /// We are root with CAP_SETUID/CAP_SETGID in our own user namespace (as under a rootless
+    /// podman): any mapping of ids that exist here is written directly, and `setgroups` stays
+    /// allowed.
+    Privileged,
 }
 
 /// The complete id mapping of one container.
@@ -433,6 +437,10 @@ impl IdMapping {
                 let gid_result = finish_helper("newgidmap", gid_helper, &self.gids);
                 uid_result?;
                 gid_result?;
+            }
+            MapWriter::Privileged => {
+                write_proc_file(pid, "uid_map", &format_map(&self.uids))?;
+                write_proc_file(pid, "gid_map", &format_map(&self.gids))?;
             }
         }
         Ok(())

@@ -9,17 +9,17 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::archive::{import_source, Found};
 use crate::container::{now_rfc3339, remove_owned_tree, storage_root};
 use crate::fsutil::{create_private_dir, write_atomic};
 use crate::idmap::IdMapping;
 use crate::launch::run_in_userns;
 use crate::layer::{Applier, Summary};
-use crate::oci::{import_source, Found};
 use crate::tree::{Copier, Share};
 use crate::upper::{Change, ChangeKind, Layer};
 
 /// What the image asks of a container (the part of the OCI image config nook applies).
-pub type ImageConfig = crate::oci::RunConfig;
+pub type ImageConfig = crate::archive::RunConfig;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ImageMeta {
@@ -379,7 +379,7 @@ fn flatten_in_userns(from: &ContainerLayer, rootfs: &Path) -> Result<usize> {
     };
     run_in_userns(&from.idmap, move || {
         let changes = crate::upper::changes(&layer)?;
-        let bar = crate::oci::progress_bar(None, "committing");
+        let bar = crate::archive::progress_bar(None, "committing");
         let mut copier = Copier::default();
         copier.copy_tree(&layer.base, &rootfs, share)?;
         for change in &changes {
@@ -428,23 +428,25 @@ fn write_export(
         ExportFormat::Tar => None,
     };
     run_in_userns(idmap, move || {
-        let bar = crate::oci::progress_bar(None, "exporting");
+        let bar = crate::archive::progress_bar(None, "exporting");
         let out = io::BufWriter::with_capacity(1 << 20, out);
         match scratch {
             None => {
-                let mut out = crate::oci::write_tree(&rootfs, out, &bar)?;
+                let mut out = crate::archive::write_tree(&rootfs, out, &bar)?;
                 io::Write::flush(&mut out).context("writing the archive")?;
             }
             Some(layer) => {
-                let writer =
-                    crate::oci::HashingWriter::new(io::BufWriter::with_capacity(1 << 20, layer));
-                let writer = crate::oci::write_tree(&rootfs, writer, &bar)?;
+                let writer = crate::archive::HashingWriter::new(io::BufWriter::with_capacity(
+                    1 << 20,
+                    layer,
+                ));
+                let writer = crate::archive::write_tree(&rootfs, writer, &bar)?;
                 let (layer, digest, size) = writer.finish().context("writing the layer")?;
                 let layer = layer
                     .into_inner()
                     .map_err(|e| e.into_error())
                     .context("writing the layer")?;
-                let mut out = crate::oci::write_oci_archive(
+                let mut out = crate::archive::write_oci_archive(
                     out,
                     layer,
                     &digest,

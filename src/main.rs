@@ -1,7 +1,7 @@
 use clap::Parser;
 
 use nook::cli::{Cli, Command};
-use nook::commands;
+use nook::commands::{self, log, oci};
 use nook::launch::ChildFailed;
 
 /// Status for nook's own failures when the verb has nothing more specific (as docker and podman
@@ -20,9 +20,15 @@ fn main() {
             std::process::exit(NOOK_FAILED);
         }
     };
+    let g = &cli.global;
+    log::init(g.log.clone(), g.log_format, g.debug);
     let result = match &cli.command {
+        Command::Run(args) if args.bundle.is_some() => oci::run(g, args),
         Command::Run(args) => commands::run(args),
-        Command::Ps(args) => commands::ps(args),
+        Command::Ps(args) => match &args.container {
+            Some(id) => oci::ps(g, id, args.format),
+            None => commands::ps(args),
+        },
         Command::Rm(args) => commands::rm(args),
         Command::Logs(args) => commands::logs(args),
         Command::Stop(args) => commands::stop(args),
@@ -32,14 +38,25 @@ fn main() {
         Command::Commit(args) => commands::commit(args),
         Command::Diff(args) => commands::diff(args),
         Command::Export(args) => commands::export(args),
+        Command::Exec(args) => oci::exec(g, args),
+        Command::Create(args) => oci::create(g, args),
+        Command::Start(args) => oci::start(g, args),
+        Command::State(args) => oci::state(g, args),
+        Command::Kill(args) => oci::kill_container(g, args),
+        Command::Delete(args) => oci::delete(g, args),
+        Command::List(args) => oci::list(g, args),
+        Command::Spec(args) => oci::spec(args),
+        Command::Features => oci::features(),
     };
     let code = match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("nook: {e:#}");
+            log::error(&format!("{e:#}"));
             match e.downcast_ref::<ChildFailed>() {
                 Some(failed) => failed.code,
-                None if matches!(cli.command, Command::Run(_)) => NOOK_FAILED,
+                None if matches!(&cli.command, Command::Run(a) if a.bundle.is_none()) => {
+                    NOOK_FAILED
+                }
                 None => 1,
             }
         }

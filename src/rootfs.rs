@@ -42,8 +42,14 @@ pub struct GeneratedFile {
 }
 
 /// Builds the container's filesystem and moves into it. On return the process's root is the
-/// container's root and the host's tree is unreachable.
-pub fn enter(spec: &Spec, plan: &RootfsPlan, files: &[GeneratedFile]) -> Result<()> {
+/// container's root and the host's tree is unreachable. `before_pivot` runs once the mounts are
+/// made, while the host's tree is still in view (the OCI `createRuntime`/`createContainer` hooks).
+pub fn enter(
+    spec: &Spec,
+    plan: &RootfsPlan,
+    files: &[GeneratedFile],
+    before_pivot: &mut dyn FnMut() -> Result<()>,
+) -> Result<()> {
     let root = spec
         .root()
         .as_ref()
@@ -71,6 +77,7 @@ pub fn enter(spec: &Spec, plan: &RootfsPlan, files: &[GeneratedFile]) -> Result<
             .with_context(|| format!("providing {}", file.destination.display()))?;
     }
     drop(root_fd);
+    before_pivot()?;
     pivot_into(&root)?;
     if let Some(linux) = spec.linux() {
         for path in linux.masked_paths().iter().flatten() {
@@ -268,8 +275,10 @@ fn fd_path(fd: BorrowedFd<'_>) -> String {
 #[derive(Debug, PartialEq)]
 struct MountOptions {
     flags: MsFlags,
-    /// Flags to set after a bind mount, which ignores them on the bind itself.
+    /// Flags to set after a bind mount, which ignores them on the bind itself: on the bind
+    /// only (`ro`, as runc and crun do), and on every mount below it too (`rro`).
     attrs: u64,
+    recursive_attrs: u64,
     data: Vec<String>,
     bind: bool,
     recursive: bool,
@@ -279,6 +288,7 @@ fn parse_options(options: &[String]) -> MountOptions {
     let mut out = MountOptions {
         flags: MsFlags::empty(),
         attrs: 0,
+        recursive_attrs: 0,
         data: Vec::new(),
         bind: false,
         recursive: false,
@@ -294,6 +304,15 @@ fn parse_options(options: &[String]) -> MountOptions {
             "noatime" => (MsFlags::MS_NOATIME, 0),
             "sync" => (MsFlags::MS_SYNCHRONOUS, 0),
             "dirsync" => (MsFlags::MS_DIRSYNC, 0),
+            "rro" | "rnosuid" | "rnodev" | "rnoexec" => {
+                out.recursive_attrs |= match option.as_str() {
+                    "rro" => sys::MOUNT_ATTR_RDONLY,
+                    "rnosuid" => sys::MOUNT_ATTR_NOSUID,
+                    "rnodev" => sys::MOUNT_ATTR_NODEV,
+                    _ => sys::MOUNT_ATTR_NOEXEC,
+                };
+                continue;
+            }
             "bind" => {
                 out.bind = true;
                 continue;
@@ -393,11 +412,16 @@ fn bind_mount(
         None::<&str>,
     )
     .with_context(|| format!("bind-mounting {}", source.display()))?;
-    if options.attrs != 0 {
+    if options.attrs != 0 || options.recursive_attrs != 0 {
         // The fd above is the mount point below the new mount: open the new mount itself.
         let mounted = sys::open_in_root(root, destination, libc::O_PATH)
             .with_context(|| format!("resolving {}", destination.display()))?;
-        set_mount_attrs(mounted.as_fd(), options.recursive, options.attrs)?;
+        if options.attrs != 0 {
+            set_mount_attrs(mounted.as_fd(), false, options.attrs)?;
+        }
+        if options.recursive_attrs != 0 {
+            set_mount_attrs(mounted.as_fd(), true, options.recursive_attrs)?;
+        }
     }
     Ok(())
 }
@@ -410,7 +434,8 @@ fn set_mount_attrs(fd: BorrowedFd<'_>, recursive: bool, attrs: u64) -> Result<()
 const DEFAULT_DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
 fn populate_dev(root: BorrowedFd<'_>) -> Result<()> {
-    let bind = parse_options(&["bind".into()]);
+    // nosuid and noexec, as crun binds them: a device node is never a program.
+    let bind = parse_options(&["bind".into(), "nosuid".into(), "noexec".into()]);
     for dev in DEFAULT_DEVICES {
         let host = Path::new("/dev").join(dev);
         bind_mount(root, &host, &host, &bind)?;
@@ -496,7 +521,7 @@ fn mask_path(path: &Path) -> Result<()> {
             Some("tmpfs"),
             path,
             Some("tmpfs"),
-            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            MsFlags::MS_RDONLY,
             Some("size=0,mode=0555"),
         )?;
     } else {
@@ -507,6 +532,9 @@ fn mask_path(path: &Path) -> Result<()> {
             MsFlags::MS_BIND,
             None::<&str>,
         )?;
+        // Read-only too (as crun does): nothing is to be written through a masked file.
+        let fd = nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())?;
+        set_mount_attrs(fd.as_fd(), false, sys::MOUNT_ATTR_RDONLY)?;
     }
     Ok(())
 }
@@ -527,7 +555,9 @@ fn make_readonly(path: &Path) -> Result<()> {
         )?;
     }
     let fd = nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())?;
-    set_mount_attrs(fd.as_fd(), true, sys::MOUNT_ATTR_RDONLY)
+    // `root.readonly` makes the root alone read-only, as runc and crun do: /proc, /dev and the
+    // volumes mounted on it keep their own modes.
+    set_mount_attrs(fd.as_fd(), path != Path::new("/"), sys::MOUNT_ATTR_RDONLY)
 }
 
 #[cfg(test)]

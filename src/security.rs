@@ -8,9 +8,11 @@ use caps::{CapSet, Capability as Cap, CapsHashSet};
 use libseccomp::{
     ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
 };
+use nix::sys::resource::{setrlimit, Resource};
 use nix::unistd::{Gid, Uid};
 use oci_spec::runtime::{
     Arch, Capability, LinuxCapabilities, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompOperator,
+    PosixRlimit, PosixRlimitType,
 };
 
 fn to_caps(set: &Option<HashSet<Capability>>) -> Result<CapsHashSet> {
@@ -88,6 +90,43 @@ pub fn apply_capabilities(spec: &LinuxCapabilities) -> Result<()> {
     for cap in ambient {
         caps::raise(None, CapSet::Ambient, cap)
             .with_context(|| format!("raising ambient capability {cap}"))?;
+    }
+    Ok(())
+}
+
+fn resource(typ: PosixRlimitType) -> (Resource, &'static str) {
+    match typ {
+        PosixRlimitType::RlimitCpu => (Resource::RLIMIT_CPU, "RLIMIT_CPU"),
+        PosixRlimitType::RlimitFsize => (Resource::RLIMIT_FSIZE, "RLIMIT_FSIZE"),
+        PosixRlimitType::RlimitData => (Resource::RLIMIT_DATA, "RLIMIT_DATA"),
+        PosixRlimitType::RlimitStack => (Resource::RLIMIT_STACK, "RLIMIT_STACK"),
+        PosixRlimitType::RlimitCore => (Resource::RLIMIT_CORE, "RLIMIT_CORE"),
+        PosixRlimitType::RlimitRss => (Resource::RLIMIT_RSS, "RLIMIT_RSS"),
+        PosixRlimitType::RlimitNproc => (Resource::RLIMIT_NPROC, "RLIMIT_NPROC"),
+        PosixRlimitType::RlimitNofile => (Resource::RLIMIT_NOFILE, "RLIMIT_NOFILE"),
+        PosixRlimitType::RlimitMemlock => (Resource::RLIMIT_MEMLOCK, "RLIMIT_MEMLOCK"),
+        PosixRlimitType::RlimitAs => (Resource::RLIMIT_AS, "RLIMIT_AS"),
+        PosixRlimitType::RlimitLocks => (Resource::RLIMIT_LOCKS, "RLIMIT_LOCKS"),
+        PosixRlimitType::RlimitSigpending => (Resource::RLIMIT_SIGPENDING, "RLIMIT_SIGPENDING"),
+        PosixRlimitType::RlimitMsgqueue => (Resource::RLIMIT_MSGQUEUE, "RLIMIT_MSGQUEUE"),
+        PosixRlimitType::RlimitNice => (Resource::RLIMIT_NICE, "RLIMIT_NICE"),
+        PosixRlimitType::RlimitRtprio => (Resource::RLIMIT_RTPRIO, "RLIMIT_RTPRIO"),
+        PosixRlimitType::RlimitRttime => (Resource::RLIMIT_RTTIME, "RLIMIT_RTTIME"),
+    }
+}
+
+/// Sets the process's resource limits (`process.rlimits`). A hard limit above the one nook runs
+/// with needs privilege outside the user namespace, so it is refused with that explanation.
+pub fn set_rlimits(rlimits: &[PosixRlimit]) -> Result<()> {
+    for limit in rlimits {
+        let (res, name) = resource(limit.typ());
+        setrlimit(res, limit.soft(), limit.hard()).with_context(|| {
+            format!(
+                "process.rlimits: setting {name} to soft {} hard {} (a rootless container cannot                  raise a hard limit above the caller's; check `ulimit -H`)",
+                limit.soft(),
+                limit.hard()
+            )
+        })?;
     }
     Ok(())
 }

@@ -372,13 +372,13 @@ fn run_mounts(req: &RunRequest<'_>) -> Result<Vec<Mount>> {
             "/sys",
             "bind",
             "/sys",
-            &["rbind", "nosuid", "noexec", "nodev", "ro"],
+            &["rbind", "nosuid", "noexec", "nodev", "rro"],
         )?,
     });
     for volume in req.volumes {
         let mut options = vec!["rbind"];
         if volume.readonly {
-            options.push("ro");
+            options.push("rro");
         }
         let mut m = mount("/", "bind", &volume.source, &options)?;
         m.set_destination(volume.destination.clone());

@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use super::mapping_for;
+use crate::archive::Found;
 use crate::cli::{
     CommitArgs, DiffArgs, ExportArgs, ExportFormatArg, Format, ImagesArgs, ImportArgs, RmiArgs,
 };
@@ -15,7 +16,6 @@ use crate::image::{
     apply_changes, ContainerLayer, ExportFormat, Exportable, Image, ImageConfig, ImageMeta,
     ImageStore,
 };
-use crate::oci::Found;
 use crate::upper::{Layer, LayerKind};
 
 pub fn import(args: &ImportArgs) -> Result<i32> {

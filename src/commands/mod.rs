@@ -2,6 +2,8 @@
 
 mod containers;
 mod images;
+pub mod log;
+pub mod oci;
 mod run;
 
 pub use containers::{logs, ps, rm, stop};

@@ -15,7 +15,7 @@ use crate::container::{
 };
 use crate::idmap::{Caller, IdMapping};
 use crate::image::{Image, ImageConfig, ImageStore};
-use crate::launch::{self, ChildFailed, Launch, StdinMode};
+use crate::launch::{self, ChildFailed, Launch, StdinMode, Target};
 use crate::rootfs::GeneratedFile;
 use crate::rootfs::RootfsPlan;
 use crate::spec::{self, NetworkMode, RunRequest, Volume};
@@ -35,6 +35,10 @@ struct Checked {
 }
 
 fn check(args: &RunArgs) -> Result<Checked> {
+    if args.oci.pid_file.is_some() || args.oci.console_socket.is_some() || args.oci.preserve_fds > 0
+    {
+        bail!("--pid-file, --console-socket and --preserve-fds are OCI options: use them with --bundle");
+    }
     if args.detach && (args.tty || args.interactive) {
         bail!(
             "-d cannot be combined with -i or -t: a detached container has no terminal to attach"
@@ -225,9 +229,14 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     };
     let launch = Launch {
         spec: &prepared.spec,
-        rootfs: &prepared.plan,
-        files: &prepared.files,
-        idmap: &checked.idmap,
+        target: Target::New {
+            rootfs: &prepared.plan,
+            files: &prepared.files,
+            idmap: Some(&checked.idmap),
+        },
+        start_gate: None,
+        preserve_fds: 0,
+        hooks: None,
         init: args.init,
         keep_stdin: args.interactive,
         die_with_parent: true,
@@ -299,6 +308,11 @@ fn prepare(args: &RunArgs, checked: &Checked, container: &Container) -> Result<P
         volumes: &checked.volumes,
         idmap: &checked.idmap,
     })?;
+    // Kept for `nook exec`, which starts its processes the way this one was started. The
+    // overlay is mounted over this directory, so the container never sees it.
+    let spec_path = container.dir.join("config.json");
+    spec.save(&spec_path)
+        .with_context(|| format!("writing {}", spec_path.display()))?;
     let plan = RootfsPlan::Overlay {
         lower: checked.image.clone(),
         upper: container.upper(),

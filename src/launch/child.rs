@@ -1,44 +1,173 @@
 //! The child's half of the launch: it becomes the container, in the order the kernel needs.
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context as _, Result};
 use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
 use nix::sys::signal::{SigSet, SigmaskHow};
-use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout};
+use nix::sys::stat::Mode;
+use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout, Pid};
 use oci_spec::runtime::{LinuxNamespaceType, Process};
 
 use super::sync::{Channel, Msg};
-use super::{init, ChildFailed, Launch};
+use super::{init, ChildFailed, Launch, Target};
 use crate::{rootfs, security, sys};
 
+/// What the child starts with.
+pub(super) struct Context<'a> {
+    pub launch: &'a Launch<'a>,
+    pub chan: Channel,
+    pub devnull: OwnedFd,
+    pub parent_mask: SigSet,
+    pub may_setgroups: bool,
+    /// The exec fifo to wait at before `execve`: `O_PATH` until the child passed it, then its
+    /// open write end.
+    pub gate: Option<OwnedFd>,
+}
+
 /// Runs in the cloned child; never returns. Any failure goes to the parent as a message.
-pub(super) fn run(launch: &Launch<'_>, chan: Channel, devnull: OwnedFd, parent_mask: SigSet) -> ! {
-    let kept = [chan.as_raw_fd(), devnull.as_raw_fd()];
+pub(super) fn run(mut ctx: Context<'_>) -> ! {
+    let gate_passed = Cell::new(false);
+    // Descriptors a careless caller left open must not reach the container; the engine's
+    // `--preserve-fds` (3..3+N) are meant to.
+    let mut kept = vec![ctx.chan.as_raw_fd(), ctx.devnull.as_raw_fd()];
+    kept.extend(ctx.gate.as_ref().map(|g| g.as_raw_fd()));
+    kept.extend((0..ctx.launch.preserve_fds).map(|i| 3 + i as RawFd));
     let setup = sys::close_inherited_fds(&kept)
         .context("closing inherited descriptors")
-        .and_then(|()| become_container(launch, &chan, devnull, parent_mask));
+        .and_then(|()| become_container(&mut ctx, &gate_passed));
     let err = match setup {
         Ok(never) => match never {},
         Err(e) => e,
     };
+    if let (true, Some(fifo)) = (gate_passed.get(), &ctx.gate) {
+        // Tells `nook start` that the command will not run.
+        let _ = nix::unistd::write(fifo, b"E");
+    }
+    fail(&ctx.chan, err, gate_passed.get())
+}
+
+/// Sends the failure to the parent and exits. Past the start gate the parent (an OCI `create`)
+/// is gone: the message then goes to the container's stderr, which the engine logs.
+fn fail(chan: &Channel, err: anyhow::Error, parent_gone: bool) -> ! {
     let (code, message) = match err.downcast_ref::<ChildFailed>() {
         Some(f) => (f.code, f.message.clone()),
         None => (125, format!("{err:#}")),
     };
-    let _ = chan.send(&Msg::Failed { code, message });
+    if parent_gone {
+        let _ = writeln!(std::io::stderr(), "nook: {message}");
+    } else {
+        let _ = chan.send(&Msg::Failed { code, message });
+    }
     sys::exit_now(code)
 }
 
-fn become_container(
-    launch: &Launch<'_>,
-    chan: &Channel,
-    devnull: OwnedFd,
-    parent_mask: SigSet,
-) -> Result<Infallible> {
+/// `exec`: enters the namespaces of the container whose first process is `target`, then clones
+/// the process that runs the command as a sibling (so the parent waits for it directly), tells
+/// the parent its pid and exits. Both stay non-dumpable until `execve`: the container's root
+/// must never get at nook's binary through `/proc/PID/exe` or at its memory.
+pub(super) fn join_then_run(ctx: Context<'_>, target: Pid) -> ! {
+    let joined = (|| -> Result<sys::CloneResult> {
+        sys::set_not_dumpable().context("prctl(PR_SET_DUMPABLE)")?;
+        join_namespaces(target)?;
+        sys::clone_process(libc::CLONE_PARENT)
+            .context("clone(CLONE_PARENT) of the process that joins the container")
+    })();
+    match joined {
+        Ok(sys::CloneResult::Child) => run(ctx),
+        Ok(sys::CloneResult::Parent(pid)) => {
+            let code = match ctx.chan.send(&Msg::Joined { pid: pid.as_raw() }) {
+                Ok(()) => 0,
+                Err(_) => 1,
+            };
+            sys::exit_now(code)
+        }
+        Err(e) => fail(&ctx.chan, e, false),
+    }
+}
+
+/// Namespaces `exec` enters, in order: the user namespace first (it grants the capabilities the
+/// others need), the mount namespace last (it changes the root under our feet).
+const JOINED: [(&str, CloneFlags); 7] = [
+    ("user", CloneFlags::CLONE_NEWUSER),
+    ("ipc", CloneFlags::CLONE_NEWIPC),
+    ("uts", CloneFlags::CLONE_NEWUTS),
+    ("net", CloneFlags::CLONE_NEWNET),
+    ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+    ("pid", CloneFlags::CLONE_NEWPID),
+    ("mnt", CloneFlags::CLONE_NEWNS),
+];
+
+fn join_namespaces(target: Pid) -> Result<()> {
+    let mut fds = Vec::new();
+    for (name, flag) in JOINED {
+        let path = format!("/proc/{target}/ns/{name}");
+        let theirs = nix::fcntl::open(
+            path.as_str(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .with_context(|| format!("opening {path} (is the container still running?)"))?;
+        let ours = nix::sys::stat::stat(format!("/proc/self/ns/{name}").as_str())
+            .with_context(|| format!("stat /proc/self/ns/{name}"))?;
+        let st = nix::sys::stat::fstat(theirs.as_fd()).with_context(|| format!("fstat {path}"))?;
+        // A namespace the container shares with us cannot be entered again (EINVAL).
+        if (st.st_dev, st.st_ino) != (ours.st_dev, ours.st_ino) {
+            fds.push((name, flag, theirs));
+        }
+    }
+    for (name, flag, fd) in fds {
+        nix::sched::setns(fd.as_fd(), flag)
+            .with_context(|| format!("setns into the container's {name} namespace"))?;
+    }
+    Ok(())
+}
+
+/// Enters the namespaces the spec names by path (a pod's network, another container's IPC).
+/// They must belong to a user namespace we hold capabilities in: ours when the spec creates
+/// none (as under rootless podman).
+fn join_spec_namespaces(spec: &oci_spec::runtime::Spec) -> Result<()> {
+    let namespaces = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .into_iter()
+        .flatten();
+    for ns in namespaces {
+        let Some(path) = ns.path() else { continue };
+        let flag = match ns.typ() {
+            LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+            LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+            LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+            LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+            other => anyhow::bail!(
+                "joining an existing {other:?} namespace ({}) is not supported",
+                path.display()
+            ),
+        };
+        let fd = nix::fcntl::open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+            .with_context(|| format!("opening the namespace {}", path.display()))?;
+        nix::sched::setns(fd.as_fd(), flag).with_context(|| {
+            format!(
+                "setns into the {:?} namespace {} (it must belong to a user namespace nook \
+                 holds capabilities in)",
+                ns.typ(),
+                path.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
+fn become_container(ctx: &mut Context<'_>, gate_passed: &Cell<bool>) -> Result<Infallible> {
+    let launch = ctx.launch;
+    let chan = &ctx.chan;
     let spec = launch.spec;
     let process = spec.process().as_ref().context("the spec has no process")?;
     let linux = spec.linux().as_ref();
@@ -46,59 +175,103 @@ fn become_container(
         sys::die_with_parent().context("prctl(PR_SET_PDEATHSIG)")?;
     }
     // Compiled while the parent writes the id maps.
-    let seccomp = match linux.and_then(|l| l.seccomp().as_ref()) {
+    let mut seccomp = match linux.and_then(|l| l.seccomp().as_ref()) {
         Some(profile) => Some(security::seccomp_program(profile)?),
         None => None,
     };
-    chan.expect(Msg::MapsWritten)?;
-
-    rootfs::enter(spec, launch.rootfs, launch.files)?;
-    if let Some(hostname) = spec.hostname() {
-        nix::unistd::sethostname(hostname).context("sethostname")?;
-    }
-    let own_network = linux
-        .and_then(|l| l.namespaces().as_ref())
-        .is_some_and(|nss| nss.iter().any(|ns| ns.typ() == LinuxNamespaceType::Network));
-    if own_network {
-        sys::loopback_up().context("bringing up the loopback interface")?;
+    let mut host_pid = None;
+    let gate = ctx.gate.take();
+    if let Target::New {
+        rootfs: plan,
+        files,
+        ..
+    } = launch.target
+    {
+        chan.expect(Msg::MapsWritten)?;
+        // From here on only we may look into this process: the parent is done with /proc/PID.
+        sys::set_not_dumpable().context("prctl(PR_SET_DUMPABLE)")?;
+        join_spec_namespaces(spec)?;
+        rootfs::enter(spec, plan, files, &mut || {
+            let Some(hooks) = launch.hooks.filter(|h| h.has_create_hooks()) else {
+                return Ok(());
+            };
+            chan.send(&Msg::RuntimeHooks)?;
+            match chan.recv()? {
+                Some((Msg::HooksRan { pid }, _)) => host_pid = Some(pid),
+                Some((Msg::Failed { code, message }, _)) => {
+                    return Err(ChildFailed { code, message }.into())
+                }
+                other => anyhow::bail!("expected HooksRan, got {other:?}"),
+            }
+            hooks.run_create_container(host_pid.unwrap_or(0))
+        })?;
+        if let Some(hostname) = spec.hostname() {
+            nix::unistd::sethostname(hostname).context("sethostname")?;
+        }
+        let own_network = linux
+            .and_then(|l| l.namespaces().as_ref())
+            .is_some_and(|nss| {
+                nss.iter()
+                    .any(|ns| ns.typ() == LinuxNamespaceType::Network && ns.path().is_none())
+            });
+        if own_network {
+            sys::loopback_up().context("bringing up the loopback interface")?;
+        }
     }
 
     let terminal = if process.terminal() == Some(true) {
         Some(open_terminal(chan)?)
     } else {
         if !launch.keep_stdin {
-            dup2_stdin(devnull.as_fd()).context("dup2 /dev/null to stdin")?;
+            dup2_stdin(ctx.devnull.as_fd()).context("dup2 /dev/null to stdin")?;
         }
         None
     };
-    drop(devnull);
     enter_cwd(process)?;
+    if let Some(rlimits) = process.rlimits() {
+        security::set_rlimits(rlimits)?;
+    }
 
+    // Without no_new_privs the kernel takes a filter only from a process holding CAP_SYS_ADMIN,
+    // so it is loaded now, before the capabilities go (as runc and crun do); the rest of the
+    // setup then runs under it.
+    if process.no_new_privileges() != Some(true) {
+        if let Some(filter) = seccomp.take() {
+            security::load_seccomp(&filter)?;
+        }
+    }
     let user = process.user();
     if let Some(caps) = process.capabilities() {
         security::limit_bounding_set(caps)?;
     }
     let extra_gids = user.additional_gids().clone().unwrap_or_default();
-    security::switch_user(
-        user.uid(),
-        user.gid(),
-        &extra_gids,
-        launch.idmap.allows_setgroups(),
-    )?;
+    security::switch_user(user.uid(), user.gid(), &extra_gids, ctx.may_setgroups)?;
     if let Some(caps) = process.capabilities() {
         security::apply_capabilities(caps)?;
     }
-    if process.no_new_privileges() != Some(false) {
+    if process.no_new_privileges() == Some(true) {
         security::set_no_new_privs()?;
     }
-    sys::cloexec_from(3).context("close_range")?;
+    sys::cloexec_from(3 + launch.preserve_fds).context("close_range")?;
     let program = Program::resolve(process)?;
+
+    if let Some(gate) = gate {
+        program.check_exists()?;
+        chan.send(&Msg::Ready)?;
+        gate_passed.set(true);
+        // Held open (close-on-exec) until execve: `nook start` returns when it closes.
+        ctx.gate = Some(wait_at_gate(gate)?);
+        if let Some(hooks) = launch.hooks {
+            hooks.run_start_container(host_pid.unwrap_or(0))?;
+        }
+    }
 
     if launch.init {
         // pid 1 stays nook: keep the container's root from opening it through /proc/1/exe.
         sys::set_not_dumpable().context("prctl(PR_SET_DUMPABLE)")?;
         if let sys::CloneResult::Parent(command) = sys::fork_process().context("fork")? {
             drop(terminal);
+            drop(ctx.gate.take());
             if let Some(filter) = &seccomp {
                 security::load_seccomp(filter)?;
             }
@@ -110,13 +283,28 @@ fn become_container(
         sys::set_controlling_terminal(slave.as_fd()).context("TIOCSCTTY")?;
     }
     drop(terminal);
-    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&parent_mask), None)
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&ctx.parent_mask), None)
         .context("restoring the signal mask")?;
     sys::default_sigpipe();
     if let Some(filter) = &seccomp {
         security::load_seccomp(filter)?;
     }
     program.exec()
+}
+
+/// Blocks until `nook start` opens the exec fifo for reading, then tells it we passed. The fifo
+/// is reopened through our own descriptor, which works whatever user we are by now. The open
+/// end is returned: `start` reads end-of-file once `execve` closes it.
+fn wait_at_gate(gate: OwnedFd) -> Result<OwnedFd> {
+    let path = format!("/proc/self/fd/{}", gate.as_raw_fd());
+    let fifo = nix::fcntl::open(
+        path.as_str(),
+        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .context("opening the exec fifo to wait for `start` (is /proc mounted in the spec?)")?;
+    nix::unistd::write(&fifo, b"0").context("writing to the exec fifo")?;
+    Ok(fifo)
 }
 
 /// Opens a terminal in the container's own devpts instance, hands the master to the parent and
@@ -169,6 +357,17 @@ fn enter_cwd(process: &Process) -> Result<()> {
     }
 }
 
+/// The home directory of `uid` in an `/etc/passwd` text, or `/`.
+fn home_of(passwd: &str, uid: u32) -> String {
+    passwd
+        .lines()
+        .map(|line| line.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 7 && f[2].parse() == Ok(uid))
+        .map(|f| f[5].to_string())
+        .filter(|home| !home.is_empty())
+        .unwrap_or_else(|| "/".to_string())
+}
+
 /// The command to exec, with its arguments and environment ready as C strings, so that nothing
 /// after the security setup needs to allocate much or touch the filesystem beyond `execve`.
 struct Program {
@@ -189,7 +388,12 @@ impl Program {
             .first()
             .cloned()
             .context("the process has no command (args is empty)")?;
-        let env = process.env().clone().unwrap_or_default();
+        let mut env = process.env().clone().unwrap_or_default();
+        if !env.iter().any(|e| e.starts_with("HOME=")) {
+            // As runc and crun do: the user's home from the container's /etc/passwd, else /.
+            let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+            env.push(format!("HOME={}", home_of(&passwd, process.user().uid())));
+        }
         let path_var = env
             .iter()
             .find_map(|e| e.strip_prefix("PATH="))
@@ -212,6 +416,23 @@ impl Program {
             env: env.iter().map(|e| cstr(e)).collect::<Result<_>>()?,
             name,
         })
+    }
+
+    /// Fails with 127 now, before the start gate, when no candidate exists: `create` reports a
+    /// missing command as runc does, rather than `start` failing later without a word.
+    fn check_exists(&self) -> Result<()> {
+        if self
+            .candidates
+            .iter()
+            .any(|c| nix::unistd::access(c.as_c_str(), nix::unistd::AccessFlags::F_OK).is_ok())
+        {
+            return Ok(());
+        }
+        Err(ChildFailed {
+            code: 127,
+            message: format!("{}: not found in the container", self.name),
+        }
+        .into())
     }
 
     /// Tries each candidate as `execvp` would; reports 127 when none exists, 126 when one exists
@@ -254,5 +475,19 @@ impl Program {
             },
         }
         .into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn home_comes_from_passwd_or_is_root() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n";
+        assert_eq!(home_of(passwd, 0), "/root");
+        assert_eq!(home_of(passwd, 1000), "/home/alice");
+        assert_eq!(home_of(passwd, 5), "/");
+        assert_eq!(home_of("", 0), "/");
     }
 }

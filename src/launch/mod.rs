@@ -5,6 +5,12 @@
 //! parent: block signals ─ clone ─ write id maps ─ MapsWritten ─► [PtyMaster ◄─ / Continue ─►] ─ EOF = exec'd
 //! child:                          compile seccomp ─ wait ─ mounts, pivot ─ tty ─ caps, user, nnp, seccomp ─ execve
 //! ```
+//!
+//! An OCI `create` adds a gate: the child sends `Ready` and blocks on the exec fifo until
+//! `nook start` opens it; the parent returns at `Ready` and exits, leaving the child to its
+//! engine. An `exec` joins a running container instead of creating one: a short-lived helper
+//! enters the container's namespaces and clones the process (as the parent's own child, so the
+//! parent can wait for it) that then runs the same child half, without the rootfs steps.
 
 mod child;
 mod init;
@@ -39,13 +45,33 @@ pub struct ChildFailed {
     pub message: String,
 }
 
+/// Where the process runs: in a container made for it, or in one that already runs.
+pub enum Target<'a> {
+    /// Clone into the spec's namespaces and build the root filesystem. `idmap` is required when
+    /// the spec asks for a user namespace and unused otherwise.
+    New {
+        rootfs: &'a RootfsPlan,
+        /// Files nook writes into the container (hostname, hosts, resolv.conf), kept in memory.
+        files: &'a [GeneratedFile],
+        idmap: Option<&'a IdMapping>,
+    },
+    /// Join the namespaces of the container whose first process is `pid` (`exec`).
+    Join { pid: Pid },
+}
+
 /// Everything the launch needs; the spec says what the container is, the rest how to make it.
+/// For [`Target::Join`] the spec's process is the one to start and its `linux` section (seccomp)
+/// is the container's.
 pub struct Launch<'a> {
     pub spec: &'a Spec,
-    pub rootfs: &'a RootfsPlan,
-    /// Files nook writes into the container (hostname, hosts, resolv.conf), kept in memory.
-    pub files: &'a [GeneratedFile],
-    pub idmap: &'a IdMapping,
+    pub target: Target<'a>,
+    /// Block before `execve` until this fifo is opened for reading (`nook start`); `start`
+    /// returns as soon as the child waits there.
+    pub start_gate: Option<&'a std::path::Path>,
+    /// Descriptors 3..3+N the container's process inherits (`--preserve-fds`).
+    pub preserve_fds: u32,
+    /// Run hooks at the points the runtime spec defines, with this state on their stdin.
+    pub hooks: Option<&'a crate::hooks::HookContext>,
     /// Run a tiny init as pid 1 with the command as its child.
     pub init: bool,
     /// Pass nook's stdin on (`-i`); otherwise the container reads `/dev/null`.
@@ -73,6 +99,8 @@ pub struct Started {
     old_mask: SigSet,
 }
 
+/// The namespaces the clone creates: those of the spec without a `path` (a namespace with a
+/// path is joined by the child instead).
 fn namespace_flags(spec: &Spec) -> libc::c_int {
     let mut flags = 0;
     for ns in spec
@@ -81,6 +109,7 @@ fn namespace_flags(spec: &Spec) -> libc::c_int {
         .and_then(|l| l.namespaces().as_ref())
         .into_iter()
         .flatten()
+        .filter(|ns| ns.path().is_none())
     {
         flags |= match ns.typ() {
             LinuxNamespaceType::User => libc::CLONE_NEWUSER,
@@ -120,11 +149,49 @@ pub fn start(launch: &Launch<'_>) -> Result<Started> {
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .context("signalfd")?;
 
-    let pid = match sys::clone_process(namespace_flags(launch.spec)) {
+    // Opened here, so the child needs no access to the state directory to wait at the gate.
+    let gate = match launch.start_gate {
+        Some(path) => match nix::fcntl::open(
+            path,
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        ) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                let _ =
+                    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
+                return Err(e).with_context(|| format!("opening the exec fifo {}", path.display()));
+            }
+        },
+        None => None,
+    };
+    let may_setgroups = match may_setgroups(launch) {
+        Ok(may) => may,
+        Err(e) => {
+            let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
+            return Err(e);
+        }
+    };
+    let flags = match launch.target {
+        Target::New { .. } => namespace_flags(launch.spec),
+        Target::Join { .. } => 0,
+    };
+    let cloned = match sys::clone_process(flags) {
         Ok(sys::CloneResult::Child) => {
             drop(parent_chan);
             drop(signals);
-            child::run(launch, child_chan, devnull, old_mask)
+            let ctx = child::Context {
+                launch,
+                chan: child_chan,
+                devnull,
+                parent_mask: old_mask,
+                may_setgroups,
+                gate,
+            };
+            match launch.target {
+                Target::New { .. } => child::run(ctx),
+                Target::Join { pid } => child::join_then_run(ctx, pid),
+            }
         }
         Ok(sys::CloneResult::Parent(pid)) => pid,
         Err(e) => {
@@ -134,6 +201,18 @@ pub fn start(launch: &Launch<'_>) -> Result<Started> {
     };
     drop(child_chan);
     drop(devnull);
+    drop(gate);
+    let pid = match launch.target {
+        Target::New { .. } => cloned,
+        Target::Join { .. } => match joined_pid(&parent_chan, cloned) {
+            Ok(pid) => pid,
+            Err(e) => {
+                let _ =
+                    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
+                return Err(e);
+            }
+        },
+    };
     let started = Started {
         pid,
         pty: None,
@@ -168,14 +247,60 @@ fn clone_refused(err: std::io::Error) -> anyhow::Error {
     anyhow::anyhow!("clone(2) into new namespaces failed: {err}{hint}")
 }
 
-/// The parent's side of the sync: maps, terminal, then end-of-file once the command runs.
+/// Whether the container's processes may call `setgroups(2)`: not in a user namespace whose
+/// maps were written without privilege.
+fn may_setgroups(launch: &Launch<'_>) -> Result<bool> {
+    let proc_file = match launch.target {
+        Target::New {
+            idmap: Some(idmap), ..
+        } if has_user_namespace(launch.spec) => return Ok(idmap.allows_setgroups()),
+        Target::New { .. } => "/proc/self/setgroups".to_string(),
+        Target::Join { pid } => format!("/proc/{pid}/setgroups"),
+    };
+    let text =
+        std::fs::read_to_string(&proc_file).with_context(|| format!("reading {proc_file}"))?;
+    Ok(text.trim() == "allow")
+}
+
+fn has_user_namespace(spec: &Spec) -> bool {
+    namespace_flags(spec) & libc::CLONE_NEWUSER != 0
+}
+
+/// Reaps the helper that joined the container's namespaces; returns the pid of the process it
+/// cloned for us.
+fn joined_pid(chan: &Channel, helper: Pid) -> Result<Pid> {
+    let reply = chan.recv();
+    let _ = waitpid(helper, None);
+    match reply? {
+        Some((Msg::Joined { pid }, _)) => Ok(Pid::from_raw(pid)),
+        Some((Msg::Failed { code, message }, _)) => Err(ChildFailed { code, message }.into()),
+        Some((other, _)) => anyhow::bail!("unexpected message from the joining helper: {other:?}"),
+        None => anyhow::bail!("the helper that joins the container's namespaces died"),
+    }
+}
+
+/// The parent's side of the sync: maps, terminal, then end-of-file once the command runs (or
+/// `Ready` when it waits at the start gate).
 fn handshake(launch: &Launch<'_>, chan: &Channel, pid: Pid) -> Result<Option<OwnedFd>> {
-    launch.idmap.write_for(pid)?;
-    chan.send(&Msg::MapsWritten)?;
+    if let Target::New { idmap, .. } = launch.target {
+        if has_user_namespace(launch.spec) {
+            idmap
+                .context("the spec asks for a user namespace but no id mapping was given")?
+                .write_for(pid)?;
+        }
+        chan.send(&Msg::MapsWritten)?;
+    }
     let mut pty = None;
     loop {
         match chan.recv()? {
             None => return Ok(pty),
+            Some((Msg::Ready, _)) => return Ok(pty),
+            Some((Msg::RuntimeHooks, _)) => {
+                if let Some(hooks) = launch.hooks {
+                    hooks.run_create_runtime(pid.as_raw())?;
+                }
+                chan.send(&Msg::HooksRan { pid: pid.as_raw() })?;
+            }
             Some((Msg::PtyMaster, fd)) => {
                 let master = fd.context("the terminal's master did not arrive")?;
                 io::copy_window_size(master.as_fd());
@@ -192,6 +317,17 @@ fn handshake(launch: &Launch<'_>, chan: &Channel, pid: Pid) -> Result<Option<Own
 }
 
 impl Started {
+    /// The terminal's master side, for an engine's console socket; the caller relays it then.
+    pub fn take_pty(&mut self) -> Option<OwnedFd> {
+        self.pty.take()
+    }
+
+    /// Leaves the container to whoever inherits it (an OCI `create` or `exec --detach`): the
+    /// signal mask is restored and nobody here waits for it.
+    pub fn release(self) {
+        let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&self.old_mask), None);
+    }
+
     /// Forwards signals (and the terminal) until the container's command ends; returns the status
     /// nook should exit with: its exit code, or 128+N when signal N killed it.
     pub fn wait(self, stdin: StdinMode) -> Result<i32> {

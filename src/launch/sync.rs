@@ -23,6 +23,16 @@ pub enum Msg {
     Continue,
     /// Child → parent: setting up the container failed; `code` is the exit status nook reports.
     Failed { code: i32, message: String },
+    /// Child → parent: the namespaces exist and the mounts are made, `pivot_root` comes next:
+    /// run the `createRuntime` (and legacy `prestart`) hooks, then send `Continue`.
+    RuntimeHooks,
+    /// Parent → child: the `createRuntime` hooks ran; `pid` is the child's pid as the host sees
+    /// it, for the state the child's own hooks get.
+    HooksRan { pid: i32 },
+    /// Child → parent: all set up; the child now waits at the start gate (OCI `create`).
+    Ready,
+    /// Joining helper → parent: the process that runs in the container is `pid` (host view).
+    Joined { pid: i32 },
 }
 
 pub struct Channel {

@@ -547,8 +547,25 @@ impl Nook {
     }
 
     fn command(&self, args: &[String], env: &[(String, String)]) -> Command {
+        self.command_for(&self.setup.bin, args, env)
+    }
+
+    /// The installed nook binary the tests run.
+    pub fn bin(&self) -> &Path {
+        &self.setup.bin
+    }
+
+    /// `program ARGS...` as the runner, with the test's environment (HOME, XDG_RUNTIME_DIR,
+    /// NOOK_STORAGE, PATH) and working directory: for the tools driven beside nook (crun,
+    /// podman) and for nook runs whose output a detached container inherits.
+    pub fn command_for(
+        &self,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Command {
         let r = &self.setup.runner;
-        let mut cmd = Command::new(&self.setup.bin);
+        let mut cmd = Command::new(program);
         cmd.args(args)
             .env_clear()
             .env("HOME", &self.home)
@@ -1251,6 +1268,15 @@ fn scan_processes() -> Vec<ProcInfo> {
 fn read_process(pid: i32) -> Option<ProcInfo> {
     let dir = PathBuf::from(format!("/proc/{pid}"));
     let status = fs::read_to_string(dir.join("status")).ok()?;
+    // A zombie has ended; reaping it is its parent's job (for an orphaned container process,
+    // the host's init, which may take a moment). Its environment can no longer tell which
+    // test it belonged to either.
+    if status
+        .lines()
+        .any(|l| l.starts_with("State:") && l.contains("Z (zombie)"))
+    {
+        return None;
+    }
     let field = |name: &str| {
         status
             .lines()

@@ -1,6 +1,7 @@
-//! Reading what `nook import` is given: compression by magic bytes, plain root filesystem
-//! tarballs, OCI image layouts (a directory or a tar) and `docker save` archives. Every blob is
-//! checked against its digest and size; layers go to a `layer::Applier`.
+//! Image archives. Reading what `nook import` is given: compression by magic bytes, plain root
+//! filesystem tarballs, OCI image layouts (a directory or a tar) and `docker save` archives,
+//! every blob checked against its digest and size, layers handed to a `layer::Applier`. Writing
+//! what `nook export` makes: a tree as a tar stream, and an OCI image layout archive.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;

@@ -1,0 +1,950 @@
+//! The OCI runtime verbs, as runc has them: `create start state kill delete run --bundle exec
+//! list ps ID spec features`. The container itself is made by the same `launch` as `nook run`;
+//! what is here is the bundle, the state under `--root`, and the engine's plumbing (pid file,
+//! console socket, hooks).
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::{IoSlice, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+use nix::unistd::Pid;
+use oci_spec::runtime::{Capability, ContainerState, LinuxNamespaceType, Process, Spec};
+use serde_json::json;
+
+use super::log;
+use crate::cli::{
+    CreateArgs, DeleteArgs, ExecArgs, Format, GlobalArgs, IdArg, KillArgs, ListArgs, OciCreateArgs,
+    RunArgs, SpecArgs,
+};
+use crate::container::{now_rfc3339, process_start_time};
+use crate::fsutil::write_atomic;
+use crate::hooks::{state_document, HookContext, OCI_VERSION};
+use crate::idmap::{IdMapping, IdRange, MapWriter};
+use crate::launch::{self, Launch, Started, StdinMode, Target};
+use crate::oci_state::{default_root, Entry, Record, StateRoot};
+use crate::rootfs::RootfsPlan;
+
+fn state_root(global: &GlobalArgs) -> Result<StateRoot> {
+    let dir = match &global.root {
+        Some(dir) => dir.clone(),
+        None => default_root()?,
+    };
+    StateRoot::open(&dir)
+}
+
+/// A bundle's directory and its checked spec, the root path made absolute.
+struct Bundle {
+    dir: PathBuf,
+    spec: Spec,
+}
+
+impl Bundle {
+    fn load(dir: &Path) -> Result<Bundle> {
+        let dir = fs::canonicalize(dir)
+            .with_context(|| format!("bundle {}: no such directory", dir.display()))?;
+        let path = dir.join("config.json");
+        let text = fs::read_to_string(&path)
+            .with_context(|| format!("bundle {}: reading config.json", dir.display()))?;
+        let mut de = serde_json::Deserializer::from_str(&text);
+        let mut spec: Spec = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            anyhow!(
+                "bundle {}: config.json: field `{}`: {}",
+                dir.display(),
+                e.path(),
+                e.inner()
+            )
+        })?;
+        check_spec(&dir, &mut spec)
+            .map_err(|e| anyhow!("bundle {}: config.json: {e:#}", dir.display()))?;
+        Ok(Bundle { dir, spec })
+    }
+}
+
+/// What nook needs of a bundle's spec, checked before anything is made; errors name the field.
+fn check_spec(bundle: &Path, spec: &mut Spec) -> Result<()> {
+    let root = spec.root().as_ref().context("field `root` is missing")?;
+    let path = bundle.join(root.path());
+    let path = fs::canonicalize(&path)
+        .ok()
+        .filter(|p| p.is_dir())
+        .with_context(|| format!("field `root.path`: {} is not a directory", path.display()))?;
+    let mut root = root.clone();
+    root.set_path(path);
+    spec.set_root(Some(root));
+
+    let process = spec
+        .process()
+        .as_ref()
+        .context("field `process` is missing")?;
+    if process.args().as_ref().map_or(true, |a| a.is_empty()) {
+        bail!("field `process.args` is empty: give the command to run");
+    }
+    if !process.cwd().is_absolute() {
+        bail!(
+            "field `process.cwd`: {} is not absolute",
+            process.cwd().display()
+        );
+    }
+    let linux = spec.linux().as_ref().context("field `linux` is missing")?;
+    for (i, ns) in linux.namespaces().iter().flatten().enumerate() {
+        let joinable = matches!(
+            ns.typ(),
+            LinuxNamespaceType::Network
+                | LinuxNamespaceType::Ipc
+                | LinuxNamespaceType::Uts
+                | LinuxNamespaceType::Cgroup
+        );
+        if ns.path().is_some() && !joinable {
+            bail!(
+                "field `linux.namespaces[{i}].path`: joining an existing {:?} namespace is not \
+                 supported by nook yet (network, ipc, uts and cgroup are); remove the path to \
+                 get a new one",
+                ns.typ()
+            );
+        }
+    }
+    if let Some(res) = linux.resources() {
+        let limited = res.memory().is_some()
+            || res.cpu().is_some()
+            || res.pids().is_some()
+            || res.block_io().is_some()
+            || res
+                .hugepage_limits()
+                .as_ref()
+                .is_some_and(|h| !h.is_empty());
+        if limited {
+            log::warn(
+                "field `linux.resources`: cgroup limits are not applied: nook manages no cgroups \
+                 yet (a rootless container needs a delegated cgroup for them)",
+            );
+        }
+    }
+    Ok(())
+}
+
+fn has_namespace(spec: &Spec, typ: LinuxNamespaceType) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|nss| nss.iter().any(|ns| ns.typ() == typ))
+}
+
+/// The id mapping a bundle asks for, as given. Without privilege our own uid and gid alone are
+/// written directly (`setgroups` denied), other ranges by newuidmap/newgidmap; as root of our
+/// own user namespace (rootless podman) any ids that exist there are written directly.
+fn bundle_idmap(spec: &Spec) -> Result<Option<IdMapping>> {
+    let euid = nix::unistd::geteuid().as_raw();
+    let egid = nix::unistd::getegid().as_raw();
+    if !has_namespace(spec, LinuxNamespaceType::User) {
+        if euid != 0 {
+            bail!(
+                "field `linux.namespaces` has no user namespace: nook runs rootless and needs one \
+                 (add {{\"type\": \"user\"}} with uidMappings/gidMappings; `nook spec --rootless` \
+                 writes such a config)"
+            );
+        }
+        return Ok(None);
+    }
+    let linux = spec.linux().as_ref().context("field `linux` is missing")?;
+    let ranges = |field: &str, maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
+        let maps = maps.as_ref().filter(|m| !m.is_empty()).with_context(|| {
+            format!("field `linux.{field}` is missing: a user namespace needs its id maps")
+        })?;
+        Ok::<_, anyhow::Error>(
+            maps.iter()
+                .map(|m| IdRange {
+                    container: m.container_id(),
+                    host: m.host_id(),
+                    size: m.size(),
+                })
+                .collect::<Vec<_>>(),
+        )
+    };
+    let uids = ranges("uidMappings", linux.uid_mappings())?;
+    let gids = ranges("gidMappings", linux.gid_mappings())?;
+    if euid == 0 {
+        return Ok(Some(IdMapping {
+            uids,
+            gids,
+            writer: MapWriter::Privileged,
+        }));
+    }
+    // Only our own ids, one each, can be written directly; anything else takes the setuid
+    // helpers, which check it against /etc/subuid and /etc/subgid.
+    let own_only = |list: &[IdRange], own: u32| list.iter().all(|r| r.host == own && r.size == 1);
+    let writer = if own_only(&uids, euid) && own_only(&gids, egid) {
+        MapWriter::Direct
+    } else {
+        MapWriter::Helpers
+    };
+    Ok(Some(IdMapping { uids, gids, writer }))
+}
+
+/// Sends the terminal's master over the engine's console socket, as conmon expects.
+fn send_console(socket: &Path, master: OwnedFd) -> Result<()> {
+    let stream = UnixStream::connect(socket)
+        .with_context(|| format!("connecting to the console socket {}", socket.display()))?;
+    let fds = [master.as_raw_fd()];
+    let name = b"/dev/ptmx";
+    sendmsg::<()>(
+        stream.as_raw_fd(),
+        &[IoSlice::new(name)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .with_context(|| format!("sending the terminal over {}", socket.display()))?;
+    Ok(())
+}
+
+fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
+    let path = std::path::absolute(path).with_context(|| format!("{}", path.display()))?;
+    write_atomic(&path, pid.to_string().as_bytes(), false)
+}
+
+/// Creates the container in `entry`: its process runs up to the exec fifo and waits there.
+fn create_in(
+    entry: &Entry,
+    bundle: &Bundle,
+    opts: &OciCreateArgs,
+    relay_tty: bool,
+) -> Result<Started> {
+    let spec = &bundle.spec;
+    let terminal = spec.process().as_ref().and_then(|p| p.terminal()) == Some(true);
+    if terminal && opts.console_socket.is_none() && !relay_tty {
+        bail!(
+            "field `process.terminal` is true but no --console-socket was given: a detached \
+             container needs the engine's socket to hand its terminal to"
+        );
+    }
+    let idmap = bundle_idmap(spec)?;
+    spec.save(entry.spec_path())
+        .with_context(|| format!("writing {}", entry.spec_path().display()))?;
+    let fifo = entry.fifo_path();
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .with_context(|| format!("mkfifo {}", fifo.display()))?;
+    // The process may have switched to any user when it opens the fifo to wait: let it write.
+    fs::set_permissions(&fifo, fs::Permissions::from_mode(0o622))
+        .with_context(|| format!("chmod {}", fifo.display()))?;
+    let hooks = HookContext::of(spec, &entry.id, &bundle.dir);
+    let plan = RootfsPlan::Prepared;
+    let launch = Launch {
+        spec,
+        target: Target::New {
+            rootfs: &plan,
+            files: &[],
+            idmap: idmap.as_ref(),
+        },
+        start_gate: Some(&fifo),
+        preserve_fds: opts.preserve_fds,
+        hooks: hooks.as_ref(),
+        init: false,
+        keep_stdin: true,
+        die_with_parent: false,
+    };
+    let mut started = launch::start(&launch)?;
+    let pid = started.pid;
+    let recorded = (|| -> Result<()> {
+        let record = Record {
+            id: entry.id.clone(),
+            pid: pid.as_raw(),
+            pid_start: process_start_time(pid.as_raw())
+                .with_context(|| format!("reading /proc/{pid}/stat"))?,
+            bundle: bundle.dir.clone(),
+            created: now_rfc3339(),
+            annotations: spec.annotations().clone(),
+        };
+        entry.save(&record)?;
+        if let Some(socket) = &opts.console_socket {
+            let master = started
+                .take_pty()
+                .context("the container has no terminal to send")?;
+            send_console(socket, master)?;
+        }
+        if let Some(path) = &opts.pid_file {
+            write_pid_file(path, pid.as_raw())?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = recorded {
+        let _ = kill(pid, Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(pid, None);
+        return Err(e);
+    }
+    log::debug(&format!("created {} (pid {pid})", entry.id));
+    Ok(started)
+}
+
+pub fn create(global: &GlobalArgs, args: &CreateArgs) -> Result<i32> {
+    let root = state_root(global)?;
+    let bundle = Bundle::load(&args.bundle)?;
+    let entry = root.create(&args.id)?;
+    match create_in(&entry, &bundle, &args.oci, false) {
+        Ok(started) => {
+            started.release();
+            Ok(0)
+        }
+        Err(e) => {
+            let _ = entry.remove();
+            Err(e)
+        }
+    }
+}
+
+/// Opens the exec fifo: the waiting process goes on to `execve`. Returns once it has run the
+/// `startContainer` hooks and exec'd (its end of the fifo closes then), so that `poststart`
+/// hooks and the engine see the command running.
+fn pass_gate(entry: &Entry, record: &Record) -> Result<()> {
+    let path = entry.fifo_path();
+    let fifo = nix::fcntl::open(
+        &path,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .with_context(|| format!("opening the exec fifo {}", path.display()))?;
+    let mut passed = false;
+    let mut failed = false;
+    loop {
+        let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(100u16)) {
+            Ok(0) | Err(nix::Error::EINTR) => {}
+            Ok(_) => {
+                let mut byte = [0u8; 1];
+                match nix::unistd::read(&fifo, &mut byte) {
+                    Ok(1) if byte[0] == b'E' => failed = true,
+                    Ok(1) => passed = true,
+                    // End of file after the byte: the writer exec'd (or died).
+                    Ok(0) if passed => break,
+                    Ok(_) | Err(nix::Error::EAGAIN) => {}
+                    Err(e) => return Err(e).context("reading the exec fifo"),
+                }
+            }
+            Err(e) => return Err(e).context("poll on the exec fifo"),
+        }
+        // Before it opens the fifo, poll tells nothing: watch the process itself.
+        if !passed {
+            if !crate::oci_state::process_alive(record.pid, record.pid_start) {
+                failed = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    if failed {
+        bail!(
+            "the process of container {} (pid {}) failed before its command ran; its error \
+             went to the container's stderr",
+            entry.id,
+            record.pid
+        );
+    }
+    Ok(())
+}
+
+fn run_poststart(entry: &Entry, record: &Record) {
+    if let Ok(spec) = entry.spec() {
+        if let Some(hooks) = HookContext::of(&spec, &entry.id, &record.bundle) {
+            if let Err(e) = hooks.run_poststart(record.pid) {
+                log::warn(&format!("{e:#}"));
+            }
+        }
+    }
+}
+
+pub fn start(global: &GlobalArgs, args: &IdArg) -> Result<i32> {
+    let entry = state_root(global)?.get(&args.id)?;
+    let record = entry.record()?;
+    match entry.status(&record) {
+        ContainerState::Created => {}
+        other => bail!(
+            "container {} is {other}: only a created container can be started",
+            args.id
+        ),
+    }
+    pass_gate(&entry, &record)?;
+    run_poststart(&entry, &record);
+    Ok(0)
+}
+
+fn owner_of(dir: &Path) -> String {
+    let uid = fs::metadata(dir).map(|m| m.uid()).unwrap_or(0);
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| uid.to_string())
+}
+
+fn state_json(entry: &Entry) -> Result<serde_json::Value> {
+    let record = entry.record()?;
+    let status = entry.status(&record);
+    let pid = if status == ContainerState::Stopped {
+        0
+    } else {
+        record.pid
+    };
+    let doc = state_document(
+        &entry.id,
+        status,
+        Some(pid),
+        &record.bundle,
+        record.annotations.clone(),
+    );
+    let mut value = serde_json::to_value(doc)?;
+    value["created"] = json!(record.created);
+    value["owner"] = json!(owner_of(&entry.dir));
+    Ok(value)
+}
+
+pub fn state(global: &GlobalArgs, args: &IdArg) -> Result<i32> {
+    let entry = state_root(global)?.get(&args.id)?;
+    println!("{}", serde_json::to_string_pretty(&state_json(&entry)?)?);
+    Ok(0)
+}
+
+/// `TERM`, `SIGTERM`, `15`.
+pub fn parse_signal(text: &str) -> Result<Signal> {
+    if let Ok(n) = text.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| anyhow!("unknown signal number {n}"));
+    }
+    let upper = text.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    Signal::from_str(&name)
+        .map_err(|_| anyhow!("unknown signal {text:?} (use a name like TERM or a number)"))
+}
+
+/// Host pids of every process in the pid namespace of `pid1` (the container's first process).
+fn container_pids(pid1: i32) -> Vec<i32> {
+    let Ok(ns) = fs::read_link(format!("/proc/{pid1}/ns/pid")) else {
+        return vec![pid1];
+    };
+    let mut pids: Vec<i32> = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| fs::read_link(format!("/proc/{p}/ns/pid")).is_ok_and(|l| l == ns))
+        .collect();
+    if !pids.contains(&pid1) {
+        pids.push(pid1);
+    }
+    pids.sort();
+    pids
+}
+
+pub fn kill_container(global: &GlobalArgs, args: &KillArgs) -> Result<i32> {
+    let signal = parse_signal(&args.signal)?;
+    let entry = state_root(global)?.get(&args.id)?;
+    let record = entry.record()?;
+    if entry.status(&record) == ContainerState::Stopped {
+        bail!("container {} is not running", args.id);
+    }
+    let targets = if args.all {
+        container_pids(record.pid)
+    } else {
+        vec![record.pid]
+    };
+    for pid in targets {
+        match kill(Pid::from_raw(pid), signal) {
+            Ok(()) | Err(nix::Error::ESRCH) => {}
+            Err(e) => return Err(e).with_context(|| format!("kill -{signal} {pid}")),
+        }
+    }
+    Ok(0)
+}
+
+/// Kills the container and waits until its first process is gone (reaped or a zombie).
+fn kill_and_wait(entry: &Entry, record: &Record) -> Result<()> {
+    let _ = kill(Pid::from_raw(record.pid), Signal::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while crate::oci_state::process_alive(record.pid, record.pid_start) {
+        if Instant::now() >= deadline {
+            bail!(
+                "container {} (pid {}) did not die after SIGKILL",
+                entry.id,
+                record.pid
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+fn delete_entry(entry: Entry, force: bool) -> Result<()> {
+    let record = match entry.record() {
+        Ok(r) => r,
+        // A create that died half-way: nothing runs, nothing to tell hooks about.
+        Err(_) => return entry.remove(),
+    };
+    match entry.status(&record) {
+        ContainerState::Stopped => {}
+        ContainerState::Created => kill_and_wait(&entry, &record)?,
+        status => {
+            if !force {
+                bail!(
+                    "container {} is {status}: stop it first (`nook kill {}`) or use `nook delete \
+                     --force`",
+                    entry.id,
+                    entry.id
+                );
+            }
+            kill_and_wait(&entry, &record)?;
+        }
+    }
+    let hooks = entry
+        .spec()
+        .ok()
+        .and_then(|spec| HookContext::of(&spec, &entry.id, &record.bundle));
+    entry.remove()?;
+    if let Some(hooks) = hooks {
+        if let Err(e) = hooks.run_poststop(record.pid) {
+            log::warn(&format!("{e:#}"));
+        }
+    }
+    Ok(())
+}
+
+pub fn delete(global: &GlobalArgs, args: &DeleteArgs) -> Result<i32> {
+    let entry = state_root(global)?.get(&args.id)?;
+    delete_entry(entry, args.force)?;
+    Ok(0)
+}
+
+pub fn list(global: &GlobalArgs, args: &ListArgs) -> Result<i32> {
+    let root = state_root(global)?;
+    let mut rows = Vec::new();
+    for id in root.ids()? {
+        let Ok(entry) = root.get(&id) else { continue };
+        if let Ok(state) = state_json(&entry) {
+            rows.push(state);
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    if args.quiet {
+        for row in &rows {
+            writeln!(out, "{}", row["id"].as_str().unwrap_or_default())?;
+        }
+        return Ok(0);
+    }
+    match args.format {
+        Format::Json => writeln!(out, "{}", serde_json::to_string(&rows)?)?,
+        Format::Table => {
+            writeln!(
+                out,
+                "{:<20} {:<8} {:<8} {:<40} {:<21} OWNER",
+                "ID", "PID", "STATUS", "BUNDLE", "CREATED"
+            )?;
+            for row in &rows {
+                writeln!(
+                    out,
+                    "{:<20} {:<8} {:<8} {:<40} {:<21} {}",
+                    row["id"].as_str().unwrap_or_default(),
+                    row["pid"].to_string(),
+                    row["status"].as_str().unwrap_or_default(),
+                    row["bundle"].as_str().unwrap_or_default(),
+                    row["created"].as_str().unwrap_or_default(),
+                    row["owner"].as_str().unwrap_or_default()
+                )?;
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// `ps ID`: the processes of an OCI container.
+pub fn ps(global: &GlobalArgs, id: &str, format: Format) -> Result<i32> {
+    let entry = state_root(global)?.get(id)?;
+    let record = entry.record()?;
+    if entry.status(&record) == ContainerState::Stopped {
+        bail!("container {id} is not running");
+    }
+    let pids = container_pids(record.pid);
+    drop(entry);
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Json => writeln!(out, "{}", serde_json::to_string(&pids)?)?,
+        Format::Table => {
+            writeln!(out, "{:>8} CMD", "PID")?;
+            for pid in pids {
+                let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let cmd: Vec<String> = cmd
+                    .split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect();
+                writeln!(out, "{pid:>8} {}", cmd.join(" "))?;
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// `run --bundle`: create, start, and (unless detached) wait and delete.
+pub fn run(global: &GlobalArgs, args: &RunArgs) -> Result<i32> {
+    let bundle_dir = args
+        .bundle
+        .as_ref()
+        .context("run --bundle needs a bundle")?;
+    let root = state_root(global)?;
+    let bundle = Bundle::load(bundle_dir)?;
+    let id = args.image.clone();
+    let entry = root.create(&id)?;
+    let started = (|| {
+        let started = create_in(&entry, &bundle, &args.oci, !args.detach)?;
+        let record = entry.record()?;
+        if let Err(e) = pass_gate(&entry, &record) {
+            let _ = kill(started.pid, Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(started.pid, None);
+            return Err(e);
+        }
+        run_poststart(&entry, &record);
+        Ok(started)
+    })();
+    let started = match started {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = entry.remove();
+            return Err(e);
+        }
+    };
+    // Others (state, kill, exec) must be able to lock the container while it runs.
+    drop(entry);
+    if args.detach {
+        started.release();
+        return Ok(0);
+    }
+    let stdin = if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        StdinMode::Relay
+    } else {
+        StdinMode::Ignore
+    };
+    let code = started.wait(stdin)?;
+    if !args.keep {
+        delete_entry(root.get(&id)?, true)?;
+    }
+    Ok(code)
+}
+
+/// Where `exec` goes: an OCI container under `--root`, else a `nook run -d` container.
+fn exec_target(global: &GlobalArgs, name: &str) -> Result<(Spec, i32)> {
+    let root = state_root(global)?;
+    if crate::oci_state::validate_id(name).is_ok() && root.ids()?.iter().any(|id| id == name) {
+        let entry = root.get(name)?;
+        let record = entry.record()?;
+        if entry.status(&record) != ContainerState::Running {
+            bail!("container {name} is not running: only a running container can exec");
+        }
+        return Ok((entry.spec()?, record.pid));
+    }
+    let store = crate::container::Store::open()?;
+    let container = store.get(name).with_context(|| {
+        format!(
+            "no container {name} under --root {} nor in nook's store",
+            root_display(global)
+        )
+    })?;
+    let state = container.state();
+    let pid = match (state.effective_status(), state.pid) {
+        (crate::container::Status::Running, Some(pid)) => pid,
+        _ => bail!("container {name} is not running (see `nook ps`)"),
+    };
+    let path = container.dir.join("config.json");
+    let spec = Spec::load(&path).with_context(|| {
+        format!(
+            "reading {}: the container was started by an older nook; restart it to exec into it",
+            path.display()
+        )
+    })?;
+    Ok((spec, pid))
+}
+
+fn root_display(global: &GlobalArgs) -> String {
+    global
+        .root
+        .clone()
+        .or_else(|| default_root().ok())
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+fn parse_user(text: &str) -> Result<(u32, u32)> {
+    let (u, g) = text.split_once(':').unwrap_or((text, ""));
+    let uid = u
+        .parse()
+        .with_context(|| format!("--user {text:?}: give UID[:GID] as numbers"))?;
+    let gid = if g.is_empty() {
+        uid
+    } else {
+        g.parse()
+            .with_context(|| format!("--user {text:?}: give UID[:GID] as numbers"))?
+    };
+    Ok((uid, gid))
+}
+
+/// The process `exec` runs: `--process FILE`, else the container's process with the command
+/// line's changes.
+fn exec_process(args: &ExecArgs, base: &Process) -> Result<Process> {
+    if let Some(path) = &args.process {
+        let text = fs::read_to_string(path)
+            .with_context(|| format!("reading --process {}", path.display()))?;
+        let mut de = serde_json::Deserializer::from_str(&text);
+        let process: Process = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            anyhow!(
+                "--process {}: field `{}`: {}",
+                path.display(),
+                e.path(),
+                e.inner()
+            )
+        })?;
+        if process.args().as_ref().map_or(true, |a| a.is_empty()) {
+            bail!("--process {}: field `args` is empty", path.display());
+        }
+        return Ok(process);
+    }
+    if args.command.is_empty() {
+        bail!("give the command to run in the container (or --process FILE)");
+    }
+    let mut process = base.clone();
+    process.set_args(Some(args.command.clone()));
+    process.set_terminal(Some(args.tty));
+    let mut env = base.env().clone().unwrap_or_default();
+    for var in &args.env {
+        let key = var.split_once('=').map_or(var.as_str(), |(k, _)| k);
+        env.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
+        env.push(var.clone());
+    }
+    process.set_env(Some(env));
+    if let Some(cwd) = &args.cwd {
+        process.set_cwd(PathBuf::from(cwd));
+    }
+    let mut user = base.user().clone();
+    if let Some(text) = &args.user {
+        let (uid, gid) = parse_user(text)?;
+        user.set_uid(uid);
+        user.set_gid(gid);
+    }
+    if !args.additional_gids.is_empty() {
+        user.set_additional_gids(Some(args.additional_gids.clone()));
+    }
+    process.set_user(user);
+    if args.no_new_privs {
+        process.set_no_new_privileges(Some(true));
+    }
+    if !args.caps.is_empty() {
+        let mut caps = base.capabilities().clone().unwrap_or_default();
+        let added: HashSet<Capability> = args
+            .caps
+            .iter()
+            .map(|c| {
+                let name = c.to_ascii_uppercase();
+                let name = name.strip_prefix("CAP_").unwrap_or(&name).to_string();
+                Capability::from_str(&format!("CAP_{name}"))
+                    .or_else(|_| Capability::from_str(&name))
+                    .map_err(|_| anyhow!("--cap {c}: unknown capability"))
+            })
+            .collect::<Result<_>>()?;
+        let extend = |set: &Option<HashSet<Capability>>| {
+            let mut s = set.clone().unwrap_or_default();
+            s.extend(added.iter().copied());
+            Some(s)
+        };
+        caps.set_bounding(extend(caps.bounding()));
+        caps.set_effective(extend(caps.effective()));
+        caps.set_permitted(extend(caps.permitted()));
+        process.set_capabilities(Some(caps));
+    }
+    Ok(process)
+}
+
+pub fn exec(global: &GlobalArgs, args: &ExecArgs) -> Result<i32> {
+    let (mut spec, pid) = exec_target(global, &args.container)?;
+    let base = spec.process().clone().unwrap_or_default();
+    let process = exec_process(args, &base)?;
+    let tty = process.terminal() == Some(true);
+    if tty && args.detach && args.console_socket.is_none() {
+        bail!("--tty with --detach needs --console-socket to hand the terminal to");
+    }
+    spec.set_process(Some(process));
+    spec.set_hooks(None);
+    let launch = Launch {
+        spec: &spec,
+        target: Target::Join {
+            pid: Pid::from_raw(pid),
+        },
+        start_gate: None,
+        preserve_fds: args.preserve_fds,
+        hooks: None,
+        init: false,
+        keep_stdin: true,
+        die_with_parent: false,
+    };
+    let mut started = launch::start(&launch)?;
+    let child = started.pid;
+    let plumbed = (|| -> Result<()> {
+        if let Some(socket) = &args.console_socket {
+            let master = started
+                .take_pty()
+                .context("the process has no terminal to send")?;
+            send_console(socket, master)?;
+        }
+        if let Some(path) = &args.pid_file {
+            write_pid_file(path, child.as_raw())?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = plumbed {
+        let _ = kill(child, Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(child, None);
+        return Err(e);
+    }
+    if args.detach {
+        started.release();
+        return Ok(0);
+    }
+    let stdin = if args.interactive || std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        StdinMode::Relay
+    } else {
+        StdinMode::Ignore
+    };
+    started.wait(stdin)
+}
+
+/// `spec`: a config.json that runs as it is under nook and under crun.
+pub fn spec(args: &SpecArgs) -> Result<i32> {
+    let path = args.bundle.join("config.json");
+    if path.exists() {
+        bail!(
+            "{} already exists; remove it or choose another --bundle",
+            path.display()
+        );
+    }
+    let mut spec = if args.rootless {
+        Spec::rootless(
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        )
+    } else {
+        Spec::default()
+    };
+    // The oldest version that has everything written here, so that older runtimes (crun 1.8
+    // refuses versions it does not know) run it too.
+    spec.set_version("1.0.2".to_string());
+    // No cgroup mount: a rootless container has no cgroup of its own to show (nook manages
+    // none yet), and crun would mount the host's hierarchy read-only where nook shows nothing.
+    if let Some(mounts) = spec.mounts().clone() {
+        let kept = mounts
+            .into_iter()
+            .filter(|m| !matches!(m.typ().as_deref(), Some("cgroup" | "cgroup2")))
+            .collect();
+        spec.set_mounts(Some(kept));
+    }
+    spec.save(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(0)
+}
+
+/// `features`: what this runtime supports (runtime-spec features.md).
+pub fn features() -> Result<i32> {
+    let namespaces = ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"];
+    let caps: Vec<String> = caps::all()
+        .iter()
+        .map(|c| c.to_string())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let doc = json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": OCI_VERSION,
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
+        "mountOptions": [
+            "bind", "rbind", "ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec",
+            "sync", "async", "dirsync", "strictatime", "relatime", "noatime", "atime",
+            "private", "rprivate", "slave", "rslave", "shared", "rshared", "unbindable", "runbindable"
+        ],
+        "linux": {
+            "namespaces": namespaces,
+            "capabilities": caps,
+            "cgroup": { "v1": false, "v2": false, "systemd": false, "systemdUser": false },
+            "seccomp": {
+                "enabled": true,
+                "actions": [
+                    "SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS",
+                    "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG", "SCMP_ACT_NOTIFY", "SCMP_ACT_TRACE",
+                    "SCMP_ACT_TRAP"
+                ],
+                "operators": [
+                    "SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE", "SCMP_CMP_LT",
+                    "SCMP_CMP_MASKED_EQ", "SCMP_CMP_NE"
+                ],
+                "archs": ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM", "SCMP_ARCH_X86", "SCMP_ARCH_X86_64", "SCMP_ARCH_X32"]
+            },
+            "apparmor": { "enabled": false },
+            "selinux": { "enabled": false }
+        },
+        "annotations": {
+            "org.opencontainers.runtime-spec.features.name": "nook",
+            "org.opencontainers.runtime-spec.features.version": env!("CARGO_PKG_VERSION")
+        }
+    });
+    println!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse_by_name_and_number() {
+        assert_eq!(parse_signal("9").unwrap(), Signal::SIGKILL);
+        assert_eq!(parse_signal("TERM").unwrap(), Signal::SIGTERM);
+        assert_eq!(parse_signal("sigusr1").unwrap(), Signal::SIGUSR1);
+        assert!(parse_signal("NOPE").is_err());
+        assert!(parse_signal("999").is_err());
+    }
+
+    #[test]
+    fn users_parse_as_numbers() {
+        assert_eq!(parse_user("1000").unwrap(), (1000, 1000));
+        assert_eq!(parse_user("0:5").unwrap(), (0, 5));
+        assert!(parse_user("alice").is_err());
+    }
+
+    #[test]
+    fn bundle_errors_name_the_field_and_the_bundle() {
+        let dir = std::env::temp_dir().join(format!("nook-bundle-{}", std::process::id()));
+        let _ = crate::fsutil::remove_tree(&dir);
+        fs::create_dir_all(dir.join("rootfs")).unwrap();
+        fs::write(
+            dir.join("config.json"),
+            r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"process":{"cwd":"/","args":["sh"],"user":{"uid":"zero","gid":0}}}"#,
+        )
+        .unwrap();
+        let err = format!("{:#}", Bundle::load(&dir).err().unwrap());
+        assert!(err.contains("process.user.uid"), "{err}");
+        assert!(err.contains(&dir.display().to_string()), "{err}");
+        fs::write(
+            dir.join("config.json"),
+            r#"{"ociVersion":"1.0.2","root":{"path":"nothere"},"process":{"cwd":"/","args":["sh"],"user":{"uid":0,"gid":0}}}"#,
+        )
+        .unwrap();
+        let err = format!("{:#}", Bundle::load(&dir).err().unwrap());
+        assert!(err.contains("root.path"), "{err}");
+        crate::fsutil::remove_tree(&dir).unwrap();
+    }
+}

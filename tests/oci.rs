@@ -1,0 +1,951 @@
+//! nook as an OCI runtime, driven as engines drive runc: the lifecycle under `--root`, errors,
+//! hooks, `exec`; the same bundle under crun and under nook; podman with `--runtime nook`.
+//!
+//! OCI verbs run with their output in files, not pipes: a container that `create` leaves
+//! behind inherits them (as it inherits conmon's), and would hold pipes open.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use common::{wait_until, Nook, Out};
+
+const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The in-container checker, run under both runtimes.
+const CHECKER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/oci-checker.sh");
+
+/// A tool (nook, crun, podman) started as the runner, its output going to files.
+struct Tool {
+    child: Child,
+    out: PathBuf,
+    err: PathBuf,
+    label: String,
+}
+
+impl Tool {
+    fn start(t: &Nook, program: &Path, args: &[&str]) -> Tool {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let out = t.dir.join(format!(".tool-{n}.out"));
+        let err = t.dir.join(format!(".tool-{n}.err"));
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let mut cmd = t.command_for(program, &args, &[]);
+        cmd.stdin(Stdio::null())
+            .stdout(fs::File::create(&out).expect("create output file"))
+            .stderr(fs::File::create(&err).expect("create output file"));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+        Tool {
+            child,
+            out,
+            err,
+            label: format!("{} {args:?}", program.display()),
+        }
+    }
+
+    fn stdout(&self) -> String {
+        fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    #[track_caller]
+    fn wait_for_stdout(&self, needle: &str) {
+        if !wait_until(Duration::from_secs(20), || self.stdout().contains(needle)) {
+            panic!(
+                "{}: no {needle:?} on stdout\n{}\n{}",
+                self.label,
+                self.stdout(),
+                fs::read_to_string(&self.err).unwrap_or_default()
+            );
+        }
+    }
+
+    #[track_caller]
+    fn wait(mut self) -> Out {
+        let deadline = Instant::now() + TOOL_TIMEOUT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "{} still running after {TOOL_TIMEOUT:?}; killed",
+                    self.label
+                );
+            }
+            thread::sleep(Duration::from_millis(5));
+        };
+        Out {
+            code: status.code(),
+            signal: status.signal(),
+            stdout: self.stdout(),
+            stderr: fs::read_to_string(&self.err).unwrap_or_default(),
+        }
+    }
+}
+
+fn tool(t: &Nook, program: &Path, args: &[&str]) -> Out {
+    Tool::start(t, program, args).wait()
+}
+
+fn oci(t: &Nook, args: &[&str]) -> Out {
+    tool(t, t.bin(), args)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+/// A bundle made by `nook spec --rootless`, running `args` over `root` (read-only), then
+/// changed by `edit`.
+fn bundle(
+    t: &Nook,
+    name: &str,
+    root: &str,
+    args: &[&str],
+    edit: impl FnOnce(&mut Value),
+) -> PathBuf {
+    let dir = t.mkdir(name);
+    oci(t, &["spec", "--rootless", "--bundle", s(&dir)]).assert_ok();
+    let path = dir.join("config.json");
+    let mut spec: Value =
+        serde_json::from_str(&fs::read_to_string(&path).expect("read config.json"))
+            .expect("nook spec writes JSON");
+    spec["root"] = json!({"path": root, "readonly": true});
+    spec["process"]["args"] = json!(args);
+    // Marks the container's processes as this test's for the harness's leftover check: once
+    // `create` exits they are orphans, like every other test's.
+    spec["process"]["env"]
+        .as_array_mut()
+        .expect("env")
+        .push(json!(format!("NOOK_STORAGE={}", t.storage.display())));
+    edit(&mut spec);
+    t.write_file(&path, &serde_json::to_string_pretty(&spec).expect("JSON"));
+    dir
+}
+
+#[track_caller]
+fn state(t: &Nook, id: &str) -> Value {
+    let out = oci(t, &["state", id]);
+    out.assert_ok();
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("state is not JSON: {e}\n{out}"))
+}
+
+#[track_caller]
+fn wait_status(t: &Nook, id: &str, status: &str) {
+    if !wait_until(Duration::from_secs(10), || state(t, id)["status"] == status) {
+        panic!("{id} never became {status}: {}", state(t, id));
+    }
+}
+
+/// What is left under `--root` (the default: `$XDG_RUNTIME_DIR/nook`).
+fn state_entries(t: &Nook) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(t.runtime.join("nook"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[track_caller]
+fn assert_fails_with(out: &Out, needle: &str) {
+    assert!(
+        out.code.is_some_and(|c| c != 0) && out.stderr.contains(needle),
+        "expected a failure mentioning {needle:?}\n{out}"
+    );
+}
+
+fn cmdline(pid: i64) -> String {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+#[test]
+fn oci_lifecycle_create_start_kill_delete() {
+    let Some(t) = Nook::new() else { return };
+    let b = bundle(&t, "b", t.image(), &["sleep", "1000"], |_| {});
+    let pid_file = t.dir.join("c1.pid");
+    // With the flags engines pass that nook does not need.
+    oci(
+        &t,
+        &[
+            "--systemd-cgroup",
+            "--log-format",
+            "json",
+            "create",
+            "--bundle",
+            s(&b),
+            "--pid-file",
+            s(&pid_file),
+            "--no-pivot",
+            "--no-new-keyring",
+            "c1",
+        ],
+    )
+    .assert_ok();
+    let st = state(&t, "c1");
+    assert_eq!(st["status"], "created", "{st}");
+    assert_eq!(st["id"], "c1");
+    assert_eq!(st["bundle"], s(&b));
+    assert!(st["ociVersion"].is_string(), "{st}");
+    let pid = st["pid"].as_i64().expect("pid");
+    assert_eq!(
+        fs::read_to_string(&pid_file).expect("pid file").trim(),
+        pid.to_string()
+    );
+    assert!(
+        !cmdline(pid).starts_with("sleep"),
+        "the command ran before start: {}",
+        cmdline(pid)
+    );
+
+    // Until it execs, the process is nook itself, in the container: non-dumpable, so the
+    // container's root (the runner) cannot reach nook's binary through /proc/PID/exe.
+    let exe = format!("/proc/{pid}/exe");
+    let readlink = Path::new("/bin/readlink");
+    let before = tool(&t, readlink, &[&exe]);
+    assert_ne!(
+        before.code,
+        Some(0),
+        "nook's binary is reachable before start\n{before}"
+    );
+
+    oci(&t, &["start", "c1"]).assert_ok();
+    assert_eq!(state(&t, "c1")["status"], "running");
+    let after = tool(&t, readlink, &[&exe]);
+    assert!(after.stdout.contains("busybox"), "{after}");
+    assert!(
+        wait_until(Duration::from_secs(5), || cmdline(pid)
+            .starts_with("sleep 1000")),
+        "pid {pid} is not the command: {}",
+        cmdline(pid)
+    );
+    let list: Value = serde_json::from_str(&oci(&t, &["list", "--format", "json"]).stdout)
+        .expect("list --format json");
+    assert_eq!(list[0]["id"], "c1", "{list}");
+    assert_eq!(list[0]["status"], "running", "{list}");
+    oci(&t, &["list", "-q"]).assert_stdout("c1");
+    oci(&t, &["ps", "--format", "json", "c1"]).assert_stdout(&format!("[{pid}]"));
+
+    assert_fails_with(&oci(&t, &["delete", "c1"]), "is running");
+    assert_fails_with(&oci(&t, &["start", "c1"]), "only a created container");
+    assert_eq!(state(&t, "c1")["status"], "running");
+
+    oci(&t, &["kill", "c1", "KILL"]).assert_ok();
+    wait_status(&t, "c1", "stopped");
+    assert_fails_with(&oci(&t, &["kill", "c1", "9"]), "not running");
+    oci(&t, &["delete", "c1"]).assert_ok();
+    assert_eq!(state_entries(&t), Vec::<String>::new());
+    assert_fails_with(&oci(&t, &["state", "c1"]), "does not exist");
+}
+
+#[test]
+fn oci_delete_force_and_kill_all_end_every_process() {
+    let Some(t) = Nook::new() else { return };
+    let b = bundle(&t, "b", t.image(), &["sleep", "1000"], |_| {});
+    oci(&t, &["run", "--detach", "--bundle", s(&b), "f1"]).assert_ok();
+    let pid = state(&t, "f1")["pid"].as_i64().expect("pid");
+    oci(&t, &["exec", "--detach", "f1", "sleep", "999"]).assert_ok();
+    let pids = || -> Vec<i64> {
+        serde_json::from_str(&oci(&t, &["ps", "--format", "json", "f1"]).stdout).unwrap_or_default()
+    };
+    assert_eq!(pids().len(), 2, "{:?}", pids());
+    // The first process (pid 1 inside, no handler) ignores SIGTERM; the exec'd one does not.
+    oci(&t, &["kill", "--all", "f1", "TERM"]).assert_ok();
+    assert!(
+        wait_until(Duration::from_secs(5), || pids() == vec![pid]),
+        "{:?}",
+        pids()
+    );
+    oci(&t, &["delete", "--force", "f1"]).assert_ok();
+    assert_eq!(state_entries(&t), Vec::<String>::new());
+    t.assert_no_processes_left();
+}
+
+#[test]
+fn oci_errors_name_the_problem_and_leave_no_state() {
+    let Some(t) = Nook::new() else { return };
+    let bad_uid = bundle(&t, "bad-uid", t.image(), &["true"], |spec| {
+        spec["process"]["user"]["uid"] = json!("root");
+    });
+    let out = oci(&t, &["create", "--bundle", s(&bad_uid), "e1"]);
+    assert_fails_with(&out, "process.user.uid");
+    assert_fails_with(&out, s(&bad_uid));
+
+    let no_root = bundle(&t, "no-root", "/no/such/rootfs", &["true"], |_| {});
+    assert_fails_with(
+        &oci(&t, &["create", "--bundle", s(&no_root), "e2"]),
+        "root.path",
+    );
+
+    let no_cmd = bundle(&t, "no-cmd", t.image(), &["/no/such/command"], |_| {});
+    let out = oci(&t, &["create", "--bundle", s(&no_cmd), "e3"]);
+    out.assert_code(127);
+    assert_fails_with(&out, "/no/such/command");
+
+    let tty = bundle(&t, "tty", t.image(), &["true"], |spec| {
+        spec["process"]["terminal"] = json!(true);
+    });
+    assert_fails_with(
+        &oci(&t, &["create", "--bundle", s(&tty), "e4"]),
+        "--console-socket",
+    );
+    assert_fails_with(
+        &oci(&t, &["create", "--bundle", s(&no_cmd), "bad/id"]),
+        "invalid container id",
+    );
+    assert_eq!(state_entries(&t), Vec::<String>::new());
+
+    let ok = bundle(&t, "ok", t.image(), &["sleep", "1000"], |_| {});
+    oci(&t, &["create", "--bundle", s(&ok), "dup"]).assert_ok();
+    assert_fails_with(
+        &oci(&t, &["create", "--bundle", s(&ok), "dup"]),
+        "already exists",
+    );
+    assert_eq!(state(&t, "dup")["status"], "created");
+    // Concurrent creates of one id: the state directory is claimed once, under a lock.
+    let racers: Vec<Tool> = (0..4)
+        .map(|_| Tool::start(&t, t.bin(), &["create", "--bundle", s(&ok), "race"]))
+        .collect();
+    let outs: Vec<Out> = racers.into_iter().map(Tool::wait).collect();
+    let won = outs.iter().filter(|o| o.code == Some(0)).count();
+    assert_eq!(won, 1, "{outs:?}");
+    for o in outs.iter().filter(|o| o.code != Some(0)) {
+        assert!(
+            o.stderr.contains("already exists") || o.stderr.contains("being created"),
+            "{o}"
+        );
+    }
+    assert_eq!(state(&t, "race")["status"], "created");
+    oci(&t, &["delete", "race"]).assert_ok();
+    // A created container is deleted without --force, as runc does.
+    oci(&t, &["delete", "dup"]).assert_ok();
+    for verb in ["start", "state", "delete"] {
+        assert_fails_with(&oci(&t, &[verb, "nothere"]), "does not exist");
+    }
+    assert_fails_with(&oci(&t, &["kill", "nothere", "TERM"]), "does not exist");
+    assert_fails_with(&oci(&t, &["kill", "nothere", "NOPE"]), "unknown signal");
+    assert_eq!(state_entries(&t), Vec::<String>::new());
+
+    // Errors also go to --log, in the JSON shape engines parse.
+    let log = t.dir.join("runtime.log");
+    oci(
+        &t,
+        &["--log", s(&log), "--log-format", "json", "start", "nothere"],
+    )
+    .assert_code(1);
+    let line: Value = serde_json::from_str(
+        fs::read_to_string(&log)
+            .expect("log written")
+            .lines()
+            .next()
+            .expect("a line"),
+    )
+    .expect("a JSON log line");
+    assert_eq!(line["level"], "error", "{line}");
+    assert!(
+        line["msg"].as_str().is_some_and(|m| m.contains("nothere")),
+        "{line}"
+    );
+}
+
+#[test]
+fn oci_run_passes_exit_status_and_exec_joins_the_container() {
+    let Some(t) = Nook::new() else { return };
+    let exit3 = bundle(&t, "exit3", t.image(), &["sh", "-c", "exit 3"], |_| {});
+    oci(&t, &["run", "-b", s(&exit3), "r1"]).assert_code(3);
+    assert_eq!(state_entries(&t), Vec::<String>::new());
+
+    let b = bundle(&t, "b", t.image(), &["sleep", "1000"], |spec| {
+        spec["hostname"] = json!("oci-box");
+    });
+    oci(&t, &["run", "-d", "-b", s(&b), "r2"]).assert_ok();
+    let pid = state(&t, "r2")["pid"].as_i64().expect("pid");
+    oci(
+        &t,
+        &[
+            "exec",
+            "r2",
+            "sh",
+            "-c",
+            "hostname; echo $(tr '\\0' ' ' < /proc/1/cmdline); id -u",
+        ],
+    )
+    .assert_ok()
+    .assert_stdout("oci-box\nsleep 1000\n0");
+    oci(
+        &t,
+        &[
+            "exec",
+            "--env",
+            "FOO=bar",
+            "--cwd",
+            "/tmp",
+            "r2",
+            "sh",
+            "-c",
+            "echo $FOO; pwd",
+        ],
+    )
+    .assert_stdout("bar\n/tmp");
+    oci(&t, &["exec", "r2", "sh", "-c", "exit 5"]).assert_code(5);
+    assert_fails_with(&oci(&t, &["exec", "r2", "no-such-cmd"]), "not found");
+    assert_eq!(oci(&t, &["exec", "r2", "no-such-cmd"]).code, Some(127));
+
+    let process = t.write_file(
+        "process.json",
+        r#"{"args":["sh","-c","echo from-process $X"],"cwd":"/","env":["PATH=/bin","X=1"],
+            "user":{"uid":0,"gid":0}}"#,
+    );
+    oci(&t, &["exec", "--process", s(&process), "r2"]).assert_stdout("from-process 1");
+
+    let exec_pid = t.dir.join("exec.pid");
+    oci(
+        &t,
+        &[
+            "exec",
+            "-d",
+            "--pid-file",
+            s(&exec_pid),
+            "r2",
+            "sleep",
+            "999",
+        ],
+    )
+    .assert_ok();
+    let epid: i64 = fs::read_to_string(&exec_pid)
+        .expect("exec pid file")
+        .trim()
+        .parse()
+        .expect("a pid");
+    assert!(cmdline(epid).starts_with("sleep 999"), "{}", cmdline(epid));
+    let ns = |p: i64, n: &str| fs::read_link(format!("/proc/{p}/ns/{n}")).expect("ns link");
+    for n in ["pid", "mnt", "user", "uts", "ipc"] {
+        assert_eq!(
+            ns(epid, n),
+            ns(pid, n),
+            "exec'd process is not in the {n} namespace"
+        );
+    }
+    // Nothing of nook is left in the container: its processes are the command and the exec.
+    let inside: Vec<i64> =
+        serde_json::from_str(&oci(&t, &["ps", "--format", "json", "r2"]).stdout).expect("ps");
+    assert_eq!(inside, vec![pid, epid]);
+    for p in inside {
+        let exe = fs::read_link(format!("/proc/{p}/exe")).expect("exe");
+        assert!(!exe.ends_with("nook"), "{p} runs {}", exe.display());
+    }
+    oci(&t, &["delete", "--force", "r2"]).assert_ok();
+    assert_eq!(state_entries(&t), Vec::<String>::new());
+}
+
+#[test]
+fn oci_hooks_run_in_order_with_the_state_on_stdin() {
+    let Some(t) = Nook::new() else { return };
+    let root = t.image_copy("rootfs");
+    let hooks_dir = t.mkdir("hooks");
+    fs::set_permissions(&hooks_dir, fs::Permissions::from_mode(0o777)).expect("chmod");
+    let script = t.write_file(
+        "hooks/hook.sh",
+        "#!/bin/sh\nread -r state\necho \"$1 $state\" >> \"$(dirname \"$0\")/hooks.log\"\n",
+    );
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let host_hook = |name: &str| json!({"path": s(&script), "args": ["hook.sh", name], "env": ["PATH=/usr/bin:/bin"]});
+    let b = bundle(&t, "b", &root, &["sleep", "1000"], |spec| {
+        spec["mounts"]
+            .as_array_mut()
+            .expect("mounts")
+            .push(json!({"destination": "/mnt", "type": "bind", "source": s(&hooks_dir), "options": ["bind"]}));
+        spec["hooks"] = json!({
+            "prestart": [host_hook("prestart")],
+            "createRuntime": [host_hook("createRuntime")],
+            "createContainer": [host_hook("createContainer")],
+            "startContainer": [{"path": "/mnt/hook.sh", "args": ["hook.sh", "startContainer"], "env": ["PATH=/bin"]}],
+            "poststart": [host_hook("poststart")],
+            "poststop": [host_hook("poststop")],
+        });
+    });
+    let log = hooks_dir.join("hooks.log");
+    let phases = || -> Vec<(String, Value)> {
+        fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let (name, state) = l.split_once(' ').expect("NAME STATE");
+                (
+                    name.to_string(),
+                    serde_json::from_str(state).expect("state JSON"),
+                )
+            })
+            .collect()
+    };
+    oci(&t, &["create", "--bundle", s(&b), "h1"]).assert_ok();
+    let pid = state(&t, "h1")["pid"].clone();
+    let names = |p: &[(String, Value)]| p.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(&phases()),
+        ["prestart", "createRuntime", "createContainer"]
+    );
+    oci(&t, &["start", "h1"]).assert_ok();
+    assert_eq!(
+        names(&phases()),
+        [
+            "prestart",
+            "createRuntime",
+            "createContainer",
+            "startContainer",
+            "poststart"
+        ]
+    );
+    oci(&t, &["delete", "--force", "h1"]).assert_ok();
+    let all = phases();
+    assert_eq!(names(&all).last().map(String::as_str), Some("poststop"));
+    for (name, st) in &all {
+        assert_eq!(st["id"], "h1", "{name}: {st}");
+        assert_eq!(st["bundle"], s(&b), "{name}: {st}");
+        assert_eq!(st["pid"], pid, "{name}: {st}");
+    }
+    assert_eq!(all[0].1["status"], "creating");
+    assert_eq!(all[4].1["status"], "running");
+    assert_eq!(all[5].1["status"], "stopped");
+
+    // A failing hook fails create and leaves nothing; a slow one is killed at its timeout.
+    for (name, hook, needle) in [
+        (
+            "fail",
+            json!({"path": "/bin/false"}),
+            "hooks.createRuntime[0]",
+        ),
+        (
+            "slow",
+            json!({"path": "/bin/sleep", "args": ["sleep", "30"], "timeout": 1}),
+            "timed out",
+        ),
+    ] {
+        let b = bundle(&t, name, &root, &["true"], |spec| {
+            spec["hooks"] = json!({"createRuntime": [hook]});
+        });
+        let started = Instant::now();
+        assert_fails_with(&oci(&t, &["create", "--bundle", s(&b), name]), needle);
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+    assert_eq!(state_entries(&t), Vec::<String>::new());
+}
+
+#[test]
+fn features_version_and_spec() {
+    let Some(t) = Nook::new() else { return };
+    let out = oci(&t, &["features"]);
+    out.assert_ok();
+    let f: Value = serde_json::from_str(&out.stdout).expect("features JSON");
+    assert_eq!(f["ociVersionMax"], "1.2.0");
+    assert!(f["hooks"]
+        .as_array()
+        .expect("hooks")
+        .contains(&json!("createContainer")));
+    assert!(f["linux"]["namespaces"]
+        .as_array()
+        .expect("ns")
+        .contains(&json!("user")));
+    let v = oci(&t, &["--version"]);
+    assert!(v.stdout.contains("spec: 1.2.0"), "{v}");
+    let dir = t.mkdir("spec");
+    oci(&t, &["spec", "--rootless", "--bundle", s(&dir)]).assert_ok();
+    assert_fails_with(
+        &oci(&t, &["spec", "--rootless", "--bundle", s(&dir)]),
+        "already exists",
+    );
+}
+
+#[test]
+fn human_exec_joins_a_detached_nook_run() {
+    let Some(t) = Nook::new() else { return };
+    t.nook(&["run", "-d", "--name", "web", t.image(), "sleep", "1000"])
+        .assert_ok();
+    t.nook(&[
+        "exec",
+        "web",
+        "sh",
+        "-c",
+        "echo $(tr '\\0' ' ' < /proc/1/cmdline); hostname",
+    ])
+    .assert_ok()
+    .assert_stdout("sleep 1000\nweb");
+    t.nook(&["exec", "-e", "X=7", "web", "sh", "-c", "echo $X; exit 4"])
+        .assert_code(4)
+        .assert_stdout("7");
+    // -t: a terminal of the container's own devpts, relayed to nook's.
+    let out = t.run_in_pty(
+        &[
+            "exec",
+            "-t",
+            "web",
+            "sh",
+            "-c",
+            "tty; test -t 1 && echo is-a-tty",
+        ],
+        24,
+        80,
+    );
+    out.assert_ok();
+    assert!(
+        out.stdout.contains("/dev/pts/") && out.stdout.contains("is-a-tty"),
+        "{out}"
+    );
+    t.nook(&["rm", "-f", "web"]).assert_ok();
+    let out = t.nook(&["exec", "web", "true"]);
+    assert_fails_with(&out, "no container web");
+}
+
+// ---------------------------------------------------------------------------
+// The same bundle under crun and nook.
+// ---------------------------------------------------------------------------
+
+/// `program` on PATH, or `None` after saying why (a failure under `CI=true`, where
+/// scripts/test.sh installs it).
+fn required_tool(program: &str, package: &str) -> Option<PathBuf> {
+    let found = ["/usr/bin", "/usr/sbin", "/usr/local/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.exists());
+    if found.is_none() {
+        let reason = format!("{program} is not installed (apt-get install {package})");
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("prerequisite missing under CI=true: {reason}");
+        }
+        eprintln!("SKIPPED: {reason}");
+    }
+    found
+}
+
+/// Lines where nook is knowingly different from crun, with the reason.
+const KNOWN_DIFFERENCES: [(&str, &str); 2] = [
+    (
+        "mount: /proc/keys ",
+        "masked files: nook binds the container's /dev/null (nosuid,noexec), crun the host's",
+    ),
+    (
+        "mount: /proc/timer_list ",
+        "masked files: nook binds the container's /dev/null (nosuid,noexec), crun the host's",
+    ),
+];
+
+fn comparable(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter(|l| {
+            !KNOWN_DIFFERENCES
+                .iter()
+                .any(|(prefix, _)| l.starts_with(prefix))
+        })
+        .map(String::from)
+        .collect()
+}
+
+fn parity_bundle(t: &Nook, name: &str, root: &str, args: &[&str], seccomp: bool) -> PathBuf {
+    bundle(t, name, root, args, |spec| {
+        spec["hostname"] = json!("parity");
+        spec["process"]["cwd"] = json!("/tmp");
+        spec["process"]["env"]
+            .as_array_mut()
+            .expect("env")
+            .push(json!("FOO=bar"));
+        spec["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": 512, "hard": 512}]);
+        spec["mounts"].as_array_mut().expect("mounts").push(
+            json!({"destination": "/mnt", "type": "bind", "source": Path::new(CHECKER).parent().expect("dir"), "options": ["rbind", "ro"]}),
+        );
+        if seccomp {
+            spec["process"]["noNewPrivileges"] = json!(false);
+            spec["linux"]["seccomp"] = json!({
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]
+            });
+        }
+    })
+}
+
+#[test]
+fn crun_and_nook_make_the_same_container() {
+    let Some(t) = Nook::new() else { return };
+    let Some(crun) = required_tool("crun", "crun") else {
+        return;
+    };
+    let root = t.image_copy("rootfs");
+    let script = "/mnt/oci-checker.sh; mkdir /dev/shm/d 2>/dev/null && echo mkdir: ok || echo mkdir: denied; exit 7";
+    for seccomp in [false, true] {
+        let name = if seccomp { "seccomp" } else { "plain" };
+        let b = parity_bundle(&t, name, &root, &["sh", "-c", script], seccomp);
+        let under_crun = tool(
+            &t,
+            &crun,
+            &["run", "--bundle", s(&b), &format!("crun-{name}")],
+        );
+        let under_nook = oci(&t, &["run", "--bundle", s(&b), &format!("nook-{name}")]);
+        assert_eq!(
+            under_crun.code,
+            Some(7),
+            "crun did not run the checker (on a hybrid-cgroup host scripts/test.sh moves \
+             hugetlb to cgroup v1 first)\n{under_crun}"
+        );
+        under_nook.assert_code(7);
+        let (c, n) = (
+            comparable(&under_crun.stdout),
+            comparable(&under_nook.stdout),
+        );
+        for fact in [
+            "uid_map:",
+            "NoNewPrivs:",
+            "Seccomp:",
+            "CapEff:",
+            "limit: Max open files",
+            "mount: /proc proc",
+            "env: HOME=",
+            "hostname:",
+            "cwd:",
+            "mkdir:",
+        ] {
+            assert!(
+                c.iter().any(|l| l.starts_with(fact)),
+                "crun output lacks {fact}\n{under_crun}"
+            );
+        }
+        let diff: Vec<String> = c
+            .iter()
+            .filter(|l| !n.contains(l))
+            .map(|l| format!("- {l}"))
+            .chain(
+                n.iter()
+                    .filter(|l| !c.contains(l))
+                    .map(|l| format!("+ {l}")),
+            )
+            .collect();
+        assert!(
+            diff.is_empty(),
+            "{name}: crun (-) and nook (+) differ:\n{}",
+            diff.join("\n")
+        );
+        let expected_seccomp = if seccomp { "Seccomp: 2" } else { "Seccomp: 0" };
+        assert!(
+            n.contains(&expected_seccomp.to_string()),
+            "{}",
+            n.join("\n")
+        );
+    }
+}
+
+/// Starts `runtime run ID` in the foreground with a command that reports signals, sends
+/// `signal` with `runtime kill`, and returns how the run ended.
+fn run_and_signal(t: &Nook, runtime: &Path, b: &Path, id: &str, signal: &str) -> Out {
+    let run = Tool::start(t, runtime, &["run", "--bundle", s(b), id]);
+    run.wait_for_stdout("ready");
+    tool(t, runtime, &["kill", id, signal]).assert_ok();
+    run.wait()
+}
+
+#[test]
+fn crun_and_nook_agree_on_signals_and_exit_statuses() {
+    let Some(t) = Nook::new() else { return };
+    let Some(crun) = required_tool("crun", "crun") else {
+        return;
+    };
+    let script = "trap 'echo got-usr1; exit 9' USR1; echo ready; while :; do sleep 0.05; done";
+    let trap = bundle(&t, "trap", t.image(), &["sh", "-c", script], |_| {});
+    let sleeper = bundle(
+        &t,
+        "sleeper",
+        t.image(),
+        &["sh", "-c", "echo ready; exec sleep 1000"],
+        |_| {},
+    );
+    for (runtime, label) in [(crun.as_path(), "crun"), (t.bin(), "nook")] {
+        let out = run_and_signal(&t, runtime, &trap, &format!("{label}-usr1"), "USR1");
+        out.assert_code(9);
+        assert!(out.stdout.contains("got-usr1"), "{label}\n{out}");
+        let out = run_and_signal(&t, runtime, &sleeper, &format!("{label}-kill"), "KILL");
+        assert_eq!(out.code, Some(137), "{label}: SIGKILL is status 137\n{out}");
+    }
+    assert_eq!(state_entries(&t), Vec::<String>::new());
+}
+
+// ---------------------------------------------------------------------------
+// podman with --runtime nook, as a non-root user.
+// ---------------------------------------------------------------------------
+
+struct Podman<'a> {
+    t: &'a Nook,
+    bin: PathBuf,
+    image: &'static str,
+}
+
+impl Podman<'_> {
+    /// podman configured for the test user (storage in the test dir, cgroupfs, file events, host
+    /// network: no systemd or network helper needed), with an image imported from a tarball of
+    /// the busybox fixture.
+    fn new(t: &Nook) -> Option<Podman<'_>> {
+        let bin = required_tool("podman", "podman")?;
+        required_tool("newuidmap", "uidmap")?;
+        if !t.has_subids() {
+            return None;
+        }
+        let conf = t.home.join(".config/containers");
+        fs::create_dir_all(&conf).expect("mkdir");
+        t.give(&t.home.join(".config"));
+        t.write_file(
+            conf.join("storage.conf"),
+            &format!(
+                "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+                t.dir.join("podman-storage").display(),
+                t.runtime.join("containers").display()
+            ),
+        );
+        t.write_file(
+            conf.join("containers.conf"),
+            "[containers]\nnetns = \"host\"\n[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+        );
+        let tar = t.dir.join("rootfs.tar");
+        let status = std::process::Command::new("tar")
+            .args(["-C", t.image(), "-cf", s(&tar), "."])
+            .status()
+            .expect("tar");
+        assert!(status.success(), "tar of the fixture failed");
+        t.give(&tar);
+        let p = Podman {
+            t,
+            bin,
+            image: "localhost/nook-busybox:latest",
+        };
+        p.run(&["import", s(&tar), p.image]).assert_ok();
+        Some(p)
+    }
+
+    fn run(&self, args: &[&str]) -> Out {
+        let runtime = s(self.t.bin()).to_string();
+        let mark = format!("NOOK_STORAGE={}", self.t.storage.display());
+        let mut all = vec!["--runtime", runtime.as_str()];
+        if let Some((&"run", rest)) = args.split_first() {
+            // As in `bundle`: the harness attributes the container's processes to this test.
+            all.extend_from_slice(&["run", "-e", mark.as_str()]);
+            all.extend_from_slice(rest);
+        } else {
+            all.extend_from_slice(args);
+        }
+        tool(self.t, &self.bin, &all)
+    }
+}
+
+impl Drop for Podman<'_> {
+    fn drop(&mut self) {
+        let _ = self.run(&["rm", "-af", "-t", "0"]);
+        // The pause process that holds podman's user namespace.
+        if let Ok(pid) = fs::read_to_string(self.t.runtime.join("libpod/tmp/pause.pid")) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn podman_runs_nook_exit_status_and_volume() {
+    let Some(t) = Nook::new() else { return };
+    let Some(p) = Podman::new(&t) else { return };
+    p.run(&["run", "--rm", p.image, "true"]).assert_ok();
+    p.run(&["run", "--rm", p.image, "sh", "-c", "exit 3"])
+        .assert_code(3);
+    let vol = t.mkdir("vol");
+    t.write_file("vol/f", "from-the-host\n");
+    p.run(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{}:/data", s(&vol)),
+        p.image,
+        "cat",
+        "/data/f",
+    ])
+    .assert_ok()
+    .assert_stdout("from-the-host");
+    p.run(&["run", "--rm", "--userns", "keep-id", p.image, "id", "-u"])
+        .assert_ok()
+        .assert_stdout(&t.runner().uid.to_string());
+    // exec joins a container with a user namespace of its own.
+    p.run(&[
+        "run", "-d", "--name", "k1", "--userns", "keep-id", p.image, "sleep", "1000",
+    ])
+    .assert_ok();
+    p.run(&["exec", "k1", "id", "-u"])
+        .assert_ok()
+        .assert_stdout(&t.runner().uid.to_string());
+    p.run(&["exec", "-u", "0", "k1", "id", "-u"])
+        .assert_ok()
+        .assert_stdout("0");
+    p.run(&["rm", "-f", "-t", "0", "k1"]).assert_ok();
+}
+
+#[test]
+fn podman_detached_exec_stop_rm_and_tty() {
+    let Some(t) = Nook::new() else { return };
+    let Some(p) = Podman::new(&t) else { return };
+    p.run(&[
+        "run",
+        "-d",
+        "--name",
+        "d1",
+        "--network",
+        "none",
+        p.image,
+        "sleep",
+        "1000",
+    ])
+    .assert_ok();
+    p.run(&[
+        "exec",
+        "d1",
+        "sh",
+        "-c",
+        "echo $(tr '\\0' ' ' < /proc/1/cmdline); echo exec-ok",
+    ])
+    .assert_ok()
+    .assert_stdout("sleep 1000\nexec-ok");
+    p.run(&["exec", "d1", "sh", "-c", "exit 7"]).assert_code(7);
+    // A container that joins another's network: podman passes the namespace by path.
+    let d1_net = p.run(&["exec", "d1", "readlink", "/proc/self/ns/net"]);
+    d1_net.assert_ok();
+    p.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "container:d1",
+        p.image,
+        "readlink",
+        "/proc/self/ns/net",
+    ])
+    .assert_ok()
+    .assert_stdout(d1_net.stdout.trim());
+    p.run(&["stop", "-t", "1", "d1"]).assert_ok();
+    p.run(&["rm", "d1"]).assert_ok();
+    // -t: conmon hands nook a console socket; the container gets a terminal.
+    let out = p.run(&["run", "--rm", "-t", p.image, "sh", "-c", "test -t 0 && tty"]);
+    out.assert_ok();
+    assert!(out.stdout.contains("/dev/pts/"), "{out}");
+}
