@@ -557,8 +557,15 @@ fn unpack_source(source: &str, tmp: &Path, idmap: &IdMapping) -> Result<Built> {
     let map = idmap.clone();
     run_in_userns(idmap, move || {
         let mut applier = Applier::create(&tmp.join("rootfs"), &map)?;
-        let found = import_source(&source, &mut applier, &tmp)?;
+        let mut found = import_source(&source, &mut applier, &tmp)?;
         let summary = applier.finish()?;
+        if summary.skipped_xattrs > 0 {
+            found.notes.push(format!(
+                "left out {} extended attribute(s) a user namespace may not set (trusted.*, \
+                 security.* other than file capabilities)",
+                summary.skipped_xattrs
+            ));
+        }
         serde_json::to_writer(&mut report_tx, &Built { found, summary })
             .context("reporting the unpack")?;
         Ok(())

@@ -38,6 +38,9 @@ pub struct Summary {
     pub skipped_devices: u64,
     /// Entries owned by ids the mapping lacks: they were given to root.
     pub unmapped_owners: u64,
+    /// xattrs a user namespace may not set (`trusted.*`, most of `security.*`): left out.
+    #[serde(default)]
+    pub skipped_xattrs: u64,
 }
 
 /// A directory being filled from layers. Runs inside the user namespace.
@@ -262,7 +265,7 @@ impl Applier {
                     .map_err(errno)
                     .context("fchmod")?;
                 for (key, value) in xattrs {
-                    set_xattr(file.as_fd(), &key, &value)?;
+                    set_xattr(&mut self.summary, file.as_fd(), &key, &value)?;
                 }
             }
             other => bail!("unsupported entry type {other:?}"),
@@ -336,7 +339,7 @@ impl Applier {
             .map_err(errno)
             .context("fchmod")?;
         for (key, value) in xattrs {
-            set_xattr(dir, &key, &value)?;
+            set_xattr(&mut self.summary, dir, &key, &value)?;
         }
         self.dir_times
             .push((path.to_path_buf(), header.mtime().unwrap_or(0) as i64));
@@ -501,14 +504,15 @@ fn entry_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<(OsString,
 }
 
 /// Sets an xattr; those a user namespace may not set (`trusted.*`, `security.*` other than
-/// file capabilities) are left out, as they would be by an unprivileged `tar -x`.
-fn set_xattr(fd: BorrowedFd<'_>, key: &OsStr, value: &[u8]) -> Result<()> {
+/// file capabilities) are left out and counted, as an unprivileged `tar -x` would leave them.
+fn set_xattr(summary: &mut Summary, fd: BorrowedFd<'_>, key: &OsStr, value: &[u8]) -> Result<()> {
     match sys::fsetxattr(fd, key, value) {
         Ok(()) => Ok(()),
         Err(e)
             if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::ENOTSUP))
                 && !key.as_bytes().starts_with(b"user.") =>
         {
+            summary.skipped_xattrs += 1;
             Ok(())
         }
         Err(e) => Err(e).with_context(|| format!("setting xattr {}", key.to_string_lossy())),

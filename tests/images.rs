@@ -28,8 +28,8 @@ enum E<'a> {
     Symlink(&'a str, &'a str),
     Hardlink(&'a str, &'a str),
     Fifo(&'a str),
-    /// A file carrying `user.nook.test` = value.
-    WithXattr(&'a str, &'a [u8]),
+    /// A file carrying the xattr `key` = value.
+    WithXattr(&'a str, &'a str, &'a [u8]),
     /// A name written raw into the header (the tar crate refuses to make `..` or absolute
     /// paths), as a regular file.
     RawFile(&'a [u8], &'a [u8]),
@@ -107,8 +107,8 @@ fn tar_bytes(entries: &[E<'_>]) -> Vec<u8> {
                 let mut h = header(tar::EntryType::Fifo, 0o640, 0);
                 b.append_data(&mut h, p, &b""[..]).unwrap();
             }
-            E::WithXattr(p, value) => {
-                let rec = pax_record("SCHILY.xattr.user.nook.test", value);
+            E::WithXattr(p, key, value) => {
+                let rec = pax_record(&format!("SCHILY.xattr.{key}"), value);
                 let mut x = header(tar::EntryType::XHeader, 0o644, rec.len() as u64);
                 x.set_path("PaxHeaders/x").unwrap();
                 x.set_cksum();
@@ -313,7 +313,7 @@ fn tarballs_are_recognised_by_their_bytes_and_keep_every_kind_of_entry() {
         E::Symlink("etc/link", "motd"),
         E::Hardlink("etc/motd.hard", "etc/motd"),
         E::Fifo("run.fifo"),
-        E::WithXattr("tagged", b"hello"),
+        E::WithXattr("tagged", "user.nook.test", b"hello"),
     ]);
     // Names that lie about the compression: only the bytes count.
     let cases: [(&str, Vec<u8>); 4] = [
@@ -377,6 +377,19 @@ fn tarballs_are_recognised_by_their_bytes_and_keep_every_kind_of_entry() {
     assert_eq!(
         fs::read(rootfs(&t, "piped").join("etc/motd")).unwrap(),
         b"welcome\n"
+    );
+    // What a user namespace may not set is left out, and said so.
+    let path = t.dir.join("trusted.tar");
+    fs::write(
+        &path,
+        tar_bytes(&[E::WithXattr("f", "trusted.nook.test", b"x")]),
+    )
+    .unwrap();
+    let out = import(&t, &path, "trusted");
+    out.assert_ok();
+    assert!(
+        out.stderr.contains("left out 1 extended attribute"),
+        "{out}"
     );
     let listing = t.nook(&["images", "--format", "json"]);
     listing.assert_ok();
