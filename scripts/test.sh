@@ -17,9 +17,10 @@ PACKAGES=(busybox-static uidmap fuse-overlayfs libseccomp-dev pkg-config deboots
 DEBIAN_IMAGE=/var/tmp/nook-test-fixtures/debian-bookworm.tar
 
 # --- images (issue 6) ------------------------------------------------------------------------
-# podman: tests/images.rs loads nook's OCI export into it and runs it (as the test user).
+# podman, skopeo: tests/images.rs loads nook's OCI export into podman and runs it, and has
+# skopeo read it and write it back (as the test user).
 # umoci: scripts/bench.d/images.sh compares `nook import` with `umoci unpack --rootless`.
-PACKAGES+=(podman umoci)
+PACKAGES+=(podman skopeo umoci)
 # ---------------------------------------------------------------------------------------------
 
 log() {

@@ -1246,15 +1246,15 @@ fn podman_runroot() -> PathBuf {
     PathBuf::from(format!("/tmp/nook-podman-{}", std::process::id()))
 }
 
-fn have_podman() -> bool {
-    if std::process::Command::new("podman")
+fn have(tool: &str) -> bool {
+    if std::process::Command::new(tool)
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success())
     {
         return true;
     }
-    let reason = "podman is not installed (scripts/test.sh installs it as root)";
+    let reason = format!("{tool} is not installed (scripts/test.sh installs it as root)");
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("prerequisite missing under CI=true: {reason}");
     }
@@ -1263,9 +1263,9 @@ fn have_podman() -> bool {
 }
 
 #[test]
-fn export_as_oci_loads_and_runs_in_podman() {
+fn export_as_oci_loads_and_runs_in_podman_and_skopeo_reads_it() {
     let Some(t) = Nook::new() else { return };
-    if !have_podman() {
+    if !have("podman") || !have("skopeo") {
         return;
     }
     changed_container(&t);
@@ -1337,6 +1337,56 @@ fn export_as_oci_loads_and_runs_in_podman() {
         String::from_utf8_lossy(&run.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&run.stdout), "new\noci\n");
+
+    // skopeo reads it and writes it out as an OCI layout of its own, which nook imports.
+    let inspect = skopeo(
+        &t,
+        &["inspect", &format!("oci-archive:{}", archive.display())],
+    );
+    assert!(
+        inspect.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+    let info: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(info["Layers"].as_array().map(Vec::len), Some(1), "{info}");
+    assert_eq!(info["Env"][0], "MODE=oci", "{info}");
+    let copied = t.dir.join("skopeo-layout");
+    let copy = skopeo(
+        &t,
+        &[
+            "copy",
+            &format!("oci-archive:{}", archive.display()),
+            &format!("oci:{}:latest", copied.display()),
+        ],
+    );
+    assert!(
+        copy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copy.stderr)
+    );
+    t.nook(&["import", "-q", copied.to_str().unwrap(), "via-skopeo"])
+        .assert_ok();
+    t.nook(&["run", "--rm", "via-skopeo"])
+        .assert_ok()
+        .assert_stdout("new\noci");
+}
+
+/// skopeo, run as the test user.
+fn skopeo(t: &Nook, args: &[&str]) -> std::process::Output {
+    let r = t.runner();
+    let mut cmd = std::process::Command::new("skopeo");
+    cmd.args(args)
+        .env_clear()
+        .env("HOME", &t.home)
+        .env("XDG_RUNTIME_DIR", &t.runtime)
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        .current_dir(&t.dir);
+    if r.switch {
+        use std::os::unix::process::CommandExt;
+        cmd.uid(r.uid).gid(r.gid);
+    }
+    cmd.output().expect("run skopeo")
 }
 
 #[test]
