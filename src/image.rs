@@ -130,10 +130,6 @@ impl ImageStore {
     /// `idmap`, so their owners inside the archive become the matching host ids. The image
     /// appears under its name only once complete.
     pub fn import(&self, source: &str, name: &str, idmap: &IdMapping) -> Result<Imported> {
-        validate_image_name(name)?;
-        if self.root.join(name).exists() {
-            bail!("image {name} already exists; remove it first with `nook rmi {name}`");
-        }
         let source_path = match source {
             "-" => None,
             s => Some(
