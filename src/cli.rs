@@ -32,6 +32,8 @@ pub enum Command {
     Images(ImagesArgs),
     /// Remove images
     Rmi(RmiArgs),
+    /// Check what this machine offers nook (namespaces, ids, fuse, storage, backend choice)
+    Info(InfoArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -60,6 +62,10 @@ pub enum BackendArg {
     Auto,
     /// Kernel overlayfs inside the user namespace (Linux 5.11+)
     Overlay,
+    /// fuse-overlayfs, started inside the user namespace
+    Fuse,
+    /// A private copy of the image per container (reflinked where the filesystem can)
+    Copy,
 }
 
 #[derive(Args, Debug)]
@@ -100,9 +106,9 @@ pub struct RunArgs {
     /// Run in the background; see `nook logs`, `nook stop`
     #[arg(short = 'd', long)]
     pub detach: bool,
-    /// How the writable layer is made
-    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
-    pub backend: BackendArg,
+    /// How the writable layer is made [default: from nook.conf, else auto]
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendArg>,
     /// How user ids inside map to ids outside
     #[arg(long, value_enum, default_value_t = UsernsArg::Auto)]
     pub userns: UsernsArg,
@@ -198,4 +204,17 @@ pub struct RmiArgs {
     pub force: bool,
     #[arg(required = true, value_name = "IMAGE")]
     pub images: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    /// Output format
+    #[arg(long, value_enum, default_value_t = InfoFormat::Text)]
+    pub format: InfoFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum InfoFormat {
+    Text,
+    Json,
 }

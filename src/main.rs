@@ -29,6 +29,7 @@ fn main() {
         Command::Import(args) => commands::import(args),
         Command::Images(args) => commands::images(args),
         Command::Rmi(args) => commands::rmi(args),
+        Command::Info(args) => commands::info(args),
     };
     let code = match result {
         Ok(code) => code,

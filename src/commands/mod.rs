@@ -2,10 +2,12 @@
 
 mod containers;
 mod images;
+mod info;
 mod run;
 
 pub use containers::{logs, ps, rm, stop};
 pub use images::{images, import, rmi};
+pub use info::info;
 pub use run::run;
 
 use crate::cli::UsernsArg;

@@ -7,12 +7,14 @@
 //! ```
 
 mod child;
+mod helper;
 mod init;
 mod io;
 mod sync;
 mod userns;
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
@@ -71,6 +73,8 @@ pub struct Started {
     pty: Option<OwnedFd>,
     signals: SignalFd,
     old_mask: SigSet,
+    /// The fuse backend's helper, which holds the root's fuse-overlayfs mount.
+    helper: Option<helper::Helper>,
 }
 
 fn namespace_flags(spec: &Spec) -> libc::c_int {
@@ -120,27 +124,40 @@ pub fn start(launch: &Launch<'_>) -> Result<Started> {
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .context("signalfd")?;
 
-    let pid = match sys::clone_process(namespace_flags(launch.spec)) {
-        Ok(sys::CloneResult::Child) => {
-            drop(parent_chan);
-            drop(signals);
-            child::run(launch, child_chan, devnull, old_mask)
-        }
-        Ok(sys::CloneResult::Parent(pid)) => pid,
-        Err(e) => {
-            let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
-            return Err(clone_refused(e));
+    let flags = namespace_flags(launch.spec);
+    let cloned = if matches!(launch.rootfs, RootfsPlan::Fuse { .. }) {
+        helper::start(launch, flags, child_chan, devnull, old_mask).map(|(pid, h)| (pid, Some(h)))
+    } else {
+        match sys::clone_process(flags) {
+            Ok(sys::CloneResult::Child) => {
+                drop(parent_chan);
+                drop(signals);
+                child::run(launch, child_chan, devnull, old_mask)
+            }
+            Ok(sys::CloneResult::Parent(pid)) => {
+                drop(child_chan);
+                drop(devnull);
+                Ok((pid, None))
+            }
+            Err(e) => Err(clone_refused(e)),
         }
     };
-    drop(child_chan);
-    drop(devnull);
+    let (pid, helper) = match cloned {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
+            return Err(e);
+        }
+    };
+    let maps_written = helper.is_some();
     let started = Started {
         pid,
         pty: None,
         signals,
         old_mask,
+        helper,
     };
-    match handshake(launch, &parent_chan, pid) {
+    match handshake(launch, &parent_chan, pid, maps_written) {
         Ok(pty) => Ok(Started { pty, ..started }),
         Err(e) => {
             let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
@@ -150,9 +167,22 @@ pub fn start(launch: &Launch<'_>) -> Result<Started> {
                 Some(&started.old_mask),
                 None,
             );
+            if let Some(helper) = started.helper {
+                helper.finish();
+            }
             Err(e)
         }
     }
+}
+
+/// The spec's `root.path`, where the container's root is built.
+fn root_path(spec: &Spec) -> Result<PathBuf> {
+    Ok(spec
+        .root()
+        .as_ref()
+        .context("the spec has no root")?
+        .path()
+        .clone())
 }
 
 fn clone_refused(err: std::io::Error) -> anyhow::Error {
@@ -169,8 +199,16 @@ fn clone_refused(err: std::io::Error) -> anyhow::Error {
 }
 
 /// The parent's side of the sync: maps, terminal, then end-of-file once the command runs.
-fn handshake(launch: &Launch<'_>, chan: &Channel, pid: Pid) -> Result<Option<OwnedFd>> {
-    launch.idmap.write_for(pid)?;
+fn handshake(
+    launch: &Launch<'_>,
+    chan: &Channel,
+    pid: Pid,
+    maps_written: bool,
+) -> Result<Option<OwnedFd>> {
+    // With the fuse helper the container lives in the helper's user namespace, mapped already.
+    if !maps_written {
+        launch.idmap.write_for(pid)?;
+    }
     chan.send(&Msg::MapsWritten)?;
     let mut pty = None;
     loop {
@@ -195,8 +233,11 @@ impl Started {
     /// Forwards signals (and the terminal) until the container's command ends; returns the status
     /// nook should exit with: its exit code, or 128+N when signal N killed it.
     pub fn wait(self, stdin: StdinMode) -> Result<i32> {
-        let status = io::forward_until_exit(self.pid, &self.signals, self.pty, stdin)?;
+        let status = io::forward_until_exit(self.pid, &self.signals, self.pty, stdin);
+        if let Some(helper) = self.helper {
+            helper.finish();
+        }
         let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&self.old_mask), None);
-        Ok(status)
+        status
     }
 }
