@@ -150,8 +150,14 @@ pub fn mount(layers: &Layers<'_>) -> Result<Mounted> {
     }
 }
 
+/// Whether a FUSE filesystem is mounted on `path`: a FUSE filesystem whose device differs from
+/// its parent directory's (the storage itself may be FUSE too).
 fn is_fuse(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == FUSE_SUPER_MAGIC)
+    use std::os::unix::fs::MetadataExt;
+    let fuse =
+        nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == FUSE_SUPER_MAGIC);
+    let dev = |p: &Path| fs::metadata(p).map(|m| m.dev()).ok();
+    fuse && dev(path).is_some() && dev(path) != dev(&path.join(".."))
 }
 
 impl Mounted {
