@@ -745,6 +745,10 @@ fn copy_reflinks_on_a_filesystem_that_can() {
          more used for a {image_kib} KiB image"
     );
     assert!(
+        nook_time < plain_time,
+        "a reflinked copy ({nook_time:?}) should beat cp --reflink=never ({plain_time:?})"
+    );
+    assert!(
         grown < image_kib / 8,
         "the copy used {grown} KiB for a {image_kib} KiB image: not reflinked"
     );
