@@ -406,14 +406,21 @@ pub fn set_xattr(path: &Path, name: &[u8], value: &[u8]) -> io::Result<()> {
 }
 
 /// Makes the program `cmd` will run get `SIGKILL` when the process that spawned it ends, so a
-/// helper such as fuse-overlayfs never outlives the nook process watching it.
+/// helper such as fuse-overlayfs never outlives the nook process watching it; it starts with no
+/// signal blocked.
 pub fn kill_with_parent(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
-    // (prctl, getppid, _exit); it allocates nothing and takes no lock.
+    // (sigemptyset, sigprocmask, prctl, getppid, _exit); it allocates nothing and takes no lock.
     unsafe {
         cmd.pre_exec(move || {
+            // nook blocks the signals it forwards; the helper must get them (SIGTERM ends it).
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -424,4 +431,34 @@ pub fn kill_with_parent(cmd: &mut std::process::Command) {
             Ok(())
         });
     }
+}
+
+/// Closes every close-on-exec descriptor from 3 upwards except those in `keep`: nook's own
+/// descriptors (pipes other nook processes wait on for end-of-file), in a process that will not
+/// exec soon. Descriptors without close-on-exec are left: they are meant for the container.
+pub fn close_internal_fds(keep: &[RawFd]) -> io::Result<()> {
+    let mut fds = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        if let Some(fd) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<RawFd>().ok())
+        {
+            fds.push(fd);
+        }
+    }
+    for fd in fds {
+        if fd < 3 || keep.contains(&fd) {
+            continue;
+        }
+        // SAFETY: F_GETFD only reads the descriptor's flags; a descriptor that was the directory
+        // listing's own and is closed by now fails with EBADF, which we skip.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags >= 0 && flags & libc::FD_CLOEXEC != 0 {
+            // SAFETY: the caller is single-threaded and never uses these descriptors again (it
+            // only keeps `keep`); objects owning them are never dropped in this process.
+            unsafe { libc::close(fd) };
+        }
+    }
+    Ok(())
 }

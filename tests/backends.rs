@@ -640,6 +640,7 @@ fn a_fuse_container_that_ends_unmounts_and_stops_fuse_overlayfs() {
         skip("fuse-overlayfs is not installed");
         return;
     }
+    let started = Instant::now();
     let out = t.nook(&[
         "run",
         "--rm",
@@ -652,6 +653,12 @@ fn a_fuse_container_that_ends_unmounts_and_stops_fuse_overlayfs() {
         "exit 7",
     ]);
     out.assert_code(7);
+    // fuse-overlayfs ends on SIGTERM at once; the helper would kill it only after 5 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the fuse container took {:?} to end",
+        started.elapsed()
+    );
     assert!(live_fuse_overlayfs(&t.storage).is_empty());
     assert!(mounts_under(&t.storage).is_empty());
     // The container does not see fuse-overlayfs: it is outside the container's pid namespace.
@@ -839,4 +846,47 @@ fn info_reports_every_check_and_the_fix_for_failures() {
         out.lines()[fuse_line + 1].contains("fix: sudo apt-get install fuse-overlayfs"),
         "{out}"
     );
+}
+
+#[test]
+fn a_detached_fuse_container_runs_in_the_background() {
+    let _serial = serial();
+    let Some(t) = Nook::new() else { return };
+    if nook::fuse::find_program().is_none() {
+        skip("fuse-overlayfs is not installed");
+        return;
+    }
+    let started = Instant::now();
+    let out = t.nook(&[
+        "run",
+        "-d",
+        "--name",
+        "bg",
+        "--backend",
+        "fuse",
+        t.image(),
+        "--",
+        "sh",
+        "-c",
+        "echo started; sleep 2; echo done",
+    ]);
+    out.assert_ok().assert_stdout("bg\n");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "`nook run -d` waited {:?} (for the container?)",
+        started.elapsed()
+    );
+    assert_eq!(t.container("bg").unwrap()["status"], "running");
+    assert!(!live_fuse_overlayfs(&t.storage).is_empty());
+    assert!(wait_until(Duration::from_secs(10), || t
+        .container("bg")
+        .is_some_and(|c| c["status"] == "exited")));
+    t.nook(&["logs", "bg"])
+        .assert_ok()
+        .assert_stdout("started\ndone\n");
+    assert!(wait_until(Duration::from_secs(5), || live_fuse_overlayfs(
+        &t.storage
+    )
+    .is_empty()));
+    t.nook(&["rm", "bg"]).assert_ok();
 }

@@ -14,7 +14,7 @@
 //! When nook dies, the helper and the container die with it (`PR_SET_PDEATHSIG`), fuse-overlayfs
 //! dies with the helper, and its mount with the last process of the mount namespace.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::{kill, SigSet, Signal};
@@ -96,6 +96,14 @@ fn run(
 ) -> ! {
     let result = (|| -> Result<()> {
         sys::die_with_parent().context("prctl(PR_SET_PDEATHSIG)")?;
+        // The helper never execs: drop copies of nook's descriptors that other processes wait
+        // on for end-of-file (`run -d`'s report pipe, the parent's end of the sync channel).
+        sys::close_internal_fds(&[
+            chan.as_raw_fd(),
+            child_chan.as_raw_fd(),
+            devnull.as_raw_fd(),
+        ])
+        .context("closing nook's descriptors in the fuse helper")?;
         chan.expect(Msg::MapsWritten)?;
         nix::mount::mount(
             None::<&str>,
