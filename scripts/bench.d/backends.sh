@@ -137,18 +137,22 @@ backends_on() { # DIR
         backends_row "$section" "$variant: touch /usr/share" "$note" "${touches[@]}"
     done
 
-    # fuse-overlayfs driven by hand over the same image (cold walk from the host side).
+    # fuse-overlayfs driven by hand over the same image, the workload chrooted into its mount as
+    # in a container (the binaries, libraries and /etc/passwd come through FUSE too).
     if command -v fuse-overlayfs >/dev/null; then
-        local fh=$dir/fuse-by-hand by_hand=()
+        local fh=$dir/fuse-by-hand
+        colds=() warms=() touches=()
         for ((i = 0; i < backends_runs; i++)); do
             run_user sh -c "rm -rf '$fh' && mkdir -p '$fh/upper' '$fh/work' '$fh/merged'"
-            by_hand+=("$(run_user unshare --user --map-root-user --mount /bin/sh -c "
+            read -r cold warm touch < <(run_user unshare --user --map-root-user --mount /bin/sh -c "
                 fuse-overlayfs -o lowerdir=$image,upperdir=$fh/upper,workdir=$fh/work $fh/merged &&
-                t0=\$(date +%s%N) && find $fh/merged/usr -xdev -printf '%s %m %u\n' >/dev/null &&
-                t1=\$(date +%s%N) && echo \$(( (t1 - t0) / 1000000 ))" 2>/dev/null)")
+                chroot $fh/merged /bin/sh -c '$backends_workload'; umount $fh/merged" 2>/dev/null | tail -1)
+            colds+=("$cold") warms+=("$warm") touches+=("$touch")
         done
         run_user rm -rf "$fh"
-        backends_row "$section" "fuse-overlayfs by hand: find /usr (cold)" "" "${by_hand[@]}"
+        backends_row "$section" "fuse-overlayfs by hand: find /usr (cold)" "" "${colds[@]}"
+        backends_row "$section" "fuse-overlayfs by hand: find /usr (warm)" "" "${warms[@]}"
+        backends_row "$section" "fuse-overlayfs by hand: touch /usr/share" "" "${touches[@]}"
     fi
     run_user rm -rf "$host"
     "${as[@]}" "$nook" rmi debian >/dev/null
