@@ -892,6 +892,10 @@ fn a_detached_fuse_container_runs_in_the_background() {
     );
     assert_eq!(t.container("bg").unwrap()["status"], "running");
     assert!(!live_fuse_overlayfs(&t.storage).is_empty());
+    // `nook exec` joins the container's mount namespace, fuse-overlayfs root included.
+    t.nook(&["exec", "bg", "sh", "-c", "echo joined > /x && cat /x"])
+        .assert_ok()
+        .assert_stdout("joined\n");
     assert!(wait_until(Duration::from_secs(10), || t
         .container("bg")
         .is_some_and(|c| c["status"] == "exited")));
