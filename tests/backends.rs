@@ -908,3 +908,102 @@ fn a_detached_fuse_container_runs_in_the_background() {
     .is_empty()));
     t.nook(&["rm", "bg"]).assert_ok();
 }
+
+/// The Debian image of scripts/mkimage-debian.sh, if scripts/test.sh built it.
+fn debian_archive() -> Option<PathBuf> {
+    let path = PathBuf::from("/var/tmp/nook-test-fixtures/debian-bookworm.tar");
+    if path.exists() {
+        return Some(path);
+    }
+    skip("no Debian image: scripts/test.sh builds it as root with scripts/mkimage-debian.sh");
+    None
+}
+
+#[test]
+fn a_copy_container_of_the_debian_image_is_reflinked() {
+    let _serial = serial();
+    let Some(t) = Nook::new() else { return };
+    let Ok(base) = std::env::var("NOOK_TEST_REFLINK_DIR") else {
+        skip("NOOK_TEST_REFLINK_DIR is not set (scripts/test.sh makes an xfs loop filesystem)");
+        return;
+    };
+    let Some(archive) = debian_archive() else {
+        return;
+    };
+    let dir = PathBuf::from(base).join(format!("deb{}", std::process::id()));
+    let _cleanup = RemoveOnDrop(dir.clone());
+    let storage = dir.join("storage");
+    let host = dir.join("host");
+    fs::create_dir_all(&storage).unwrap();
+    fs::create_dir_all(&host).unwrap();
+    t.give(&dir);
+    let storage_env = storage.to_str().unwrap().to_string();
+    t.cmd(&["import", "-q", archive.to_str().unwrap(), "debian"])
+        .env("NOOK_STORAGE", &storage_env)
+        .timeout(Duration::from_secs(120))
+        .run()
+        .assert_ok();
+
+    // The yardstick: a plain copy of the same tree on the same filesystem.
+    let status = Command::new("tar")
+        .args([
+            "-xf",
+            archive.to_str().unwrap(),
+            "--no-same-owner",
+            "--exclude=./dev",
+            "-C",
+        ])
+        .arg(&host)
+        .status()
+        .unwrap();
+    assert!(status.success(), "tar -x of {}", archive.display());
+    nix::unistd::sync();
+    let before = used_kib(&dir);
+    let started = Instant::now();
+    let status = Command::new("cp")
+        .args(["-a", "--reflink=never"])
+        .arg(&host)
+        .arg(dir.join("plain"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    nix::unistd::sync();
+    let plain_time = started.elapsed();
+    let plain_kib = used_kib(&dir).saturating_sub(before);
+
+    let before = used_kib(&dir);
+    let started = Instant::now();
+    t.cmd(&[
+        "run",
+        "--name",
+        "deb",
+        "--backend",
+        "copy",
+        "debian",
+        "true",
+    ])
+    .env("NOOK_STORAGE", &storage_env)
+    .run()
+    .assert_ok();
+    nix::unistd::sync();
+    let nook_time = started.elapsed();
+    let grown = used_kib(&dir).saturating_sub(before);
+    eprintln!(
+        "Debian image: cp -a --reflink=never {plain_time:?} and {plain_kib} KiB; nook copy \
+         backend {nook_time:?} and {grown} KiB"
+    );
+    assert!(
+        nook_time < plain_time,
+        "the reflinked copy ({nook_time:?}) should beat a plain copy ({plain_time:?})"
+    );
+    assert!(
+        grown * 5 < plain_kib,
+        "the copy used {grown} KiB where a plain copy uses {plain_kib} KiB: not reflinked"
+    );
+    for args in [&["rm", "deb"][..], &["rmi", "debian"][..]] {
+        t.cmd(args)
+            .env("NOOK_STORAGE", &storage_env)
+            .run()
+            .assert_ok();
+    }
+}
