@@ -348,7 +348,7 @@ pub struct RunArgs {
     #[arg(short = 'd', long)]
     pub detach: bool,
     /// How the writable layer is made [default: from nook.conf, else auto]
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, conflicts_with = "bundle")]
     pub backend: Option<BackendArg>,
     /// How user ids inside map to ids outside
     #[arg(long, value_enum, default_value_t = UsernsArg::Auto)]
