@@ -110,9 +110,46 @@ prepare_oci() {
 }
 # --- end of the OCI runtime part -------------------------------------------------
 
+# --- Backends (issue 4) -------------------------------------------------------
+# The copy backend's reflink test needs a filesystem that shares blocks: an xfs
+# (reflink=1) loop filesystem, made here as root and handed to the test user
+# through NOOK_TEST_REFLINK_DIR. Its FUSE-storage test needs fusermount3 (fuse3).
+# Without them the tests skip locally and fail under CI=true.
+REFLINK_IMAGE=/var/tmp/nook-test-reflink.xfs
+REFLINK_DIR=/var/tmp/nook-test-reflink
+
+prepare_backends() {
+    local missing=() pkg
+    for pkg in xfsprogs fuse3; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' ||
+            missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing ${missing[*]} (backends)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            "${missing[@]}" >/dev/null
+    fi
+    if ! mountpoint -q "$REFLINK_DIR"; then
+        rm -f "$REFLINK_IMAGE"
+        truncate -s 2G "$REFLINK_IMAGE"
+        if ! mkfs.xfs -q -m reflink=1 "$REFLINK_IMAGE" ||
+            ! { mkdir -p "$REFLINK_DIR" && mount -o loop "$REFLINK_IMAGE" "$REFLINK_DIR"; }; then
+            log "could not make an xfs loop filesystem: the reflink test will not run"
+            rm -f "$REFLINK_IMAGE"
+            return 0
+        fi
+        trap 'umount "$REFLINK_DIR" 2>/dev/null; rm -f "$REFLINK_IMAGE"' EXIT
+    fi
+    chown "$TEST_USER:" "$REFLINK_DIR"
+    chmod 0755 "$REFLINK_DIR"
+    export NOOK_TEST_REFLINK_DIR=$REFLINK_DIR
+}
+# -------------------------------------------------------------------------------
+
 if [ "$(id -u)" -eq 0 ]; then
     prepare_host
     prepare_oci
+    prepare_backends
 else
     log "not root: running nook as $(id -un); the test users are not set up"
 fi

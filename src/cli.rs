@@ -95,6 +95,8 @@ pub enum Command {
     Diff(DiffArgs),
     /// Write an image's or a container's files as a tar archive or an OCI image archive
     Export(ExportArgs),
+    /// Check what this machine offers nook (namespaces, ids, fuse, storage, backend choice)
+    Info(InfoArgs),
     /// Run a command in a running container (OCI or `nook run -d`)
     Exec(ExecArgs),
     /// OCI: create a container from a bundle; its process waits for `start`
@@ -284,6 +286,10 @@ pub enum BackendArg {
     Auto,
     /// Kernel overlayfs inside the user namespace (Linux 5.11+)
     Overlay,
+    /// fuse-overlayfs, started inside the user namespace
+    Fuse,
+    /// A private copy of the image per container (reflinked where the filesystem can)
+    Copy,
 }
 
 #[derive(Args, Debug)]
@@ -347,9 +353,9 @@ pub struct RunArgs {
     /// Run in the background; see `nook logs`, `nook stop`
     #[arg(short = 'd', long)]
     pub detach: bool,
-    /// How the writable layer is made
-    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
-    pub backend: BackendArg,
+    /// How the writable layer is made [default: from nook.conf, else auto]
+    #[arg(long, value_enum, conflicts_with = "bundle")]
+    pub backend: Option<BackendArg>,
     /// How user ids inside map to ids outside
     #[arg(long, value_enum, default_value_t = UsernsArg::Auto)]
     pub userns: UsernsArg,
@@ -501,4 +507,17 @@ pub struct ExportArgs {
     /// An image name, else a container name or id
     #[arg(value_name = "IMAGE|CONTAINER")]
     pub target: String,
+}
+
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    /// Output format
+    #[arg(long, value_enum, default_value_t = InfoFormat::Text)]
+    pub format: InfoFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum InfoFormat {
+    Text,
+    Json,
 }

@@ -124,6 +124,10 @@ impl Container {
     pub fn work(&self) -> PathBuf {
         self.dir.join("work")
     }
+    /// The copy backend's private copy of the image.
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("log")
     }
@@ -229,7 +233,13 @@ impl Store {
         let container = Container { dir, meta };
         let made = (|| -> Result<()> {
             create_private_dir(&staging)?;
-            for sub in ["upper", "work"] {
+            // The copy backend's `rootfs/` is made by the copy itself.
+            let layers: &[&str] = if new.backend == "copy" {
+                &[]
+            } else {
+                &["upper", "work"]
+            };
+            for sub in layers {
                 let path = staging.join(sub);
                 fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
             }

@@ -47,6 +47,7 @@ fn main() {
         Command::List(args) => oci::list(g, args),
         Command::Spec(args) => oci::spec(args),
         Command::Features => oci::features(),
+        Command::Info(args) => commands::info(args),
     };
     let code = match result {
         Ok(code) => code,

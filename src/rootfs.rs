@@ -29,6 +29,17 @@ pub enum RootfsPlan {
         /// Skip the fsync of copy-ups: for containers whose upper layer is thrown away.
         volatile: bool,
     },
+    /// fuse-overlayfs over the same layout. The launch's helper mounts it on `root.path` before
+    /// the child starts (see `launch`), so the child finds the tree there and binds it onto itself.
+    Fuse {
+        lower: PathBuf,
+        upper: PathBuf,
+        work: PathBuf,
+        /// Where fuse-overlayfs's own messages go.
+        log: PathBuf,
+    },
+    /// The container's private copy of the image: bind it onto `root.path`.
+    Copy { tree: PathBuf },
     /// `root.path` already holds the whole tree (an OCI bundle): bind it onto itself.
     Prepared,
 }
@@ -111,53 +122,73 @@ fn mount_root(root: &Path, plan: &RootfsPlan) -> Result<()> {
             upper,
             work,
             volatile,
-        } => {
-            // Layers named through our own descriptors: no escaping of `,` or `:` in paths, and
-            // the container's mountinfo shows /proc/self/fd/N instead of the host's paths.
-            let open = |p: &Path| {
-                nix::fcntl::open(
-                    p,
-                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
-                .with_context(|| format!("opening the layer {}", p.display()))
-            };
-            let (l, u, w) = (open(lower)?, open(upper)?, open(work)?);
-            let mut options = format!(
-                "lowerdir={},upperdir={},workdir={},userxattr",
-                fd_path(l.as_fd()),
-                fd_path(u.as_fd()),
-                fd_path(w.as_fd())
-            );
-            if *volatile {
-                options.push_str(",volatile");
-            }
-            mount(
-                Some("overlay"),
-                root,
-                Some("overlay"),
-                MsFlags::empty(),
-                Some(options.as_str()),
-            )
-            .map_err(|e| overlay_refused(e, lower, upper))
-        }
-        RootfsPlan::Prepared => mount(
-            Some(root),
-            root,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .with_context(|| format!("bind-mounting the root {}", root.display())),
+        } => mount_overlay(lower, upper, work, root, *volatile),
+        RootfsPlan::Copy { tree } => bind_root(tree, root),
+        RootfsPlan::Fuse { .. } | RootfsPlan::Prepared => bind_root(root, root),
     }
+}
+
+fn bind_root(source: &Path, root: &Path) -> Result<()> {
+    mount(
+        Some(source),
+        root,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .with_context(|| {
+        format!(
+            "bind-mounting {} on the root {}",
+            source.display(),
+            root.display()
+        )
+    })
+}
+
+/// Mounts native overlayfs (`userxattr`, as a user namespace requires) on `target`.
+pub fn mount_overlay(
+    lower: &Path,
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+    volatile: bool,
+) -> Result<()> {
+    // Layers named through our own descriptors: no escaping of `,` or `:` in paths, and
+    // the container's mountinfo shows /proc/self/fd/N instead of the host's paths.
+    let open = |p: &Path| {
+        nix::fcntl::open(
+            p,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .with_context(|| format!("opening the layer {}", p.display()))
+    };
+    let (l, u, w) = (open(lower)?, open(upper)?, open(work)?);
+    let mut options = format!(
+        "lowerdir={},upperdir={},workdir={},userxattr",
+        fd_path(l.as_fd()),
+        fd_path(u.as_fd()),
+        fd_path(w.as_fd())
+    );
+    if volatile {
+        options.push_str(",volatile");
+    }
+    mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(options.as_str()),
+    )
+    .map_err(|e| overlay_refused(e, lower, upper))
 }
 
 fn overlay_refused(err: nix::Error, lower: &Path, upper: &Path) -> anyhow::Error {
     anyhow::anyhow!(
         "the kernel refused an overlay mount of {} (writable layer in {}): {err}. Overlayfs inside \
          a user namespace needs Linux 5.11 or later and a storage filesystem that can hold an \
-         upper layer (not NFS, FUSE or overlayfs); move the storage (NOOK_STORAGE) to a local \
-         filesystem",
+         upper layer (not NFS, FUSE or overlayfs); use `--backend fuse` or `--backend copy` (or \
+         auto), or move the storage (NOOK_STORAGE) to a local filesystem",
         lower.display(),
         upper.display()
     )

@@ -264,94 +264,24 @@ pub fn fsetxattr(fd: BorrowedFd<'_>, name: &std::ffi::OsStr, value: &[u8]) -> io
     check(ret as libc::c_long).map(drop)
 }
 
-/// Every extended attribute of `path` (a final symlink is not followed), as (name, value).
-/// A filesystem without xattr support reads as none.
+/// Every extended attribute of `path` (a final symlink is not followed), as (name, value). A
+/// filesystem without xattr support reads as none; an attribute removed meanwhile is skipped.
 pub fn xattrs(path: &Path) -> io::Result<Vec<(std::ffi::OsString, Vec<u8>)>> {
-    use std::os::unix::ffi::OsStrExt;
-    let cpath = cstring(path)?;
-    let names = loop {
-        // SAFETY: a null buffer of size 0 only asks for the size of the list.
-        let size = unsafe { libc::llistxattr(cpath.as_ptr(), std::ptr::null_mut(), 0) };
-        match check(size as libc::c_long) {
-            Ok(0) => return Ok(Vec::new()),
-            Ok(size) => {
-                let mut buf = vec![0u8; size as usize];
-                // SAFETY: `buf` is a live, writable buffer of the length we pass.
-                let got = unsafe {
-                    libc::llistxattr(
-                        cpath.as_ptr(),
-                        buf.as_mut_ptr() as *mut libc::c_char,
-                        buf.len(),
-                    )
-                };
-                match check(got as libc::c_long) {
-                    Ok(n) => {
-                        buf.truncate(n as usize);
-                        break buf;
-                    }
-                    // The list grew between the two calls: ask again.
-                    Err(e) if e.raw_os_error() == Some(libc::ERANGE) => continue,
-                    Err(e) => return Err(e),
-                }
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        }
+    use std::os::unix::ffi::OsStringExt;
+    let names = match list_xattrs(path) {
+        Ok(names) => names,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
     };
-    let mut out = Vec::new();
-    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let cname = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: both strings are NUL-terminated; a null buffer of size 0 asks for the size.
-        let size =
-            unsafe { libc::lgetxattr(cpath.as_ptr(), cname.as_ptr(), std::ptr::null_mut(), 0) };
-        let size = match check(size as libc::c_long) {
-            Ok(s) => s as usize,
-            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => continue,
-            Err(e) => return Err(e),
-        };
-        let mut value = vec![0u8; size];
-        // SAFETY: `value` is a live, writable buffer of the length we pass.
-        let got = unsafe {
-            libc::lgetxattr(
-                cpath.as_ptr(),
-                cname.as_ptr(),
-                value.as_mut_ptr() as *mut libc::c_void,
-                value.len(),
-            )
-        };
-        match check(got as libc::c_long) {
-            Ok(n) => value.truncate(n as usize),
-            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => continue,
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        match get_xattr(path, &name) {
+            Ok(value) => out.push((std::ffi::OsString::from_vec(name), value)),
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
             Err(e) => return Err(e),
         }
-        out.push((std::ffi::OsStr::from_bytes(name).to_os_string(), value));
     }
     Ok(out)
-}
-
-/// Sets the extended attribute `name` of `path` without following a final symlink.
-pub fn lsetxattr(path: &Path, name: &std::ffi::OsStr, value: &[u8]) -> io::Result<()> {
-    let cpath = cstring(path)?;
-    let cname = cstring(Path::new(name))?;
-    // SAFETY: both strings are NUL-terminated and `value` is a live buffer of the length we pass.
-    let ret = unsafe {
-        libc::lsetxattr(
-            cpath.as_ptr(),
-            cname.as_ptr(),
-            value.as_ptr() as *const libc::c_void,
-            value.len(),
-            0,
-        )
-    };
-    check(ret as libc::c_long).map(drop)
-}
-
-/// `ioctl(FICLONE)`: makes `dest` share `src`'s data blocks (a reflink), where the filesystem
-/// can (btrfs, xfs, bcachefs); fails with EOPNOTSUPP or EXDEV elsewhere.
-pub fn ficlone(dest: BorrowedFd<'_>, src: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: FICLONE takes the source descriptor as its integer argument; no memory is shared.
-    let ret = unsafe { libc::ioctl(dest.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) };
-    check(ret as libc::c_long).map(drop)
 }
 
 /// Installs a classic BPF seccomp program (`SECCOMP_SET_MODE_FILTER`). The caller must already
@@ -396,4 +326,145 @@ pub fn close_inherited_fds(keep: &[RawFd]) -> io::Result<()> {
     // SAFETY: as above, for the range past the last kept descriptor.
     let ret = unsafe { libc::close_range(first, u32::MAX, 0) };
     check(ret as libc::c_long).map(drop)
+}
+
+/// `ioctl(FICLONE)`: makes `dst` share all of `src`'s blocks (a reflink). Fails with
+/// `EOPNOTSUPP`, `EXDEV` or `EINVAL` where the filesystem cannot share blocks.
+pub fn ficlone(dst: BorrowedFd<'_>, src: BorrowedFd<'_>) -> io::Result<()> {
+    // FICLONE is _IOW(0x94, 9, int).
+    const FICLONE: libc::c_ulong = 0x4004_9409;
+    // SAFETY: FICLONE takes the source descriptor as an integer argument and touches no memory
+    // of ours.
+    let ret = unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE, src.as_raw_fd()) };
+    check(ret as libc::c_long).map(drop)
+}
+
+/// `copy_file_range(2)` of up to `len` bytes from `*off_in` in `src` to `*off_out` in `dst`;
+/// advances both offsets and returns how many bytes were copied (0 at end of file).
+pub fn copy_file_range(
+    src: BorrowedFd<'_>,
+    off_in: &mut i64,
+    dst: BorrowedFd<'_>,
+    off_out: &mut i64,
+    len: usize,
+) -> io::Result<usize> {
+    // SAFETY: both offsets point to live i64s (loff_t) that the kernel reads and updates.
+    let ret = unsafe {
+        libc::copy_file_range(
+            src.as_raw_fd(),
+            off_in as *mut i64,
+            dst.as_raw_fd(),
+            off_out as *mut i64,
+            len,
+            0,
+        )
+    };
+    check(ret as libc::c_long).map(|n| n as usize)
+}
+
+/// The names of the extended attributes of `path` (not following a final symlink).
+pub fn list_xattrs(path: &Path) -> io::Result<Vec<Vec<u8>>> {
+    let cpath = cstring(path)?;
+    loop {
+        // SAFETY: a null buffer of size 0 asks only for the size needed.
+        let size = check(
+            unsafe { libc::llistxattr(cpath.as_ptr(), std::ptr::null_mut(), 0) } as libc::c_long,
+        )? as usize;
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let mut buf = vec![0u8; size];
+        // SAFETY: the pointer and length describe `buf`, which the kernel fills.
+        let ret = unsafe {
+            libc::llistxattr(cpath.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, size)
+        };
+        match check(ret as libc::c_long) {
+            Ok(n) => {
+                buf.truncate(n as usize);
+                return Ok(buf
+                    .split(|b| *b == 0)
+                    .filter(|n| !n.is_empty())
+                    .map(<[u8]>::to_vec)
+                    .collect());
+            }
+            // The list grew between the two calls: ask again.
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The value of the extended attribute `name` of `path` (not following a final symlink).
+pub fn get_xattr(path: &Path, name: &[u8]) -> io::Result<Vec<u8>> {
+    let cpath = cstring(path)?;
+    let cname = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    loop {
+        // SAFETY: a null buffer of size 0 asks only for the size needed.
+        let size = check(unsafe {
+            libc::lgetxattr(cpath.as_ptr(), cname.as_ptr(), std::ptr::null_mut(), 0)
+        } as libc::c_long)? as usize;
+        let mut buf = vec![0u8; size];
+        // SAFETY: the pointer and length describe `buf`, which the kernel fills.
+        let ret = unsafe {
+            libc::lgetxattr(
+                cpath.as_ptr(),
+                cname.as_ptr(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                size,
+            )
+        };
+        match check(ret as libc::c_long) {
+            Ok(n) => {
+                buf.truncate(n as usize);
+                return Ok(buf);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Sets the extended attribute `name` of `path` (not following a final symlink).
+pub fn set_xattr(path: &Path, name: &[u8], value: &[u8]) -> io::Result<()> {
+    let cpath = cstring(path)?;
+    let cname = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: the strings are NUL-terminated and the pointer and length describe `value`.
+    let ret = unsafe {
+        libc::lsetxattr(
+            cpath.as_ptr(),
+            cname.as_ptr(),
+            value.as_ptr() as *const libc::c_void,
+            value.len(),
+            0,
+        )
+    };
+    check(ret as libc::c_long).map(drop)
+}
+
+/// Makes the program `cmd` will run get `SIGKILL` when the process that spawned it ends, so a
+/// helper such as fuse-overlayfs never outlives the nook process watching it; it starts with no
+/// signal blocked.
+pub fn kill_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
+    // (sigemptyset, sigprocmask, prctl, getppid, _exit); it allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            // nook blocks the signals it forwards; the helper must get them (SIGTERM ends it).
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died before the prctl: then nobody would kill us later.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
 }

@@ -194,7 +194,7 @@ fn set_owner_mode_xattrs(src: &Path, meta: &fs::Metadata, dest: &Path) -> Result
         if private_xattr(&name) {
             continue;
         }
-        if let Err(e) = sys::lsetxattr(dest, &name, &value) {
+        if let Err(e) = sys::set_xattr(dest, name.as_bytes(), &value) {
             // What a user namespace may not set (trusted.*, security.* but capabilities) is
             // left out, as an unprivileged copy would.
             if !name.as_bytes().starts_with(b"user.") {

@@ -1500,3 +1500,73 @@ fn debian_as_three_oci_layers_flattens_to_the_same_tree_as_its_tarball() {
     out.assert_ok();
     assert!(out.stdout.starts_with("12."), "{out}");
 }
+
+/// Whether fuse-overlayfs can work here; says why not (failing under CI=true) otherwise.
+fn fuse_usable() -> bool {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("fuse-overlayfs").is_file()))
+        .unwrap_or(false);
+    if found && Path::new("/dev/fuse").exists() {
+        return true;
+    }
+    let reason = "fuse-overlayfs or /dev/fuse is missing (scripts/test.sh installs and opens them)";
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("prerequisite missing under CI=true: {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+    false
+}
+
+#[test]
+fn diff_and_commit_read_every_backend_alike() {
+    let Some(t) = Nook::new() else { return };
+    t.nook(&["import", "-q", t.image(), "bb"]).assert_ok();
+    let mut backends = vec!["overlay", "copy"];
+    if fuse_usable() {
+        backends.push("fuse");
+    }
+    let script = "set -e; echo hi > /etc/new; rm /bin/vi; rm -rf /home; mkdir /home; \
+                  echo o > /home/only; echo more >> /etc/passwd";
+    let expected = [
+        "C /bin",
+        "D /bin/vi",
+        "C /etc",
+        "A /etc/new",
+        "C /etc/passwd",
+        "C /home",
+        "A /home/only",
+        "D /home/user",
+    ];
+    for backend in backends {
+        let name = format!("c-{backend}");
+        t.nook(&[
+            "run",
+            "-q",
+            "--backend",
+            backend,
+            "--name",
+            &name,
+            "bb",
+            "sh",
+            "-c",
+            script,
+        ])
+        .assert_ok();
+        let out = t.nook(&["diff", &name]);
+        out.assert_ok();
+        assert_eq!(out.lines(), expected, "{backend}\n{out}");
+        let snap = format!("snap-{backend}");
+        t.nook(&["commit", "-q", &name, &snap]).assert_ok();
+        t.nook(&[
+            "run",
+            "--rm",
+            &snap,
+            "sh",
+            "-c",
+            "cat /etc/new; ls /home; test -e /bin/vi || echo no-vi; tail -n 1 /etc/passwd",
+        ])
+        .assert_ok()
+        .assert_stdout("hi\nonly\nno-vi\nmore");
+        t.nook(&["rm", &name]).assert_ok();
+    }
+}

@@ -2,12 +2,14 @@
 
 mod containers;
 mod images;
+mod info;
 pub mod log;
 pub mod oci;
 mod run;
 
 pub use containers::{logs, ps, rm, stop};
 pub use images::{commit, diff, export, images, import, rmi};
+pub use info::info;
 pub use run::run;
 
 use crate::cli::UsernsArg;

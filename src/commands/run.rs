@@ -4,22 +4,23 @@ use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
 use super::mapping_for;
+use crate::backend::{self, Backend, Choice, Decision};
 use crate::cli::{BackendArg, NetworkArg, RunArgs, UsernsArg};
 use crate::container::{
     now_rfc3339, process_start_time, Container, NewContainer, State, Status, Store,
 };
 use crate::idmap::{Caller, IdMapping};
 use crate::image::{Image, ImageConfig, ImageStore};
-use crate::launch::{self, ChildFailed, Launch, StdinMode, Target};
+use crate::launch::{self, run_in_userns, ChildFailed, Launch, StdinMode, Target};
 use crate::rootfs::GeneratedFile;
 use crate::rootfs::RootfsPlan;
 use crate::spec::{self, NetworkMode, RunRequest, Volume};
-use crate::sys;
+use crate::{config, copy, sys};
 
 /// Everything checked before anything is created, so that bad input leaves nothing behind.
 struct Checked {
@@ -196,31 +197,32 @@ fn warn_unmapped_owner(image: &std::path::Path, idmap: &IdMapping) {
     }
 }
 
-/// Which backend makes the writable layer, and why.
-fn choose_backend(choice: BackendArg) -> (&'static str, &'static str) {
-    match choice {
-        BackendArg::Overlay => ("overlay", "requested with --backend overlay"),
-        BackendArg::Auto => (
-            "overlay",
-            "auto: native overlayfs inside the user namespace",
-        ),
-    }
+/// Which backend makes the writable layer, and why: `--backend`, else the config file, else auto.
+fn choose_backend(arg: Option<BackendArg>, store: &Store, idmap: &IdMapping) -> Result<Decision> {
+    let choice = match arg {
+        Some(BackendArg::Auto) => Choice::Auto,
+        Some(BackendArg::Overlay) => Choice::Forced(Backend::Overlay),
+        Some(BackendArg::Fuse) => Choice::Forced(Backend::Fuse),
+        Some(BackendArg::Copy) => Choice::Forced(Backend::Copy),
+        None => config::load()?.backend,
+    };
+    backend::decide(choice, store.root(), idmap)
 }
 
 pub fn run(args: &RunArgs) -> Result<i32> {
     let checked = check(args)?;
     let store = Store::open()?;
-    let (backend, reason) = choose_backend(args.backend);
+    let decision = choose_backend(args.backend, &store, &checked.idmap)?;
     let container = store.create(NewContainer {
         name: args.name.as_deref(),
         image: &checked.image,
-        backend,
-        backend_reason: reason,
+        backend: decision.backend.name(),
+        backend_reason: &decision.reason,
         command: &checked.command,
         auto_remove: args.rm,
         idmap: &checked.idmap,
     })?;
-    let prepared = match prepare(args, &checked, &container) {
+    let prepared = match prepare(args, &checked, &container, decision.backend) {
         Ok(p) => p,
         Err(e) => {
             let _ = store.remove(&container);
@@ -271,7 +273,12 @@ struct Prepared {
     files: Vec<GeneratedFile>,
 }
 
-fn prepare(args: &RunArgs, checked: &Checked, container: &Container) -> Result<Prepared> {
+fn prepare(
+    args: &RunArgs,
+    checked: &Checked,
+    container: &Container,
+    backend: Backend,
+) -> Result<Prepared> {
     let hostname = args
         .hostname
         .clone()
@@ -313,13 +320,45 @@ fn prepare(args: &RunArgs, checked: &Checked, container: &Container) -> Result<P
     let spec_path = container.dir.join("config.json");
     spec.save(&spec_path)
         .with_context(|| format!("writing {}", spec_path.display()))?;
-    let plan = RootfsPlan::Overlay {
-        lower: checked.image.clone(),
-        upper: container.upper(),
-        work: container.work(),
-        volatile: args.rm,
+    let plan = match backend {
+        Backend::Overlay => RootfsPlan::Overlay {
+            lower: checked.image.clone(),
+            upper: container.upper(),
+            work: container.work(),
+            volatile: args.rm,
+        },
+        Backend::Fuse => RootfsPlan::Fuse {
+            lower: checked.image.clone(),
+            upper: container.upper(),
+            work: container.work(),
+            log: container.dir.join("fuse-overlayfs.log"),
+        },
+        Backend::Copy => {
+            let tree = container.rootfs();
+            copy_image(&checked.image, &tree, &checked.idmap)?;
+            RootfsPlan::Copy { tree }
+        }
     };
     Ok(Prepared { spec, plan, files })
+}
+
+/// The copy backend's private copy, made inside the container's user namespace so the image's
+/// owners are the container's ids.
+fn copy_image(image: &Path, tree: &Path, idmap: &IdMapping) -> Result<()> {
+    run_in_userns(idmap, || {
+        let summary = copy::copy_tree(image, tree)?;
+        if let Some(warning) = summary.warning() {
+            eprintln!("nook: copy of {}: {warning}", image.display());
+        }
+        Ok(())
+    })
+    .with_context(|| {
+        format!(
+            "copying the image {} to {} (copy backend)",
+            image.display(),
+            tree.display()
+        )
+    })
 }
 
 /// keep-id: the caller's passwd and group entries added to the image's, so the caller has a

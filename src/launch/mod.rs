@@ -13,12 +13,14 @@
 //! parent can wait for it) that then runs the same child half, without the rootfs steps.
 
 mod child;
+mod helper;
 mod init;
 mod io;
 mod sync;
 mod userns;
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
@@ -97,6 +99,8 @@ pub struct Started {
     pty: Option<OwnedFd>,
     signals: SignalFd,
     old_mask: SigSet,
+    /// The fuse backend's helper, which holds the root's fuse-overlayfs mount.
+    helper: Option<helper::Helper>,
 }
 
 /// The namespaces the clone creates: those of the spec without a `path` (a namespace with a
@@ -176,32 +180,58 @@ pub fn start(launch: &Launch<'_>) -> Result<Started> {
         Target::New { .. } => namespace_flags(launch.spec),
         Target::Join { .. } => 0,
     };
-    let cloned = match sys::clone_process(flags) {
-        Ok(sys::CloneResult::Child) => {
-            drop(parent_chan);
-            drop(signals);
-            let ctx = child::Context {
-                launch,
-                chan: child_chan,
-                devnull,
-                parent_mask: old_mask,
-                may_setgroups,
-                gate,
-            };
-            match launch.target {
-                Target::New { .. } => child::run(ctx),
-                Target::Join { pid } => child::join_then_run(ctx, pid),
-            }
+    let fuse = matches!(
+        launch.target,
+        Target::New {
+            rootfs: RootfsPlan::Fuse { .. },
+            ..
         }
-        Ok(sys::CloneResult::Parent(pid)) => pid,
-        Err(e) => {
-            let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
-            return Err(clone_refused(e));
+    );
+    let cloned = if fuse {
+        // Off the fast path: a helper in the user and mount namespaces holds fuse-overlayfs.
+        let ctx = child::Context {
+            launch,
+            chan: child_chan,
+            devnull,
+            parent_mask: old_mask,
+            may_setgroups,
+            gate,
+        };
+        helper::start(ctx, flags).map(|(pid, h)| (pid, Some(h)))
+    } else {
+        match sys::clone_process(flags) {
+            Ok(sys::CloneResult::Child) => {
+                drop(parent_chan);
+                drop(signals);
+                let ctx = child::Context {
+                    launch,
+                    chan: child_chan,
+                    devnull,
+                    parent_mask: old_mask,
+                    may_setgroups,
+                    gate,
+                };
+                match launch.target {
+                    Target::New { .. } => child::run(ctx),
+                    Target::Join { pid } => child::join_then_run(ctx, pid),
+                }
+            }
+            Ok(sys::CloneResult::Parent(pid)) => {
+                drop(child_chan);
+                drop(devnull);
+                drop(gate);
+                Ok((pid, None))
+            }
+            Err(e) => Err(clone_refused(e)),
         }
     };
-    drop(child_chan);
-    drop(devnull);
-    drop(gate);
+    let (cloned, helper) = match cloned {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
+            return Err(e);
+        }
+    };
     let pid = match launch.target {
         Target::New { .. } => cloned,
         Target::Join { .. } => match joined_pid(&parent_chan, cloned) {
@@ -213,13 +243,15 @@ pub fn start(launch: &Launch<'_>) -> Result<Started> {
             }
         },
     };
+    let maps_written = helper.is_some();
     let started = Started {
         pid,
         pty: None,
         signals,
         old_mask,
+        helper,
     };
-    match handshake(launch, &parent_chan, pid) {
+    match handshake(launch, &parent_chan, pid, maps_written) {
         Ok(pty) => Ok(Started { pty, ..started }),
         Err(e) => {
             let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
@@ -229,9 +261,22 @@ pub fn start(launch: &Launch<'_>) -> Result<Started> {
                 Some(&started.old_mask),
                 None,
             );
+            if let Some(helper) = started.helper {
+                helper.finish();
+            }
             Err(e)
         }
     }
+}
+
+/// The spec's `root.path`, where the container's root is built.
+fn root_path(spec: &Spec) -> Result<PathBuf> {
+    Ok(spec
+        .root()
+        .as_ref()
+        .context("the spec has no root")?
+        .path()
+        .clone())
 }
 
 fn clone_refused(err: std::io::Error) -> anyhow::Error {
@@ -281,9 +326,16 @@ fn joined_pid(chan: &Channel, helper: Pid) -> Result<Pid> {
 
 /// The parent's side of the sync: maps, terminal, then end-of-file once the command runs (or
 /// `Ready` when it waits at the start gate).
-fn handshake(launch: &Launch<'_>, chan: &Channel, pid: Pid) -> Result<Option<OwnedFd>> {
+fn handshake(
+    launch: &Launch<'_>,
+    chan: &Channel,
+    pid: Pid,
+    maps_written: bool,
+) -> Result<Option<OwnedFd>> {
     if let Target::New { idmap, .. } = launch.target {
-        if has_user_namespace(launch.spec) {
+        // With the fuse helper the container lives in the helper's user namespace, mapped
+        // already.
+        if has_user_namespace(launch.spec) && !maps_written {
             idmap
                 .context("the spec asks for a user namespace but no id mapping was given")?
                 .write_for(pid)?;
@@ -331,8 +383,11 @@ impl Started {
     /// Forwards signals (and the terminal) until the container's command ends; returns the status
     /// nook should exit with: its exit code, or 128+N when signal N killed it.
     pub fn wait(self, stdin: StdinMode) -> Result<i32> {
-        let status = io::forward_until_exit(self.pid, &self.signals, self.pty, stdin)?;
+        let status = io::forward_until_exit(self.pid, &self.signals, self.pty, stdin);
+        if let Some(helper) = self.helper {
+            helper.finish();
+        }
         let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&self.old_mask), None);
-        Ok(status)
+        status
     }
 }

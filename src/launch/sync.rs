@@ -21,6 +21,9 @@ pub enum Msg {
     PtyMaster,
     /// Parent → child: the terminal is set up on the parent's side; go on.
     Continue,
+    /// Fuse helper → parent: fuse-overlayfs is mounted and the container (a child of nook, not
+    /// of the helper) has this pid.
+    ContainerStarted { pid: i32 },
     /// Child → parent: setting up the container failed; `code` is the exit status nook reports.
     Failed { code: i32, message: String },
     /// Child → parent: the namespaces exist and the mounts are made, `pivot_root` comes next:

@@ -1,0 +1,401 @@
+//! `nook info`: what this machine offers nook, each missing piece with the command that fixes it.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::backend::{self, Choice, StorageFs};
+use crate::cli::{InfoArgs, InfoFormat};
+use crate::container::storage_root;
+use crate::idmap::{find_in_path, Caller, IdMapping, MapWriter, SubRange, UsernsMode};
+use crate::launch::run_in_userns;
+use crate::{config, fuse};
+
+/// One fact about the machine; `fix` is set when the check failed.
+#[derive(Debug, Serialize)]
+struct Check {
+    name: &'static str,
+    ok: bool,
+    value: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fix: Option<String>,
+}
+
+fn good(name: &'static str, value: impl Into<String>) -> Check {
+    Check {
+        name,
+        ok: true,
+        value: value.into(),
+        fix: None,
+    }
+}
+
+fn bad(name: &'static str, value: impl Into<String>, fix: impl Into<String>) -> Check {
+    Check {
+        name,
+        ok: false,
+        value: value.into(),
+        fix: Some(fix.into()),
+    }
+}
+
+pub fn info(args: &InfoArgs) -> Result<i32> {
+    let caller = Caller::current();
+    let (mapping, _) = IdMapping::for_mode(UsernsMode::Auto, &caller);
+    let user = caller
+        .name
+        .clone()
+        .unwrap_or_else(|| caller.uid.to_string());
+    let mut checks = vec![
+        kernel(),
+        user_namespaces(&mapping),
+        subordinate_ids("/etc/subuid", "subordinate uids", &user, &caller.subuids),
+        subordinate_ids("/etc/subgid", "subordinate gids", &user, &caller.subgids),
+        id_map_helper("newuidmap"),
+        id_map_helper("newgidmap"),
+        id_mapping(&mapping, &caller),
+        fuse_device(),
+        fuse_program(),
+    ];
+    let storage = storage_root();
+    let (storage_check, storage_fs) = storage_dir(storage.as_ref().ok());
+    checks.push(storage_check);
+    checks.push(runtime_dir());
+    let (backend_check, config_source) = auto_backend(storage_fs.as_ref(), &mapping);
+    checks.push(backend_check);
+    checks.push(cgroup_delegation());
+    checks.push(seccomp());
+
+    match args.format {
+        InfoFormat::Json => {
+            let out = json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "config": config_source,
+                "checks": checks,
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        InfoFormat::Text => {
+            println!("nook {}", env!("CARGO_PKG_VERSION"));
+            println!(
+                "config: {}",
+                config_source.as_deref().unwrap_or("built-in defaults")
+            );
+            let width = checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+            for c in &checks {
+                let mark = if c.ok { "ok  " } else { "FAIL" };
+                println!("{mark} {:<width$}  {}", c.name, c.value);
+                if let Some(fix) = &c.fix {
+                    println!("     {:<width$}  fix: {fix}", "");
+                }
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn kernel() -> Check {
+    match nix::sys::utsname::uname() {
+        Ok(u) => good(
+            "kernel",
+            format!(
+                "{} {}",
+                u.sysname().to_string_lossy(),
+                u.release().to_string_lossy()
+            ),
+        ),
+        Err(e) => bad("kernel", format!("uname: {e}"), "check /proc is mounted"),
+    }
+}
+
+fn user_namespaces(mapping: &IdMapping) -> Check {
+    let max = fs::read_to_string("/proc/sys/user/max_user_namespaces")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    match run_in_userns(mapping, || Ok(())) {
+        Ok(()) => good(
+            "user namespaces",
+            format!("usable (user.max_user_namespaces = {max})"),
+        ),
+        Err(e) => bad(
+            "user namespaces",
+            format!("{e:#}"),
+            "sudo sysctl -w user.max_user_namespaces=15000 kernel.unprivileged_userns_clone=1",
+        ),
+    }
+}
+
+fn subordinate_ids(file: &str, name: &'static str, user: &str, ranges: &[SubRange]) -> Check {
+    if ranges.is_empty() {
+        bad(
+            name,
+            format!("none for {user} in {file}"),
+            format!("sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {user}"),
+        )
+    } else {
+        let list: Vec<String> = ranges
+            .iter()
+            .map(|r| format!("{}+{}", r.start, r.count))
+            .collect();
+        good(name, format!("{} ({file})", list.join(", ")))
+    }
+}
+
+/// The mapping `--userns auto` gives containers, and why it is not the full one if it is not.
+fn id_mapping(mapping: &IdMapping, caller: &Caller) -> Check {
+    match (&caller.helpers_unusable, mapping.writer) {
+        (Some(why), MapWriter::Direct) => bad(
+            "id mapping",
+            format!("{} only: {why}", mapping.describe()),
+            "sudo apt-get install uidmap, and give the user subordinate ids (see above)",
+        ),
+        _ => good("id mapping", mapping.describe()),
+    }
+}
+
+fn id_map_helper(program: &'static str) -> Check {
+    let Some(path) = find_in_path(program) else {
+        return bad(program, "not on PATH", "sudo apt-get install uidmap");
+    };
+    let setuid = fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o4000 != 0);
+    let file_caps = crate::sys::get_xattr(&path, b"security.capability").is_ok();
+    if setuid || file_caps {
+        let how = if setuid {
+            "setuid"
+        } else {
+            "file capabilities"
+        };
+        good(program, format!("{} ({how})", path.display()))
+    } else {
+        bad(
+            program,
+            format!(
+                "{} has neither setuid nor file capabilities",
+                path.display()
+            ),
+            format!("sudo chmod u+s {}", path.display()),
+        )
+    }
+}
+
+fn fuse_device() -> Check {
+    match fuse::check_device() {
+        Ok(()) => good("/dev/fuse", "readable and writable"),
+        Err(e) => bad(
+            "/dev/fuse",
+            format!("{e:#}"),
+            "sudo modprobe fuse && sudo chmod 0666 /dev/fuse",
+        ),
+    }
+}
+
+fn fuse_program() -> Check {
+    match fuse::find_program() {
+        None => bad(
+            "fuse-overlayfs",
+            "not on PATH",
+            "sudo apt-get install fuse-overlayfs",
+        ),
+        Some(path) => match fuse::version(&path) {
+            Ok(v) => good("fuse-overlayfs", format!("{v} ({})", path.display())),
+            Err(e) => bad(
+                "fuse-overlayfs",
+                format!("{e:#}"),
+                "sudo apt-get install --reinstall fuse-overlayfs",
+            ),
+        },
+    }
+}
+
+fn storage_dir(root: Option<&PathBuf>) -> (Check, Option<StorageFs>) {
+    let Some(root) = root else {
+        return (
+            bad(
+                "storage",
+                "no storage directory",
+                "export NOOK_STORAGE=$HOME/.local/share/nook",
+            ),
+            None,
+        );
+    };
+    if let Err(e) = crate::fsutil::create_private_dir(root) {
+        return (
+            bad(
+                "storage",
+                format!("{e:#}"),
+                format!(
+                    "mkdir -p {} (or set NOOK_STORAGE to a writable directory)",
+                    root.display()
+                ),
+            ),
+            None,
+        );
+    }
+    match StorageFs::of(root) {
+        Ok(fs) => {
+            let check = match fs.refuses_overlay_upper() {
+                None => good(
+                    "storage",
+                    format!("{} ({})", root.display(), fs.type_name()),
+                ),
+                Some(why) => bad(
+                    "storage",
+                    why,
+                    "export NOOK_STORAGE=/path/on/a/local/filesystem (or use the fuse or copy \
+                     backend, which auto does)",
+                ),
+            };
+            (check, Some(fs))
+        }
+        Err(e) => (
+            bad(
+                "storage",
+                format!("{e:#}"),
+                "set NOOK_STORAGE to a readable directory",
+            ),
+            None,
+        ),
+    }
+}
+
+fn runtime_dir() -> Check {
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(d) => PathBuf::from(d).join("nook"),
+        None => PathBuf::from(format!("/tmp/nook-{}", nix::unistd::getuid())),
+    };
+    let existing = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    match StorageFs::of(existing) {
+        Ok(fs) => good(
+            "runtime dir",
+            format!("{} ({})", dir.display(), fs.type_name()),
+        ),
+        Err(e) => bad(
+            "runtime dir",
+            format!("{e:#}"),
+            "export XDG_RUNTIME_DIR=/run/user/$(id -u)",
+        ),
+    }
+}
+
+fn auto_backend(fs: Option<&StorageFs>, mapping: &IdMapping) -> (Check, Option<String>) {
+    let config = config::load();
+    let source = config
+        .as_ref()
+        .ok()
+        .and_then(|c| c.source.as_ref())
+        .map(|p| p.display().to_string());
+    let Some(fs) = fs else {
+        return (
+            bad(
+                "backend",
+                "no storage to probe",
+                "fix the storage check first",
+            ),
+            source,
+        );
+    };
+    let configured = match &config {
+        Ok(c) => match c.backend {
+            Choice::Auto => String::new(),
+            Choice::Forced(b) => format!(" (the config file forces {b})"),
+        },
+        Err(e) => {
+            return (
+                bad(
+                    "backend",
+                    format!("{e:#}"),
+                    "fix or remove the config file named above",
+                ),
+                source,
+            )
+        }
+    };
+    match backend::auto(fs, mapping) {
+        Ok(d) => (
+            good(
+                "backend",
+                format!("auto picks {} ({}){configured}", d.backend, d.reason),
+            ),
+            source,
+        ),
+        Err(e) => (
+            bad(
+                "backend",
+                format!("probing failed: {e:#}"),
+                "make the storage directory writable, or set NOOK_STORAGE",
+            ),
+            source,
+        ),
+    }
+}
+
+fn cgroup_delegation() -> Check {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    let fix = "sudo mkdir -p /etc/systemd/system/user@.service.d && printf '[Service]\\nDelegate=yes\\n' \
+               | sudo tee /etc/systemd/system/user@.service.d/delegate.conf && sudo systemctl \
+               daemon-reload (then log in again)";
+    let is_v2 = nix::sys::statfs::statfs("/sys/fs/cgroup")
+        .is_ok_and(|s| s.filesystem_type().0 == CGROUP2_SUPER_MAGIC);
+    if !is_v2 {
+        return bad(
+            "cgroup v2",
+            "/sys/fs/cgroup is not a cgroup2 filesystem (cgroup v1 or hybrid)",
+            "boot with systemd.unified_cgroup_hierarchy=1",
+        );
+    }
+    let own = fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+        })
+        .unwrap_or_default();
+    let dir = Path::new("/sys/fs/cgroup").join(own.trim_start_matches('/'));
+    let writable = nix::unistd::access(
+        &dir.join("cgroup.subtree_control"),
+        nix::unistd::AccessFlags::W_OK,
+    )
+    .is_ok();
+    let controllers = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+    if writable {
+        good(
+            "cgroup v2",
+            format!(
+                "delegated: {} (controllers: {})",
+                dir.display(),
+                controllers.trim()
+            ),
+        )
+    } else {
+        bad(
+            "cgroup v2",
+            format!("{} is not delegated to this user", dir.display()),
+            fix,
+        )
+    }
+}
+
+fn seccomp() -> Check {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let has_field = status.lines().any(|l| l.starts_with("Seccomp:"));
+    let actions = fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail").unwrap_or_default();
+    if has_field && actions.contains("errno") {
+        let lib = libseccomp::ScmpVersion::current()
+            .map(|v| format!("libseccomp {}.{}.{}", v.major, v.minor, v.micro))
+            .unwrap_or_else(|_| "libseccomp version unknown".into());
+        good("seccomp", format!("filters available ({lib})"))
+    } else {
+        bad(
+            "seccomp",
+            "the kernel offers no seccomp filters",
+            "use a kernel built with CONFIG_SECCOMP_FILTER=y",
+        )
+    }
+}

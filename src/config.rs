@@ -1,0 +1,116 @@
+//! nook's configuration file: `$XDG_CONFIG_HOME/nook/nook.conf` (else `~/.config/nook/nook.conf`),
+//! falling back to the built-in defaults that `configs/nook.conf` documents.
+//!
+//! The format is a small subset of TOML: `key = "value"` lines, `#` comments, blank lines.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::backend::{Backend, Choice};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// How containers get their writable root unless `--backend` says otherwise.
+    pub backend: Choice,
+    /// The file the settings came from, if any.
+    pub source: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            backend: Choice::Auto,
+            source: None,
+        }
+    }
+}
+
+/// The per-user configuration file's path.
+pub fn user_config_path() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir).join("nook/nook.conf"));
+    }
+    std::env::var_os("HOME")
+        .filter(|d| !d.is_empty())
+        .map(|home| PathBuf::from(home).join(".config/nook/nook.conf"))
+}
+
+/// The user's configuration, or the defaults when there is no file.
+pub fn load() -> Result<Config> {
+    let Some(path) = user_config_path() else {
+        return Ok(Config::default());
+    };
+    match fs::read_to_string(&path) {
+        Ok(text) => parse(&text, &path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Config::default()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+pub fn parse(text: &str, path: &Path) -> Result<Config> {
+    let mut config = Config {
+        source: Some(path.to_path_buf()),
+        ..Config::default()
+    };
+    for (n, line) in text.lines().enumerate() {
+        let at = || format!("{}:{}", path.display(), n + 1);
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            bail!("{}: expected `key = \"value\"`, found {line:?}", at());
+        };
+        let value = value.trim();
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .with_context(|| format!("{}: the value must be in double quotes: {value}", at()))?;
+        match key.trim() {
+            "backend" => {
+                config.backend = match value {
+                    "auto" => Choice::Auto,
+                    other => Choice::Forced(Backend::parse(other).with_context(|| {
+                        format!(
+                            "{}: backend must be \"auto\", \"overlay\", \"fuse\" or \"copy\", not \
+                             {other:?}",
+                            at()
+                        )
+                    })?),
+                }
+            }
+            other => bail!("{}: unknown setting {other:?} (known: backend)", at()),
+        }
+    }
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_default_file_parses_to_the_defaults() {
+        let text = include_str!("../configs/nook.conf");
+        let config = parse(text, Path::new("configs/nook.conf")).unwrap();
+        assert_eq!(config.backend, Choice::Auto);
+    }
+
+    #[test]
+    fn backend_is_read_and_mistakes_name_the_line() {
+        let p = Path::new("/c/nook.conf");
+        let config = parse("# comment\n\nbackend = \"copy\"\n", p).unwrap();
+        assert_eq!(config.backend, Choice::Forced(Backend::Copy));
+        let err = parse("backend = \"zfs\"", p).unwrap_err().to_string();
+        assert!(err.starts_with("/c/nook.conf:1:"), "{err}");
+        let err = parse("\nbackend = copy", p).unwrap_err().to_string();
+        assert!(
+            err.contains("/c/nook.conf:2") && err.contains("double quotes"),
+            "{err}"
+        );
+        assert!(parse("colour = \"x\"", p).is_err());
+    }
+}
