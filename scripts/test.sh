@@ -138,7 +138,6 @@ prepare_backends() {
             rm -f "$REFLINK_IMAGE"
             return 0
         fi
-        trap 'umount "$REFLINK_DIR" 2>/dev/null; rm -f "$REFLINK_IMAGE"' EXIT
     fi
     chown "$TEST_USER:" "$REFLINK_DIR"
     chmod 0755 "$REFLINK_DIR"
@@ -146,10 +145,36 @@ prepare_backends() {
 }
 # -------------------------------------------------------------------------------
 
+# --- A small filesystem for the disk-full tests (tests/faults.rs) -------------
+SMALLFS_IMAGE=/var/tmp/nook-test-small.ext4
+SMALLFS_DIR=/var/tmp/nook-test-small
+
+prepare_smallfs() {
+    if ! mountpoint -q "$SMALLFS_DIR"; then
+        rm -f "$SMALLFS_IMAGE"
+        truncate -s 64M "$SMALLFS_IMAGE"
+        mkfs.ext4 -q -F "$SMALLFS_IMAGE"
+        mkdir -p "$SMALLFS_DIR"
+        mount -o loop "$SMALLFS_IMAGE" "$SMALLFS_DIR"
+    fi
+    chown "$TEST_USER:" "$SMALLFS_DIR"
+    chmod 0755 "$SMALLFS_DIR"
+    export NOOK_TEST_SMALLFS=$SMALLFS_DIR
+}
+# -------------------------------------------------------------------------------
+
+cleanup_mounts() {
+    umount "$REFLINK_DIR" 2>/dev/null && rm -f "$REFLINK_IMAGE"
+    umount "$SMALLFS_DIR" 2>/dev/null && rm -f "$SMALLFS_IMAGE"
+    return 0
+}
+
 if [ "$(id -u)" -eq 0 ]; then
     prepare_host
     prepare_oci
     prepare_backends
+    prepare_smallfs
+    trap cleanup_mounts EXIT
 else
     log "not root: running nook as $(id -un); the test users are not set up"
 fi

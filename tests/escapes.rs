@@ -223,3 +223,40 @@ fn the_container_cannot_unmask_or_remount_anything() {
     assert!(!out.stdout.contains("allowed"), "{out}");
     assert_eq!(out.lines().len(), 3, "{out}");
 }
+
+#[test]
+fn the_container_cannot_read_what_the_user_cannot() {
+    let Some(t) = Nook::new() else { return };
+    if !t.runner().switch {
+        eprintln!("SKIPPED: needs root to make a file the test user may not read");
+        return;
+    }
+    // A directory the user may enter, holding a root-only file: root in the container is the
+    // user outside, with no power over files of ids it does not map.
+    let dir = t.mkdir("shared");
+    let secret = dir.join("secret");
+    fs::write(&secret, "root only\n").unwrap();
+    std::os::unix::fs::chown(&secret, Some(0), Some(0)).unwrap();
+    fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = t.nook(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{}:/h", dir.display()),
+        t.image(),
+        "sh",
+        "-c",
+        "cat /h/secret; echo cat=$?; chmod 644 /h/secret; echo chmod=$?; chown 0 /h/secret; \
+         echo chown=$?",
+    ]);
+    out.assert_ok();
+    assert!(!out.stdout.contains("root only"), "{out}");
+    assert!(out.stdout.contains("cat=1"), "{out}");
+    assert!(out.stdout.contains("chmod=1"), "{out}");
+    assert!(out.stdout.contains("chown=1"), "{out}");
+    let meta = fs::metadata(&secret).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
+}
