@@ -364,7 +364,7 @@ pub struct RunArgs {
     pub quiet: bool,
     /// Run this program instead of the image's entrypoint (which also drops the image's
     /// default command); "" for none
-    #[arg(long, value_name = "PROGRAM")]
+    #[arg(long, value_name = "PROGRAM", conflicts_with = "bundle")]
     pub entrypoint: Option<String>,
     /// Image name (see `nook images`) or root filesystem directory (with --bundle: the
     /// container id)
