@@ -202,8 +202,9 @@ pub struct RunConfig {
 #[derive(Debug, Default, serde::Serialize, Deserialize)]
 pub struct Found {
     pub config: RunConfig,
-    /// "directory", "tarball", "oci-layout", "docker-archive".
+    /// "directory", "tarball", "oci-layout", "docker-archive" or "commit".
     pub kind: String,
+    /// How many layers were applied.
     pub layers: usize,
     pub notes: Vec<String>,
 }

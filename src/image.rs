@@ -281,19 +281,19 @@ impl ImageStore {
         config: ImageConfig,
         source: &str,
     ) -> Result<(ImageMeta, usize)> {
-        let (meta, found) = self.build(name, &from.idmap, source, |tmp| {
-            let changes = flatten_in_userns(from, &tmp.join("rootfs"))?;
+        let mut changes = 0;
+        let (meta, _) = self.build(name, &from.idmap, source, |tmp| {
+            changes = flatten_in_userns(from, &tmp.join("rootfs"))?;
             Ok(Built {
                 found: Found {
                     config,
                     kind: "commit".into(),
-                    layers: changes,
-                    notes: Vec::new(),
+                    ..Found::default()
                 },
                 summary: Summary::default(),
             })
         })?;
-        Ok((meta, found.layers))
+        Ok((meta, changes))
     }
 
     /// The changes of a container's layer, read inside its user namespace.
