@@ -1,8 +1,8 @@
 //! nook: rootless Linux containers over plain-directory images.
 //!
 //! Layers, top to bottom (dependencies point down only): `cli` → `commands` → `container`,
-//! `backend`, `config` → `spec` → `launch` → `idmap`, `rootfs`, `fuse`, `copy`,
-//! `whiteout`, `security` → `sys`.
+//! `image` (`archive`, `layer`, `tree`, `upper`), `backend`, `config` → `spec` → `launch` →
+//! `idmap`, `rootfs`, `fuse`, `copy`, `security` → `sys`.
 
 pub mod archive;
 pub mod backend;
@@ -25,4 +25,3 @@ pub mod spec;
 pub mod sys;
 pub mod tree;
 pub mod upper;
-pub mod whiteout;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{tree_listing, wait_until, Nook};
 use nix::sys::signal::Signal;
-use nook::whiteout::{self, Change};
+use nook::upper::{self, Change, ChangeKind, Layer, LayerKind};
 
 /// Some tests here mount filesystems (a tmpfs for storage, a FUSE storage) and the harness checks
 /// after every nook call that the test process's mount table did not change: the tests of this
@@ -281,20 +281,33 @@ fn semantics(backend: &str) {
         }
         _ => {
             let upper = dir.join("upper");
-            let changes = whiteout::changes(&upper).expect("read the upper layer");
+            let changes = upper::changes(&Layer {
+                kind: LayerKind::for_backend(backend),
+                top: upper.clone(),
+                base: PathBuf::from(&img),
+            })
+            .expect("read the upper layer");
+            let change = |kind, path: String| Change {
+                path: path.into(),
+                kind,
+            };
             for expected in [
-                Change::Deleted("data/delete.txt".into()),
-                Change::Deleted("data/dir_to_rename".into()),
-                Change::Deleted(format!("data/{}", long_name('d', longest)).into()),
-                Change::Opaque("data/dir_to_replace".into()),
-                Change::Written("data/file.txt".into()),
+                change(ChangeKind::Deleted, "data/delete.txt".into()),
+                change(ChangeKind::Deleted, "data/dir_to_rename".into()),
+                change(
+                    ChangeKind::Deleted,
+                    format!("data/{}", long_name('d', longest)),
+                ),
+                change(ChangeKind::Deleted, "data/dir_to_replace/old1".into()),
+                change(ChangeKind::Added, "data/dir_to_replace/new".into()),
+                change(ChangeKind::Changed, "data/file.txt".into()),
             ] {
                 assert!(
                     changes.contains(&expected),
                     "{backend}: the upper layer does not record {expected:?}: {:#?}",
                     changes
                         .iter()
-                        .filter(|c| !matches!(c, Change::Written(p) if p.starts_with("data/many")))
+                        .filter(|c| !c.path.starts_with("data/many"))
                         .collect::<Vec<_>>()
                 );
             }
