@@ -17,6 +17,19 @@ if [ ${#targets[@]} -eq 0 ]; then
     mapfile -t targets < <(cargo fuzz list)
 fi
 cargo fuzz build -O
+# Layer application learns tar's structure faster from a few real archives.
+if [ ! -d corpus/layer ] || [ -z "$(ls -A corpus/layer 2>/dev/null)" ]; then
+    seed=$(mktemp -d)
+    mkdir -p corpus/layer "$seed/d/sub"
+    echo data >"$seed/d/file"
+    ln -s file "$seed/d/link"
+    ln "$seed/d/file" "$seed/d/hard"
+    : >"$seed/d/.wh.gone"
+    : >"$seed/d/sub/.wh..wh..opq"
+    tar -C "$seed" -cf corpus/layer/seed-plain.tar d
+    tar -C "$seed" --format=gnu -cf corpus/layer/seed-gnu.tar d
+    rm -rf "$seed"
+fi
 for target in "${targets[@]}"; do
     echo "fuzz: $target for ${seconds}s"
     cargo fuzz run -O "$target" -- -max_total_time="$seconds" -print_final_stats=1 2>&1 |
