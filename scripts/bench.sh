@@ -3,7 +3,7 @@
 # unprivileged user in one run, and writes bench/results.md (median, min, max, ratio to crun) and
 # bench/startup.png. Only ratios from one run mean anything on a noisy machine.
 #
-#   sudo scripts/bench.sh [--runs N] [--quick]
+#   sudo scripts/bench.sh [--runs N] [--quick] [--sections all|none|backends,images]
 #
 # As root it installs what it needs (Debian packages), makes Debian 12's crun runnable on a
 # hybrid-cgroup host, creates the user `nookbench` and runs every case as that user. As a normal
@@ -14,11 +14,13 @@ repo=$PWD
 
 runs=30
 quick=false
+sections=all
 while [ $# -gt 0 ]; do
     case $1 in
         --runs) runs=$2; shift 2 ;;
         --quick) quick=true; runs=10; shift ;;
-        *) echo "usage: scripts/bench.sh [--runs N] [--quick]" >&2; exit 2 ;;
+        --sections) sections=$2; shift 2 ;;
+        *) echo "usage: scripts/bench.sh [--runs N] [--quick] [--sections all|none|NAME,…]" >&2; exit 2 ;;
     esac
 done
 
@@ -221,6 +223,10 @@ fi
 # Further sections (storage backends, image import) append to $results through time_case.
 for section in scripts/bench.d/*.sh; do
     [ -e "$section" ] || continue
+    case ",$sections," in
+        ,all,|*",$(basename "$section" .sh),"*) ;;
+        *) continue ;;
+    esac
     log "section $(basename "$section" .sh)"
     # shellcheck source=/dev/null
     . "$section"
