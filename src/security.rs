@@ -87,8 +87,14 @@ pub fn apply_capabilities(spec: &LinuxCapabilities) -> Result<()> {
     caps::set(None, CapSet::Inheritable, &inheritable)
         .context("setting inheritable capabilities")?;
     caps::clear(None, CapSet::Ambient).context("clearing ambient capabilities")?;
-    for cap in ambient {
-        caps::raise(None, CapSet::Ambient, cap)
+    // The kernel keeps the ambient set within permitted ∩ inheritable. Bundles often list
+    // ambient capabilities without inheritable ones (runc's own `spec --rootless` does); like
+    // runc, those are left out rather than failing the container.
+    for cap in ambient
+        .iter()
+        .filter(|c| permitted.contains(c) && inheritable.contains(c))
+    {
+        caps::raise(None, CapSet::Ambient, *cap)
             .with_context(|| format!("raising ambient capability {cap}"))?;
     }
     Ok(())

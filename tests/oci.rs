@@ -949,3 +949,28 @@ fn podman_detached_exec_stop_rm_and_tty() {
     out.assert_ok();
     assert!(out.stdout.contains("/dev/pts/"), "{out}");
 }
+
+#[test]
+fn ambient_capabilities_without_inheritable_ones_are_left_out_as_runc_does() {
+    let Some(t) = Nook::new() else { return };
+    // runc's own `spec --rootless` lists ambient capabilities but no inheritable set; the kernel
+    // keeps ambient within permitted ∩ inheritable, so such a bundle must still run.
+    let b = bundle(
+        &t,
+        "amb",
+        t.image(),
+        &["grep", "CapAmb", "/proc/self/status"],
+        |spec| {
+            let caps = &mut spec["process"]["capabilities"];
+            caps["ambient"] = json!(["CAP_NET_BIND_SERVICE", "CAP_KILL"]);
+            caps["inheritable"] = json!(["CAP_KILL"]);
+            caps["permitted"] = json!(["CAP_NET_BIND_SERVICE", "CAP_KILL"]);
+            caps["effective"] = json!(["CAP_NET_BIND_SERVICE", "CAP_KILL"]);
+            caps["bounding"] = json!(["CAP_NET_BIND_SERVICE", "CAP_KILL"]);
+        },
+    );
+    // Only CAP_KILL (bit 5) is in both permitted and inheritable.
+    oci(&t, &["run", "-b", s(&b), "amb1"])
+        .assert_ok()
+        .assert_stdout("CapAmb:\t0000000000000020");
+}
