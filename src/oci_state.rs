@@ -79,9 +79,29 @@ pub struct Entry {
 impl StateRoot {
     pub fn open(dir: &Path) -> Result<StateRoot> {
         create_private_dir(dir)?;
-        Ok(StateRoot {
+        let root = StateRoot {
             dir: dir.to_path_buf(),
-        })
+        };
+        root.remove_abandoned_claims();
+        Ok(root)
+    }
+
+    /// Removes the hidden claims of `create`s that were killed before renaming them into
+    /// place (their creator's pid is in the name).
+    fn remove_abandoned_claims(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let creator = name
+                .strip_prefix(".creating-")
+                .and_then(|rest| rest.rsplit_once('-'))
+                .and_then(|(_, pid)| pid.parse::<i32>().ok());
+            if creator.is_some_and(|pid| fs::metadata(format!("/proc/{pid}")).is_err()) {
+                let _ = remove_tree(&entry.path());
+            }
+        }
     }
 
     /// Claims the state directory of a new container. The directory is made under a hidden

@@ -974,3 +974,33 @@ fn ambient_capabilities_without_inheritable_ones_are_left_out_as_runc_does() {
         .assert_ok()
         .assert_stdout("CapAmb:\t0000000000000020");
 }
+
+#[test]
+fn create_killed_at_any_moment_leaves_nothing_delete_cannot_clean() {
+    let Some(t) = Nook::new() else { return };
+    let b = bundle(&t, "killed", t.image(), &["true"], |_| {});
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("fault seed {seed}");
+    for i in 0..40 {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        let id = format!("k{i}");
+        let tool = Tool::start(&t, t.bin(), &["create", "-b", s(&b), &id]);
+        thread::sleep(Duration::from_micros((seed >> 33) % 8000));
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(tool.child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        tool.wait();
+        // Whatever create got to, delete --force removes it (or says there is nothing).
+        let out = oci(&t, &["delete", "--force", &id]);
+        assert!(
+            out.code == Some(0) || out.stderr.contains(&id),
+            "delete after a killed create\n{out}"
+        );
+    }
+    assert_eq!(state_entries(&t), Vec::<String>::new(), "state left behind");
+    t.assert_no_processes_left();
+}

@@ -265,6 +265,7 @@ fn create_in(
             annotations: spec.annotations().clone(),
         };
         entry.save(&record)?;
+        started.adopt()?;
         if let Some(socket) = &opts.console_socket {
             let master = started
                 .take_pty()

@@ -258,6 +258,8 @@ fn become_container(ctx: &mut Context<'_>, gate_passed: &Cell<bool>) -> Result<I
     if let Some(gate) = gate {
         program.check_exists()?;
         chan.send(&Msg::Ready)?;
+        chan.expect(Msg::Adopted)
+            .context("nook create ended before recording the container")?;
         gate_passed.set(true);
         // Held open (close-on-exec) until execve: `nook start` returns when it closes.
         ctx.gate = Some(wait_at_gate(gate)?);

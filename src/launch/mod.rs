@@ -101,6 +101,8 @@ pub struct Started {
     old_mask: SigSet,
     /// The fuse backend's helper, which holds the root's fuse-overlayfs mount.
     helper: Option<helper::Helper>,
+    /// With a start gate: the sync channel, until [`Started::adopt`].
+    chan: Option<Channel>,
 }
 
 /// The namespaces the clone creates: those of the spec without a `path` (a namespace with a
@@ -250,9 +252,14 @@ pub fn start(launch: &Launch<'_>) -> Result<Started> {
         signals,
         old_mask,
         helper,
+        chan: None,
     };
     match handshake(launch, &parent_chan, pid, maps_written) {
-        Ok(pty) => Ok(Started { pty, ..started }),
+        Ok(pty) => Ok(Started {
+            pty,
+            chan: launch.start_gate.map(|_| parent_chan),
+            ..started
+        }),
         Err(e) => {
             let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
             let _ = waitpid(pid, None);
@@ -372,6 +379,15 @@ impl Started {
     /// The terminal's master side, for an engine's console socket; the caller relays it then.
     pub fn take_pty(&mut self) -> Option<OwnedFd> {
         self.pty.take()
+    }
+
+    /// Tells a child waiting before its start gate that its state is recorded, so it may
+    /// outlive this process. Until then a child whose creator dies exits by itself.
+    pub fn adopt(&mut self) -> Result<()> {
+        match self.chan.take() {
+            Some(chan) => chan.send(&Msg::Adopted),
+            None => Ok(()),
+        }
     }
 
     /// Leaves the container to whoever inherits it (an OCI `create` or `exec --detach`): the

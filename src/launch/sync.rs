@@ -34,6 +34,10 @@ pub enum Msg {
     HooksRan { pid: i32 },
     /// Child → parent: all set up; the child now waits at the start gate (OCI `create`).
     Ready,
+    /// Parent → child, after `Ready`: the container's state is recorded; the child may outlive
+    /// the parent from now on. A child that gets end-of-file instead exits: its creator died
+    /// before anyone could know of it.
+    Adopted,
     /// Joining helper → parent: the process that runs in the container is `pid` (host view).
     Joined { pid: i32 },
 }
