@@ -423,27 +423,39 @@ impl IdMapping {
 
     /// Writes the maps for the user namespace of `pid`, which must still be waiting for them.
     pub fn write_for(&self, pid: Pid) -> Result<()> {
+        self.write_for_while(pid, &|| Ok(()))
+    }
+
+    /// [`IdMapping::write_for`], doing `meanwhile` on this thread while the helpers run: each is
+    /// a fork and exec of a setuid binary, a millisecond or more that other work can use.
+    pub fn write_for_while(&self, pid: Pid, meanwhile: &dyn Fn() -> Result<()>) -> Result<()> {
         match self.writer {
             MapWriter::Direct => {
                 write_proc_file(pid, "setgroups", "deny")?;
                 write_proc_file(pid, "uid_map", &format_map(&self.uids))?;
                 write_proc_file(pid, "gid_map", &format_map(&self.gids))?;
+                meanwhile()
             }
             MapWriter::Helpers => {
-                // Both helpers at once: each is a fork and exec of a setuid binary.
-                let uid_helper = spawn_helper("newuidmap", pid, &self.uids)?;
-                let gid_helper = spawn_helper("newgidmap", pid, &self.gids)?;
-                let uid_result = finish_helper("newuidmap", uid_helper, &self.uids);
-                let gid_result = finish_helper("newgidmap", gid_helper, &self.gids);
-                uid_result?;
-                gid_result?;
+                // One thread per helper: spawning blocks until the binary has been exec'd.
+                let (uids, gids, ours) = std::thread::scope(|scope| {
+                    let uids = scope.spawn(|| run_helper("newuidmap", pid, &self.uids));
+                    let gids = scope.spawn(|| run_helper("newgidmap", pid, &self.gids));
+                    let ours = meanwhile();
+                    let joined = |t: std::thread::ScopedJoinHandle<'_, Result<()>>| {
+                        t.join()
+                            .unwrap_or_else(|_| Err(anyhow::anyhow!("an id-map thread panicked")))
+                    };
+                    (joined(uids), joined(gids), ours)
+                });
+                uids.and(gids).and(ours)
             }
             MapWriter::Privileged => {
                 write_proc_file(pid, "uid_map", &format_map(&self.uids))?;
                 write_proc_file(pid, "gid_map", &format_map(&self.gids))?;
+                meanwhile()
             }
         }
-        Ok(())
     }
 }
 
@@ -502,8 +514,14 @@ fn write_proc_file(pid: Pid, name: &str, content: &str) -> Result<()> {
     })
 }
 
+fn run_helper(helper: &str, pid: Pid, ranges: &[IdRange]) -> Result<()> {
+    finish_helper(helper, spawn_helper(helper, pid, ranges)?, ranges)
+}
+
 fn spawn_helper(helper: &str, pid: Pid, ranges: &[IdRange]) -> Result<std::process::Child> {
-    let mut cmd = Command::new(helper);
+    // The checked path: a search of PATH would run in the spawned child, one failed execve
+    // per directory.
+    let mut cmd = Command::new(find_in_path(helper).unwrap_or_else(|| PathBuf::from(helper)));
     cmd.arg(pid.to_string());
     for r in ranges {
         cmd.args([
