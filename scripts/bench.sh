@@ -63,11 +63,13 @@ fi
 user_id=$("${as_user[@]}" id -u)
 
 log "building nook (release)"
-cargo build --release --quiet
+# The binary's path depends on the target named in .cargo/config.toml: ask cargo for it.
+nook_bin=$(cargo build --release --quiet --message-format=json-render-diagnostics |
+    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
 rm -rf "$work"
 mkdir -p "$work" "$out"
 chmod 755 "$work"
-install -m 755 target/release/nook "$work/nook"
+install -m 755 "$nook_bin" "$work/nook"
 
 # ---------------------------------------------------------------------------------------------
 # Fixtures, owned by the bench user.
@@ -80,9 +82,12 @@ fi
 [ "$(id -u)" = 0 ] && chown -R "$BENCH_USER:" "$work"
 
 runtime_dir=$work/run
-user_env=(env "HOME=$work/home" "NOOK_STORAGE=$work/storage" "XDG_RUNTIME_DIR=$runtime_dir"
+# A clean environment, the same for every runtime: the caller's (RUST_BACKTRACE, a long PATH)
+# must not change what is measured.
+user_env=(env -i "HOME=$work/home" "NOOK_STORAGE=$work/storage" "XDG_RUNTIME_DIR=$runtime_dir"
           "USER=$BENCH_USER" "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
-[ "$(id -u)" = 0 ] || user_env=(env "NOOK_STORAGE=$work/storage" "XDG_RUNTIME_DIR=$runtime_dir" "HOME=$work/home")
+[ "$(id -u)" = 0 ] || user_env=(env -i "NOOK_STORAGE=$work/storage" "XDG_RUNTIME_DIR=$runtime_dir"
+                                "HOME=$work/home" "USER=$(id -un)" "PATH=$PATH")
 run_user() { "${as_user[@]}" "${user_env[@]}" "$@"; }
 run_user mkdir -p "$work/home" "$runtime_dir"
 run_user chmod 700 "$runtime_dir"

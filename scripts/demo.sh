@@ -9,12 +9,14 @@ cd "$(dirname "$0")/.."
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 say "building nook (cargo build --release)"
-cargo build --release --quiet
+# The binary's path depends on the target named in .cargo/config.toml: ask cargo for it.
+nook_bin=$(cargo build --release --quiet --message-format=json-render-diagnostics |
+    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
 
 work=$(mktemp -d /tmp/nook-demo.XXXXXX)
 chmod 755 "$work"
 trap 'rm -rf "$work"' EXIT
-install -m 755 target/release/nook "$work/nook"
+install -m 755 "$nook_bin" "$work/nook"
 
 say "making an image from the host's own programs: $work/image"
 image=$work/image
