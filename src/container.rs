@@ -202,6 +202,14 @@ impl Store {
     /// Creates the container's directory and claims its name. Two concurrent creates of the same
     /// name: exactly one wins, because the claim is a single `symlink(2)`.
     pub fn create(&self, new: NewContainer<'_>) -> Result<Container> {
+        let container = self.plan(new)?;
+        self.materialize(&container)?;
+        Ok(container)
+    }
+
+    /// The container `create` would make, decided but not yet on disk: its id, name, directory
+    /// and metadata. `run` plans first so the disk work can overlap the id-map helpers.
+    pub fn plan(&self, new: NewContainer<'_>) -> Result<Container> {
         let id = random_id()?;
         let name = match new.name {
             Some(name) => {
@@ -224,17 +232,22 @@ impl Store {
             creator_pid: Some(std::process::id() as i32),
             creator_start: process_start_time(std::process::id() as i32),
         };
+        Ok(Container { dir, meta })
+    }
+
+    /// Puts a planned container on disk and claims its name; on failure nothing is left.
+    pub fn materialize(&self, container: &Container) -> Result<()> {
+        let (id, name) = (&container.meta.id, &container.meta.name);
         // Built under a temporary name and renamed into place, so a create cut short leaves
         // nothing that looks like a container, only a `.creating-` directory the next listing
         // removes once its creator is gone.
         let staging = self
             .containers_dir()
             .join(format!(".creating-{}-{id}", std::process::id()));
-        let container = Container { dir, meta };
         let made = (|| -> Result<()> {
             create_private_dir(&staging)?;
             // The copy backend's `rootfs/` is made by the copy itself.
-            let layers: &[&str] = if new.backend == "copy" {
+            let layers: &[&str] = if container.meta.backend == "copy" {
                 &[]
             } else {
                 &["upper", "work"]
@@ -256,11 +269,11 @@ impl Store {
             let _ = remove_tree(&staging);
         }
         // The name is claimed last, so whoever finds a claim finds the container behind it.
-        if let Err(e) = made.and_then(|()| self.claim_name(&name, &id)) {
-            let _ = self.remove(&container);
+        if let Err(e) = made.and_then(|()| self.claim_name(name, id)) {
+            let _ = self.remove(container);
             return Err(e);
         }
-        Ok(container)
+        Ok(())
     }
 
     fn claim_name(&self, name: &str, id: &str) -> Result<()> {
@@ -531,6 +544,40 @@ mod tests {
             .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
             .count();
         assert_eq!(claims, 0);
+        remove_tree(&root).unwrap();
+    }
+
+    #[test]
+    fn a_planned_container_is_nothing_on_disk_until_materialized() {
+        let root = std::env::temp_dir().join(format!("nook-plan-test-{}", std::process::id()));
+        let _ = remove_tree(&root);
+        let store = Store::at(root.clone()).unwrap();
+        let idmap = IdMapping::caller_as_root(1000, 1000);
+        let new = |name| NewContainer {
+            name,
+            image: Path::new("/img"),
+            backend: "overlay",
+            backend_reason: "test",
+            command: &[],
+            auto_remove: true,
+            idmap: &idmap,
+        };
+        let taken = store.create(new(Some("y"))).unwrap();
+        let planned = store.plan(new(Some("y"))).unwrap();
+        assert!(!planned.dir.exists());
+        assert_eq!(store.list().unwrap().len(), 1);
+        // Removing a plan that never reached the disk (the clean-up after a failed start) must
+        // not take the name from the container that holds it.
+        store.remove(&planned).unwrap();
+        assert_eq!(store.get("y").unwrap().meta.id, taken.meta.id);
+        let err = store.materialize(&planned).err().unwrap();
+        assert!(err.to_string().contains("already in use"), "{err}");
+        assert!(!planned.dir.exists());
+        store.remove(&taken).unwrap();
+        let fresh = store.plan(new(Some("y"))).unwrap();
+        store.materialize(&fresh).unwrap();
+        assert!(fresh.upper().is_dir() && fresh.work().is_dir());
+        assert_eq!(store.get("y").unwrap().meta.id, fresh.meta.id);
         remove_tree(&root).unwrap();
     }
 }

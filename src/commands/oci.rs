@@ -251,6 +251,7 @@ fn create_in(
         init: false,
         keep_stdin: true,
         die_with_parent: false,
+        meanwhile: None,
     };
     let mut started = launch::start(&launch)?;
     let pid = started.pid;
@@ -793,6 +794,7 @@ pub fn exec(global: &GlobalArgs, args: &ExecArgs) -> Result<i32> {
         init: false,
         keep_stdin: true,
         die_with_parent: false,
+        meanwhile: None,
     };
     let mut started = launch::start(&launch)?;
     let child = started.pid;

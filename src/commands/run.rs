@@ -213,7 +213,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     let checked = check(args)?;
     let store = Store::open()?;
     let decision = choose_backend(args.backend, &store, &checked.idmap)?;
-    let container = store.create(NewContainer {
+    let container = store.plan(NewContainer {
         name: args.name.as_deref(),
         image: &checked.image,
         backend: decision.backend.name(),
@@ -222,6 +222,12 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         auto_remove: args.rm,
         idmap: &checked.idmap,
     })?;
+    // The overlay's directories are needed only once the id maps are written, so they are made
+    // while newuidmap and newgidmap run; fuse-overlayfs and the copy need them before.
+    let deferred = decision.backend == Backend::Overlay && !args.detach;
+    if !deferred {
+        store.materialize(&container)?;
+    }
     let prepared = match prepare(args, &checked, &container, decision.backend) {
         Ok(p) => p,
         Err(e) => {
@@ -229,6 +235,16 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             return Err(e);
         }
     };
+    let materialize = || -> Result<()> {
+        store.materialize(&container)?;
+        save_spec(&prepared.spec, &container)
+    };
+    if !deferred {
+        if let Err(e) = save_spec(&prepared.spec, &container) {
+            let _ = store.remove(&container);
+            return Err(e);
+        }
+    }
     let launch = Launch {
         spec: &prepared.spec,
         target: Target::New {
@@ -242,6 +258,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         init: args.init,
         keep_stdin: args.interactive,
         die_with_parent: true,
+        meanwhile: deferred.then_some(&materialize as &dyn Fn() -> Result<()>),
     };
     if args.detach {
         return run_detached(&store, &container, &launch);
@@ -315,11 +332,6 @@ fn prepare(
         volumes: &checked.volumes,
         idmap: &checked.idmap,
     })?;
-    // Kept for `nook exec`, which starts its processes the way this one was started. The
-    // overlay is mounted over this directory, so the container never sees it.
-    let spec_path = container.dir.join("config.json");
-    spec.save(&spec_path)
-        .with_context(|| format!("writing {}", spec_path.display()))?;
     let plan = match backend {
         Backend::Overlay => RootfsPlan::Overlay {
             lower: checked.image.clone(),
@@ -340,6 +352,14 @@ fn prepare(
         }
     };
     Ok(Prepared { spec, plan, files })
+}
+
+/// Kept for `nook exec`, which starts its processes the way this one was started. The overlay
+/// is mounted over the container's directory, so the container never sees it.
+fn save_spec(spec: &oci_spec::runtime::Spec, container: &Container) -> Result<()> {
+    let spec_path = container.dir.join("config.json");
+    spec.save(&spec_path)
+        .with_context(|| format!("writing {}", spec_path.display()))
 }
 
 /// The copy backend's private copy, made inside the container's user namespace so the image's

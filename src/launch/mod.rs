@@ -80,6 +80,9 @@ pub struct Launch<'a> {
     pub keep_stdin: bool,
     /// Kill the container if the nook process that started it dies.
     pub die_with_parent: bool,
+    /// Work for the parent while the id maps are written, done before the child goes on to
+    /// build the root (`nook run` makes the container's directory then).
+    pub meanwhile: Option<&'a dyn Fn() -> Result<()>>,
 }
 
 /// Signals nook passes on to the container; SIGCHLD tells it the container ended.
@@ -342,10 +345,13 @@ fn handshake(
     if let Target::New { idmap, .. } = launch.target {
         // With the fuse helper the container lives in the helper's user namespace, mapped
         // already.
+        let meanwhile = || launch.meanwhile.map_or(Ok(()), |work| work());
         if has_user_namespace(launch.spec) && !maps_written {
             idmap
                 .context("the spec asks for a user namespace but no id mapping was given")?
-                .write_for(pid)?;
+                .write_for_while(pid, &meanwhile)?;
+        } else {
+            meanwhile()?;
         }
         chan.send(&Msg::MapsWritten)?;
     }
