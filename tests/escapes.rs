@@ -7,7 +7,7 @@ use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
-use common::{tree_listing, Nook};
+use common::{exe_grabber, tree_listing, Nook};
 
 /// A host directory the container must never reach, with one file in it.
 fn canary(t: &Nook) -> PathBuf {
@@ -259,4 +259,33 @@ fn the_container_cannot_read_what_the_user_cannot() {
         std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
         0o600
     );
+}
+
+/// How many `nook exec`s race the grabber: each is nook inside the container for a moment.
+const EXEC_RACES: usize = 100;
+
+#[test]
+fn exec_never_hands_the_container_a_handle_on_nooks_binary() {
+    let Some(t) = Nook::new() else { return };
+    // The user's own copy: the container's root could write it, given a handle.
+    let bin = t.user_owned_binary();
+    let bin_dir = bin.parent().unwrap();
+    let before = tree_listing(bin_dir);
+    let grab = exe_grabber::install(&t);
+    let nook = |args: &[&str]| t.cmd(args).bin(&bin).run();
+    let volume = format!("{}:{}", grab.display(), exe_grabber::MOUNT);
+    let mut run = vec!["run", "-d", "--name", "victim", "-v", &volume, t.image()];
+    let grabber = exe_grabber::command(&[]);
+    run.extend(grabber.iter().map(String::as_str));
+    nook(&run).assert_ok();
+    exe_grabber::wait_started(&grab);
+    for _ in 0..EXEC_RACES {
+        nook(&["exec", "victim", "true"]).assert_ok();
+    }
+    // The container's monitor still runs the binary, so a write would fail with ETXTBSY: the
+    // handle itself is what must never be had.
+    let report = exe_grabber::finish(&t, &grab);
+    exe_grabber::assert_no_handle(&report, &bin);
+    assert_eq!(tree_listing(bin_dir), before, "nook's binary changed");
+    nook(&["rm", "-f", "victim"]).assert_ok();
 }
