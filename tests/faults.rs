@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{tree_listing, Nook};
@@ -280,4 +281,213 @@ fn a_full_disk_fails_clearly_and_corrupts_nothing() {
     nook(&["rm", "keep"]).assert_ok();
     nook(&["rmi", "img"]).assert_ok();
     common::force_remove(&base);
+}
+
+/// Kills an operation at random moments of a window that follows its duration: widened when
+/// a kill lands inside the operation, narrowed when it had finished already. About 70% of the
+/// kills land, however loaded the machine.
+struct Killer {
+    rng: Lcg,
+    window: Duration,
+    /// The window never grows past this: a kill may always land (`exec` of a long command).
+    widest: Duration,
+    sent: usize,
+    landed: usize,
+}
+
+impl Killer {
+    fn new(window: Duration) -> Killer {
+        Killer {
+            rng: Lcg::new(),
+            window,
+            widest: window * 3,
+            sent: 0,
+            landed: 0,
+        }
+    }
+
+    /// Kills `running` after a random delay within the window; returns how it ended.
+    fn kill(&mut self, running: common::Running) -> common::Out {
+        let us = self.rng.below(self.window.as_micros().max(1) as u64);
+        std::thread::sleep(Duration::from_micros(us));
+        running.signal(Signal::SIGKILL);
+        let out = running.wait();
+        self.sent += 1;
+        if out.signal == Some(libc::SIGKILL) {
+            self.landed += 1;
+            self.window = (self.window * 11 / 10).min(self.widest);
+        } else {
+            self.window = self.window * 4 / 5;
+        }
+        out
+    }
+
+    /// Says how many kills landed; fails if too few did to have tested anything.
+    #[track_caller]
+    fn report(&self, what: &str) {
+        eprintln!(
+            "{what}: {} kills, {} inside the operation, window now {:?}",
+            self.sent, self.landed, self.window
+        );
+        assert!(
+            self.landed * 3 >= self.sent,
+            "{what}: too few kills landed inside the operation"
+        );
+    }
+}
+
+/// Runs `nook ARGS` once to the end, uninterrupted, and returns a first window for the kills a
+/// little longer than it took. Timed without the harness, whose polling would round it up;
+/// output goes nowhere (a container may inherit it).
+fn measured(t: &Nook, args: &[&str]) -> Duration {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let started = std::time::Instant::now();
+    let status = t
+        .command_for(t.bin(), &args, &[])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run nook");
+    let took = started.elapsed();
+    assert!(status.success(), "nook {args:?}: {status}");
+    took * 5 / 4
+}
+
+/// A tree listing without ctimes (hard links to an image's files change theirs) and without
+/// the root itself (made by nook, not taken from the source).
+fn listing_without_ctime(dir: &Path) -> Vec<String> {
+    tree_listing(dir)
+        .into_iter()
+        .filter(|l| !l.starts_with(".\t"))
+        .map(|l| {
+            l.rsplit_once("\tctime=")
+                .map_or(l.clone(), |(keep, _)| keep.into())
+        })
+        .collect()
+}
+
+fn image_rootfs(t: &Nook, name: &str) -> PathBuf {
+    t.storage.join("images").join(name).join("rootfs")
+}
+
+/// Everything under `$NOOK_STORAGE/images`, hidden entries (builds in progress) included.
+fn image_store_entries(t: &Nook) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(t.storage.join("images"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// After a killed build of image `name`: the next command shows it whole (the same tree as
+/// `reference`) or not at all and leaves nothing hidden behind; a whole one is removed.
+#[track_caller]
+fn assert_whole_or_absent(t: &Nook, name: &str, reference: &[String], keep: &[&str]) {
+    let images = t.nook(&["images", "-q"]);
+    images.assert_ok();
+    let listed: Vec<&str> = images.lines();
+    if listed.contains(&name) {
+        assert_eq!(
+            listing_without_ctime(&image_rootfs(t, name)),
+            reference,
+            "a killed build left a broken image {name}"
+        );
+        t.nook(&["rmi", name]).assert_ok();
+    }
+    let mut want: Vec<String> = keep.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(image_store_entries(t), want, "left in the image store");
+}
+
+#[test]
+fn killing_import_at_any_moment_leaves_the_image_whole_or_absent() {
+    let Some(t) = Nook::new() else { return };
+    // The busybox tree as a tarball and as an OCI image layout, both made by nook.
+    t.nook(&["import", "-q", t.image(), "src"]).assert_ok();
+    let tarball = t.dir.join("bb.tar");
+    let oci_archive = t.dir.join("bb-oci.tar");
+    t.nook(&["export", "src", "-o", tarball.to_str().unwrap()])
+        .assert_ok();
+    t.nook(&[
+        "export",
+        "src",
+        "--format",
+        "oci",
+        "-o",
+        oci_archive.to_str().unwrap(),
+    ])
+    .assert_ok();
+    t.nook(&["rmi", "src"]).assert_ok();
+    let layout = t.mkdir("layout");
+    let untar = std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(&oci_archive)
+        .arg("-C")
+        .arg(&layout)
+        .status()
+        .expect("tar");
+    assert!(untar.success());
+    t.give(&layout);
+    for source in [&tarball, &layout] {
+        let source = source.to_str().unwrap();
+        let source_before = tree_listing(Path::new(source));
+        let window = measured(&t, &["import", "-q", source, "ref"]);
+        let reference = listing_without_ctime(&image_rootfs(&t, "ref"));
+        t.nook(&["rmi", "ref"]).assert_ok();
+        let mut killer = Killer::new(window);
+        for _ in 0..40 {
+            killer.kill(t.cmd(&["import", "-q", source, "k"]).spawn());
+            t.assert_no_processes_left();
+            assert_whole_or_absent(&t, "k", &reference, &[]);
+        }
+        killer.report(&format!("import {source}"));
+        assert_eq!(
+            tree_listing(Path::new(source)),
+            source_before,
+            "{source} changed"
+        );
+    }
+}
+
+#[test]
+fn killing_commit_at_any_moment_leaves_the_image_whole_or_absent() {
+    let Some(t) = Nook::new() else { return };
+    t.nook(&["import", "-q", t.image(), "bb"]).assert_ok();
+    t.nook(&[
+        "run",
+        "--name",
+        "work",
+        "bb",
+        "sh",
+        "-c",
+        "set -e; echo new > /added; echo more >> /etc/passwd; rm /bin/vi; rm -r /usr/sbin; \
+         mkdir -p /var/x/y; echo z > /var/x/y/z",
+    ])
+    .assert_ok();
+    let base_before = listing_without_ctime(&image_rootfs(&t, "bb"));
+    let diff_before = t.nook(&["diff", "work"]);
+    diff_before.assert_ok();
+    let window = measured(&t, &["commit", "-q", "work", "ref"]);
+    let reference = listing_without_ctime(&image_rootfs(&t, "ref"));
+    t.nook(&["rmi", "ref"]).assert_ok();
+    let mut killer = Killer::new(window);
+    for _ in 0..40 {
+        killer.kill(t.cmd(&["commit", "-q", "work", "snap"]).spawn());
+        t.assert_no_processes_left();
+        assert_whole_or_absent(&t, "snap", &reference, &["bb"]);
+    }
+    killer.report("commit");
+    assert_eq!(
+        listing_without_ctime(&image_rootfs(&t, "bb")),
+        base_before,
+        "the base image changed"
+    );
+    t.nook(&["diff", "work"]).assert_stdout(&diff_before.stdout);
+    t.nook(&["rm", "work"]).assert_ok();
+    t.nook(&["rmi", "bb"]).assert_ok();
 }
