@@ -491,3 +491,61 @@ fn killing_commit_at_any_moment_leaves_the_image_whole_or_absent() {
     t.nook(&["rm", "work"]).assert_ok();
     t.nook(&["rmi", "bb"]).assert_ok();
 }
+
+/// Host pids of the live processes in the pid namespace of `pid`, other than `pid` itself.
+/// Zombies have ended; they wait for the host's init, which reaps orphans from outside.
+fn others_in_pid_namespace(pid: i32) -> Vec<i32> {
+    let ns = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+    let zombie = |p: i32| {
+        std::fs::read_to_string(format!("/proc/{p}/stat")).map_or(true, |s| {
+            s.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'))
+        })
+    };
+    let Some(theirs) = ns(pid) else {
+        return Vec::new();
+    };
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&p| p != pid && ns(p).as_ref() == Some(&theirs) && !zombie(p))
+        .collect()
+}
+
+#[test]
+fn killing_exec_at_any_moment_leaves_no_exec_behind_and_the_container_working() {
+    let Some(t) = Nook::new() else { return };
+    t.nook(&["run", "-d", "--name", "bg", t.image(), "sleep", "1000"])
+        .assert_ok();
+    let pid = t.container("bg").expect("listed")["pid"]
+        .as_i64()
+        .expect("pid") as i32;
+    let window = measured(&t, &["exec", "bg", "true"]);
+    let mut killer = Killer::new(window);
+    for i in 0..40 {
+        // The command outlives every delay: a kill finds it there, or on its way. Every other
+        // one runs as another user, which takes a change of uid on the way.
+        let args: &[&str] = if i % 2 == 0 {
+            &["exec", "bg", "sleep", "30"]
+        } else {
+            &["exec", "-u", "1000", "bg", "sleep", "30"]
+        };
+        killer.kill(t.cmd(args).spawn());
+        assert!(
+            common::wait_until(Duration::from_secs(3), || others_in_pid_namespace(pid)
+                .is_empty()),
+            "the killed exec left processes in the container: {:?}",
+            others_in_pid_namespace(pid)
+        );
+        t.nook(&["exec", "bg", "true"]).assert_ok();
+    }
+    killer.report("exec");
+    assert_eq!(
+        killer.landed, killer.sent,
+        "an exec of `sleep 30` ended by itself"
+    );
+    assert_eq!(t.container("bg").expect("listed")["status"], "running");
+    t.nook(&["rm", "-f", "bg"]).assert_ok();
+}

@@ -792,7 +792,9 @@ pub fn exec(global: &GlobalArgs, args: &ExecArgs) -> Result<i32> {
         hooks: None,
         init: false,
         keep_stdin: true,
-        die_with_parent: false,
+        // Killing a waiting `exec` must not leave its command running in the container;
+        // `--detach` hands the command over on purpose.
+        die_with_parent: !args.detach,
     };
     let mut started = launch::start(&launch)?;
     let child = started.pid;

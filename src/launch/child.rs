@@ -92,6 +92,16 @@ pub(super) fn join_then_run(ctx: Context<'_>, target: Pid) -> ! {
     }
 }
 
+/// Makes the kernel kill this process when nook (its parent) dies. A parent that died before
+/// the prctl sends no signal; its closed end of the channel tells instead.
+fn stay_with_parent(chan: &Channel) -> Result<()> {
+    sys::die_with_parent().context("prctl(PR_SET_PDEATHSIG)")?;
+    if chan.peer_gone() {
+        anyhow::bail!("nook exited before the command started");
+    }
+    Ok(())
+}
+
 /// Namespaces `exec` enters, in order: the user namespace first (it grants the capabilities the
 /// others need), the mount namespace last (it changes the root under our feet).
 const JOINED: [(&str, CloneFlags); 7] = [
@@ -172,7 +182,7 @@ fn become_container(ctx: &mut Context<'_>, gate_passed: &Cell<bool>) -> Result<I
     let process = spec.process().as_ref().context("the spec has no process")?;
     let linux = spec.linux().as_ref();
     if launch.die_with_parent {
-        sys::die_with_parent().context("prctl(PR_SET_PDEATHSIG)")?;
+        stay_with_parent(chan)?;
     }
     // Compiled while the parent writes the id maps.
     let mut seccomp = match linux.and_then(|l| l.seccomp().as_ref()) {
@@ -246,6 +256,10 @@ fn become_container(ctx: &mut Context<'_>, gate_passed: &Cell<bool>) -> Result<I
     }
     let extra_gids = user.additional_gids().clone().unwrap_or_default();
     security::switch_user(user.uid(), user.gid(), &extra_gids, ctx.may_setgroups)?;
+    if launch.die_with_parent {
+        // A change of effective uid or gid (`-u 1000`) clears the parent-death signal.
+        stay_with_parent(chan)?;
+    }
     if let Some(caps) = process.capabilities() {
         security::apply_capabilities(caps)?;
     }
