@@ -549,3 +549,87 @@ fn killing_exec_at_any_moment_leaves_no_exec_behind_and_the_container_working() 
     assert_eq!(t.container("bg").expect("listed")["status"], "running");
     t.nook(&["rm", "-f", "bg"]).assert_ok();
 }
+
+/// An OCI bundle (`nook spec --rootless`) running `sleep 1000` over the busybox image.
+fn sleeping_bundle(t: &Nook) -> PathBuf {
+    let dir = t.mkdir("bundle");
+    t.nook(&["spec", "--rootless", "--bundle", dir.to_str().unwrap()])
+        .assert_ok();
+    let path = dir.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    spec["root"] = serde_json::json!({"path": t.image(), "readonly": true});
+    spec["process"]["args"] = serde_json::json!(["sleep", "1000"]);
+    // Marks the container's processes as this test's for the harness's leftover check.
+    spec["process"]["env"]
+        .as_array_mut()
+        .expect("env")
+        .push(serde_json::json!(format!(
+            "NOOK_STORAGE={}",
+            t.storage.display()
+        )));
+    t.write_file(&path, &spec.to_string());
+    dir
+}
+
+/// `nook list --format json`: (id, status) of every OCI container.
+fn oci_list(t: &Nook) -> Vec<(String, String)> {
+    let out = t.nook(&["list", "--format", "json"]);
+    out.assert_ok();
+    let list: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("list is not JSON: {e}\n{out}"));
+    list.as_array()
+        .unwrap_or_else(|| panic!("list is not an array\n{out}"))
+        .iter()
+        .map(|c| {
+            (
+                c["id"].as_str().unwrap_or_default().to_string(),
+                c["status"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn killing_oci_start_at_any_moment_leaves_a_container_that_runs_or_starts() {
+    let Some(t) = Nook::new() else { return };
+    let bundle = sleeping_bundle(&t);
+    // The container inherits create's output: not the harness's pipes.
+    let create = |id: &str| measured(&t, &["create", "--bundle", bundle.to_str().unwrap(), id]);
+    create("warm");
+    let mut killer = Killer::new(measured(&t, &["start", "warm"]));
+    t.nook(&["delete", "--force", "warm"]).assert_ok();
+    for i in 0..40 {
+        let id = format!("s{i}");
+        create(&id);
+        killer.kill(t.cmd(&["start", &id]).spawn());
+        // Whatever start got to, the container is created (and starts now) or runs.
+        let status = match oci_list(&t).as_slice() {
+            [(listed, status)] if *listed == id => status.clone(),
+            other => panic!("after a killed start of {id}, list shows {other:?}"),
+        };
+        let next = t
+            .cmd(&["start", &id])
+            .timeout(Duration::from_secs(10))
+            .run();
+        match status.as_str() {
+            // Unless the killed start had let the process through: it runs by now.
+            "created" => assert!(
+                next.code == Some(0) || next.code == Some(1) && next.stderr.contains("is running"),
+                "start after a killed start\n{next}"
+            ),
+            "running" => {
+                next.assert_code(1);
+                assert!(next.stderr.contains("is running"), "{next}");
+            }
+            other => panic!("{id} is {other} after a killed start"),
+        }
+        let state = t.nook(&["state", &id]);
+        state.assert_ok();
+        assert!(state.stdout.contains("\"running\""), "{state}");
+        t.nook(&["delete", "--force", &id]).assert_ok();
+        assert_eq!(oci_list(&t), Vec::new());
+        t.assert_no_processes_left();
+    }
+    killer.report("start");
+}

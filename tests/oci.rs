@@ -1052,6 +1052,33 @@ fn ambient_capabilities_without_inheritable_ones_are_left_out_as_runc_does() {
 }
 
 #[test]
+fn a_start_killed_after_opening_the_exec_fifo_leaves_a_running_container() {
+    let Some(t) = Nook::new() else { return };
+    let b = bundle(&t, "b", t.image(), &["sleep", "1000"], |_| {});
+    oci(&t, &["create", "-b", s(&b), "half"]).assert_ok();
+    let pid = state(&t, "half")["pid"].as_i64().expect("pid");
+    // What a `start` killed right after opening the fifo leaves: the process went on, the
+    // fifo stayed.
+    let fifo = nix::fcntl::open(
+        &t.runtime.join("nook/half/exec.fifo"),
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NONBLOCK,
+        nix::sys::stat::Mode::empty(),
+    )
+    .expect("open the exec fifo");
+    assert!(
+        wait_until(Duration::from_secs(10), || cmdline(pid)
+            .starts_with("sleep")),
+        "the command never ran: {}",
+        cmdline(pid)
+    );
+    drop(fifo);
+    assert_eq!(state(&t, "half")["status"], "running");
+    assert_fails_with(&oci(&t, &["start", "half"]), "is running");
+    oci(&t, &["delete", "--force", "half"]).assert_ok();
+    assert_eq!(state_entries(&t), Vec::<String>::new());
+}
+
+#[test]
 fn create_killed_at_any_moment_leaves_nothing_delete_cannot_clean() {
     let Some(t) = Nook::new() else { return };
     let b = bundle(&t, "killed", t.image(), &["true"], |_| {});

@@ -67,9 +67,8 @@ pub enum Target<'a> {
 pub struct Launch<'a> {
     pub spec: &'a Spec,
     pub target: Target<'a>,
-    /// Block before `execve` until this fifo is opened for reading (`nook start`); `start`
-    /// returns as soon as the child waits there.
-    pub start_gate: Option<&'a std::path::Path>,
+    /// Block before `execve` until the gate is opened (`nook start`).
+    pub start_gate: Option<StartGate<'a>>,
     /// Descriptors 3..3+N the container's process inherits (`--preserve-fds`).
     pub preserve_fds: u32,
     /// Run hooks at the points the runtime spec defines, with this state on their stdin.
@@ -80,6 +79,16 @@ pub struct Launch<'a> {
     pub keep_stdin: bool,
     /// Kill the container if the nook process that started it dies.
     pub die_with_parent: bool,
+}
+
+/// The fifos of an OCI `create`.
+#[derive(Clone, Copy)]
+pub struct StartGate<'a> {
+    /// The child blocks before `execve` until this fifo is opened for reading (`nook start`).
+    pub fifo: &'a std::path::Path,
+    /// The child holds this fifo open for reading from before `Ready` until it has passed the
+    /// gate, so that a writer's `open(O_NONBLOCK)` tells whether it still waits there.
+    pub waiting: &'a std::path::Path,
 }
 
 /// Signals nook passes on to the container; SIGCHLD tells it the container ended.
@@ -156,20 +165,24 @@ pub fn start(launch: &Launch<'_>) -> Result<Started> {
         .context("signalfd")?;
 
     // Opened here, so the child needs no access to the state directory to wait at the gate.
-    let gate = match launch.start_gate {
-        Some(path) => match nix::fcntl::open(
+    let open_path = |path: &std::path::Path| {
+        nix::fcntl::open(
             path,
             nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
-        ) {
-            Ok(fd) => Some(fd),
-            Err(e) => {
-                let _ =
-                    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
-                return Err(e).with_context(|| format!("opening the exec fifo {}", path.display()));
-            }
-        },
-        None => None,
+        )
+        .with_context(|| format!("opening the fifo {}", path.display()))
+    };
+    let (gate, waiting) = match launch
+        .start_gate
+        .map(|g| Ok::<_, anyhow::Error>((open_path(g.fifo)?, open_path(g.waiting)?)))
+        .transpose()
+    {
+        Ok(fds) => fds.unzip(),
+        Err(e) => {
+            let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
+            return Err(e);
+        }
     };
     let may_setgroups = match may_setgroups(launch) {
         Ok(may) => may,
@@ -198,6 +211,7 @@ pub fn start(launch: &Launch<'_>) -> Result<Started> {
             parent_mask: old_mask,
             may_setgroups,
             gate,
+            waiting,
         };
         helper::start(ctx, flags).map(|(pid, h)| (pid, Some(h)))
     } else {
@@ -212,6 +226,7 @@ pub fn start(launch: &Launch<'_>) -> Result<Started> {
                     parent_mask: old_mask,
                     may_setgroups,
                     gate,
+                    waiting,
                 };
                 match launch.target {
                     Target::New { .. } => child::run(ctx),
@@ -222,6 +237,7 @@ pub fn start(launch: &Launch<'_>) -> Result<Started> {
                 drop(child_chan);
                 drop(devnull);
                 drop(gate);
+                drop(waiting);
                 Ok((pid, None))
             }
             Err(e) => Err(clone_refused(e)),
