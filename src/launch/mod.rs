@@ -250,10 +250,10 @@ pub fn start(launch: &Launch<'_>) -> Result<Started> {
             return Err(e);
         }
     };
-    let pid = match launch.target {
-        Target::New { .. } => cloned,
+    let (pid, early) = match launch.target {
+        Target::New { .. } => (cloned, None),
         Target::Join { .. } => match joined_pid(&parent_chan, cloned) {
-            Ok(pid) => pid,
+            Ok(joined) => joined,
             Err(e) => {
                 let _ =
                     nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
@@ -270,7 +270,7 @@ pub fn start(launch: &Launch<'_>) -> Result<Started> {
         helper,
         chan: None,
     };
-    match handshake(launch, &parent_chan, pid, maps_written) {
+    match handshake(launch, &parent_chan, pid, maps_written, early) {
         Ok(pty) => Ok(Started {
             pty,
             chan: launch.start_gate.map(|_| parent_chan),
@@ -334,13 +334,25 @@ fn has_user_namespace(spec: &Spec) -> bool {
     namespace_flags(spec) & libc::CLONE_NEWUSER != 0
 }
 
+/// A message from the child, with the descriptor it carried.
+type Received = (Msg, Option<OwnedFd>);
+
 /// Reaps the helper that joined the container's namespaces; returns the pid of the process it
-/// cloned for us.
-fn joined_pid(chan: &Channel, helper: Pid) -> Result<Pid> {
-    let reply = chan.recv();
+/// cloned for us, and that process's first message if it came before the helper's.
+fn joined_pid(chan: &Channel, helper: Pid) -> Result<(Pid, Option<Received>)> {
+    // The process it cloned runs at once and may send its terminal before the helper reports.
+    let mut early = None;
+    let reply = loop {
+        match chan.recv() {
+            Ok(Some((Msg::PtyMaster, fd))) if early.is_none() => {
+                early = Some((Msg::PtyMaster, fd));
+            }
+            other => break other,
+        }
+    };
     let _ = waitpid(helper, None);
     match reply? {
-        Some((Msg::Joined { pid }, _)) => Ok(Pid::from_raw(pid)),
+        Some((Msg::Joined { pid }, _)) => Ok((Pid::from_raw(pid), early)),
         Some((Msg::Failed { code, message }, _)) => Err(ChildFailed { code, message }.into()),
         Some((other, _)) => anyhow::bail!("unexpected message from the joining helper: {other:?}"),
         None => anyhow::bail!("the helper that joins the container's namespaces died"),
@@ -354,6 +366,7 @@ fn handshake(
     chan: &Channel,
     pid: Pid,
     maps_written: bool,
+    mut early: Option<Received>,
 ) -> Result<Option<OwnedFd>> {
     if let Target::New { idmap, .. } = launch.target {
         // With the fuse helper the container lives in the helper's user namespace, mapped
@@ -367,7 +380,11 @@ fn handshake(
     }
     let mut pty = None;
     loop {
-        match chan.recv()? {
+        let received = match early.take() {
+            Some(msg) => Some(msg),
+            None => chan.recv()?,
+        };
+        match received {
             None => return Ok(pty),
             Some((Msg::Ready, _)) => return Ok(pty),
             Some((Msg::RuntimeHooks, _)) => {
