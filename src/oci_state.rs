@@ -1,5 +1,6 @@
 //! OCI runtime state: one directory per container under `--root`, holding the record of the
-//! container, a copy of its spec, the exec fifo while it waits for `start`, and a lock file.
+//! container, a copy of its spec, the exec fifo and the waiting fifo while it waits for `start`, and
+//! a lock file.
 //!
 //! Every command that reads or changes a container holds its lock (a POSIX record lock, which a
 //! forked child does not inherit, so the container's process never keeps it held).
@@ -273,15 +274,38 @@ impl Entry {
         Spec::load(&path).with_context(|| format!("reading {}", path.display()))
     }
 
+    /// The fifo the process holds open for reading while it waits at the exec fifo.
+    pub fn waiting_path(&self) -> PathBuf {
+        self.dir.join("waiting.fifo")
+    }
+
     /// created while the process waits at the exec fifo, running once it passed, stopped once
     /// it is gone (or a zombie).
     pub fn status(&self, record: &Record) -> ContainerState {
         if !process_alive(record.pid, record.pid_start) {
             ContainerState::Stopped
-        } else if self.fifo_path().exists() {
+        } else if self.fifo_path().exists() && self.waits_at_gate() {
             ContainerState::Created
         } else {
             ContainerState::Running
+        }
+    }
+
+    /// Whether the process still holds the waiting fifo open: opening it for writing without
+    /// blocking succeeds only while it has a reader. The exec fifo alone cannot tell: a `start`
+    /// killed after opening it (so the process went on) leaves it in place.
+    pub fn waits_at_gate(&self) -> bool {
+        match nix::fcntl::open(
+            &self.waiting_path(),
+            nix::fcntl::OFlag::O_WRONLY
+                | nix::fcntl::OFlag::O_NONBLOCK
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        ) {
+            Ok(_) => true,
+            // Created by a nook without the waiting fifo.
+            Err(nix::Error::ENOENT) => true,
+            Err(_) => false,
         }
     }
 

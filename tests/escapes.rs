@@ -7,7 +7,7 @@ use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
-use common::{tree_listing, Nook};
+use common::{exe_grabber, tree_listing, Nook};
 
 /// A host directory the container must never reach, with one file in it.
 fn canary(t: &Nook) -> PathBuf {
@@ -178,50 +178,135 @@ fn workdir_through_a_leaked_descriptor_is_refused() {
     assert_untouched(&canary, &before);
 }
 
+/// What runtimes hide from a container: files read as empty, directories list nothing.
+/// Spelled out here, not taken from nook, so that a path dropped from nook's list fails.
+const MASKED: [&str; 11] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// What a container may read but not change.
+const READ_ONLY: [&str; 6] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+    "/sys",
+];
+
+/// Those of `paths` this kernel has (the container's /proc and /sys show the host's kernel).
+fn present(paths: &[&'static str]) -> Vec<&'static str> {
+    paths
+        .iter()
+        .copied()
+        .filter(|p| Path::new(p).exists())
+        .collect()
+}
+
+/// A script line that prints the container's mount table after a `---` line.
+const PRINT_MOUNTS: &str = "echo ---; cat /proc/self/mountinfo";
+
+/// Fails unless, in the mount table the container printed after `---`, every masked and
+/// read-only path this kernel has is a read-only mount: emptiness alone would not tell a mask
+/// from a path the host happens to leave empty, nor a read-only /sys from a read-write one.
+#[track_caller]
+fn assert_masked_and_read_only(out: &common::Out) {
+    let (_, mountinfo) = out
+        .stdout
+        .split_once("---\n")
+        .unwrap_or_else(|| panic!("no mount table printed\n{out}"));
+    for path in present(&MASKED).into_iter().chain(present(&READ_ONLY)) {
+        // The last mount at a path is the one on top.
+        let options = mountinfo
+            .lines()
+            .rev()
+            .find_map(|l| {
+                let fields: Vec<&str> = l.split(' ').collect();
+                (fields.get(4) == Some(&path)).then(|| fields.get(5).copied())
+            })
+            .flatten()
+            .unwrap_or_else(|| panic!("{path} is not a mount of its own in the container\n{out}"));
+        assert!(
+            options.split(',').any(|o| o == "ro"),
+            "{path} is mounted read-write ({options}) in the container\n{out}"
+        );
+    }
+}
+
 #[test]
 fn masked_and_read_only_kernel_paths_stay_so() {
     let Some(t) = Nook::new() else { return };
-    // Masked files read as empty, masked directories list nothing; only those this kernel has.
     let mut script = String::new();
-    for file in [
-        "/proc/kcore",
-        "/proc/keys",
-        "/proc/timer_list",
-        "/proc/sched_debug",
-    ] {
-        if Path::new(file).exists() {
-            script.push_str(&format!("echo {file} $(wc -c < {file});"));
-        }
-    }
-    for dir in ["/sys/firmware", "/proc/acpi", "/proc/scsi"] {
-        if Path::new(dir).is_dir() {
-            script.push_str(&format!("echo {dir} $(ls -A {dir} | wc -l);"));
+    for path in present(&MASKED) {
+        if Path::new(path).is_dir() {
+            script.push_str(&format!("echo {path} $(ls -A {path} | wc -l);"));
+        } else {
+            script.push_str(&format!("echo {path} $(wc -c < {path});"));
         }
     }
     script.push_str(
         "if echo x > /proc/sys/kernel/hostname 2>/dev/null; then echo sysctl wrote; \
-         else echo sysctl refused; fi",
+         else echo sysctl refused; fi;",
     );
+    script.push_str(PRINT_MOUNTS);
     let out = t.sh(&script);
     out.assert_ok();
-    let lines = out.lines();
+    let lines: Vec<&str> = out
+        .lines()
+        .into_iter()
+        .take_while(|l| *l != "---")
+        .collect();
     assert!(lines.len() >= 2, "{out}");
     for line in &lines[..lines.len() - 1] {
         assert!(line.ends_with(" 0"), "not masked: {line}\n{out}");
     }
     assert_eq!(lines[lines.len() - 1], "sysctl refused", "{out}");
+    assert_masked_and_read_only(&out);
 }
 
 #[test]
 fn the_container_cannot_unmask_or_remount_anything() {
     let Some(t) = Nook::new() else { return };
-    let out = t.sh(
-        "for c in 'umount /proc/kcore' 'mount -o remount,rw /proc/sys' 'umount -l /sys'; do \
-           if $c 2>/dev/null; then echo \"$c: allowed\"; else echo \"$c: refused\"; fi; done",
-    );
+    // Every mask and read-only mount this kernel has, attacked; the mount table afterwards
+    // shows whether an attempt worked, whatever it returned.
+    let mut attempts = Vec::new();
+    for path in present(&MASKED) {
+        attempts.push(format!("umount {path}"));
+        attempts.push(format!("mount -o remount,rw {path}"));
+    }
+    for path in present(&READ_ONLY) {
+        attempts.push(format!("mount -o remount,rw {path}"));
+        attempts.push(format!("mount -o remount,bind,rw {path}"));
+    }
+    attempts.push("umount -l /sys".into());
+    attempts.push("umount -l /proc".into());
+    let mut script = String::new();
+    for c in &attempts {
+        script.push_str(&format!(
+            "if {c} 2>/dev/null; then echo '{c}: allowed'; else echo '{c}: refused'; fi;"
+        ));
+    }
+    script.push_str(PRINT_MOUNTS);
+    let out = t.sh(&script);
     out.assert_ok();
-    assert!(!out.stdout.contains("allowed"), "{out}");
-    assert_eq!(out.lines().len(), 3, "{out}");
+    let results: Vec<&str> = out
+        .lines()
+        .into_iter()
+        .take_while(|l| *l != "---")
+        .collect();
+    assert_eq!(results.len(), attempts.len(), "{out}");
+    assert!(results.iter().all(|l| l.ends_with(": refused")), "{out}");
+    assert_masked_and_read_only(&out);
 }
 
 #[test]
@@ -259,4 +344,33 @@ fn the_container_cannot_read_what_the_user_cannot() {
         std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
         0o600
     );
+}
+
+/// How many `nook exec`s race the grabber: each is nook inside the container for a moment.
+const EXEC_RACES: usize = 100;
+
+#[test]
+fn exec_never_hands_the_container_a_handle_on_nooks_binary() {
+    let Some(t) = Nook::new() else { return };
+    // The user's own copy: the container's root could write it, given a handle.
+    let bin = t.user_owned_binary();
+    let bin_dir = bin.parent().unwrap();
+    let before = tree_listing(bin_dir);
+    let grab = exe_grabber::install(&t);
+    let nook = |args: &[&str]| t.cmd(args).bin(&bin).run();
+    let volume = format!("{}:{}", grab.display(), exe_grabber::MOUNT);
+    let mut run = vec!["run", "-d", "--name", "victim", "-v", &volume, t.image()];
+    let grabber = exe_grabber::command(&[]);
+    run.extend(grabber.iter().map(String::as_str));
+    nook(&run).assert_ok();
+    exe_grabber::wait_started(&grab);
+    for _ in 0..EXEC_RACES {
+        nook(&["exec", "victim", "true"]).assert_ok();
+    }
+    // The container's monitor still runs the binary, so a write would fail with ETXTBSY: the
+    // handle itself is what must never be had.
+    let report = exe_grabber::finish(&t, &grab);
+    exe_grabber::assert_no_handle(&report, &bin);
+    assert_eq!(tree_listing(bin_dir), before, "nook's binary changed");
+    nook(&["rm", "-f", "victim"]).assert_ok();
 }

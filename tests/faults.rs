@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{tree_listing, Nook};
@@ -280,4 +281,355 @@ fn a_full_disk_fails_clearly_and_corrupts_nothing() {
     nook(&["rm", "keep"]).assert_ok();
     nook(&["rmi", "img"]).assert_ok();
     common::force_remove(&base);
+}
+
+/// Kills an operation at random moments of a window that follows its duration: widened when
+/// a kill lands inside the operation, narrowed when it had finished already. About 70% of the
+/// kills land, however loaded the machine.
+struct Killer {
+    rng: Lcg,
+    window: Duration,
+    /// The window never grows past this: a kill may always land (`exec` of a long command).
+    widest: Duration,
+    sent: usize,
+    landed: usize,
+}
+
+impl Killer {
+    fn new(window: Duration) -> Killer {
+        Killer {
+            rng: Lcg::new(),
+            window,
+            widest: window * 3,
+            sent: 0,
+            landed: 0,
+        }
+    }
+
+    /// Kills `running` after a random delay within the window; returns how it ended.
+    fn kill(&mut self, running: common::Running) -> common::Out {
+        let us = self.rng.below(self.window.as_micros().max(1) as u64);
+        std::thread::sleep(Duration::from_micros(us));
+        running.signal(Signal::SIGKILL);
+        let out = running.wait();
+        self.sent += 1;
+        if out.signal == Some(libc::SIGKILL) {
+            self.landed += 1;
+            self.window = (self.window * 11 / 10).min(self.widest);
+        } else {
+            self.window = self.window * 4 / 5;
+        }
+        out
+    }
+
+    /// Says how many kills landed; fails if too few did to have tested anything.
+    #[track_caller]
+    fn report(&self, what: &str) {
+        eprintln!(
+            "{what}: {} kills, {} inside the operation, window now {:?}",
+            self.sent, self.landed, self.window
+        );
+        assert!(
+            self.landed * 3 >= self.sent,
+            "{what}: too few kills landed inside the operation"
+        );
+    }
+}
+
+/// Runs `nook ARGS` once to the end, uninterrupted, and returns a first window for the kills a
+/// little longer than it took. Timed without the harness, whose polling would round it up;
+/// output goes nowhere (a container may inherit it).
+fn measured(t: &Nook, args: &[&str]) -> Duration {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let started = std::time::Instant::now();
+    let status = t
+        .command_for(t.bin(), &args, &[])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run nook");
+    let took = started.elapsed();
+    assert!(status.success(), "nook {args:?}: {status}");
+    took * 5 / 4
+}
+
+/// A tree listing without ctimes (hard links to an image's files change theirs) and without
+/// the root itself (made by nook, not taken from the source).
+fn listing_without_ctime(dir: &Path) -> Vec<String> {
+    tree_listing(dir)
+        .into_iter()
+        .filter(|l| !l.starts_with(".\t"))
+        .map(|l| {
+            l.rsplit_once("\tctime=")
+                .map_or(l.clone(), |(keep, _)| keep.into())
+        })
+        .collect()
+}
+
+fn image_rootfs(t: &Nook, name: &str) -> PathBuf {
+    t.storage.join("images").join(name).join("rootfs")
+}
+
+/// Everything under `$NOOK_STORAGE/images`, hidden entries (builds in progress) included.
+fn image_store_entries(t: &Nook) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(t.storage.join("images"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// After a killed build of image `name`: the next command shows it whole (the same tree as
+/// `reference`) or not at all and leaves nothing hidden behind; a whole one is removed.
+#[track_caller]
+fn assert_whole_or_absent(t: &Nook, name: &str, reference: &[String], keep: &[&str]) {
+    let images = t.nook(&["images", "-q"]);
+    images.assert_ok();
+    let listed: Vec<&str> = images.lines();
+    if listed.contains(&name) {
+        assert_eq!(
+            listing_without_ctime(&image_rootfs(t, name)),
+            reference,
+            "a killed build left a broken image {name}"
+        );
+        t.nook(&["rmi", name]).assert_ok();
+    }
+    let mut want: Vec<String> = keep.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(image_store_entries(t), want, "left in the image store");
+}
+
+#[test]
+fn killing_import_at_any_moment_leaves_the_image_whole_or_absent() {
+    let Some(t) = Nook::new() else { return };
+    // The busybox tree as a tarball and as an OCI image layout, both made by nook.
+    t.nook(&["import", "-q", t.image(), "src"]).assert_ok();
+    let tarball = t.dir.join("bb.tar");
+    let oci_archive = t.dir.join("bb-oci.tar");
+    t.nook(&["export", "src", "-o", tarball.to_str().unwrap()])
+        .assert_ok();
+    t.nook(&[
+        "export",
+        "src",
+        "--format",
+        "oci",
+        "-o",
+        oci_archive.to_str().unwrap(),
+    ])
+    .assert_ok();
+    t.nook(&["rmi", "src"]).assert_ok();
+    let layout = t.mkdir("layout");
+    let untar = std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(&oci_archive)
+        .arg("-C")
+        .arg(&layout)
+        .status()
+        .expect("tar");
+    assert!(untar.success());
+    t.give(&layout);
+    for source in [&tarball, &layout] {
+        let source = source.to_str().unwrap();
+        let source_before = tree_listing(Path::new(source));
+        let window = measured(&t, &["import", "-q", source, "ref"]);
+        let reference = listing_without_ctime(&image_rootfs(&t, "ref"));
+        t.nook(&["rmi", "ref"]).assert_ok();
+        let mut killer = Killer::new(window);
+        for _ in 0..40 {
+            killer.kill(t.cmd(&["import", "-q", source, "k"]).spawn());
+            t.assert_no_processes_left();
+            assert_whole_or_absent(&t, "k", &reference, &[]);
+        }
+        killer.report(&format!("import {source}"));
+        assert_eq!(
+            tree_listing(Path::new(source)),
+            source_before,
+            "{source} changed"
+        );
+    }
+}
+
+#[test]
+fn killing_commit_at_any_moment_leaves_the_image_whole_or_absent() {
+    let Some(t) = Nook::new() else { return };
+    t.nook(&["import", "-q", t.image(), "bb"]).assert_ok();
+    t.nook(&[
+        "run",
+        "--name",
+        "work",
+        "bb",
+        "sh",
+        "-c",
+        "set -e; echo new > /added; echo more >> /etc/passwd; rm /bin/vi; rm -r /usr/sbin; \
+         mkdir -p /var/x/y; echo z > /var/x/y/z",
+    ])
+    .assert_ok();
+    let base_before = listing_without_ctime(&image_rootfs(&t, "bb"));
+    let diff_before = t.nook(&["diff", "work"]);
+    diff_before.assert_ok();
+    let window = measured(&t, &["commit", "-q", "work", "ref"]);
+    let reference = listing_without_ctime(&image_rootfs(&t, "ref"));
+    t.nook(&["rmi", "ref"]).assert_ok();
+    let mut killer = Killer::new(window);
+    for _ in 0..40 {
+        killer.kill(t.cmd(&["commit", "-q", "work", "snap"]).spawn());
+        t.assert_no_processes_left();
+        assert_whole_or_absent(&t, "snap", &reference, &["bb"]);
+    }
+    killer.report("commit");
+    assert_eq!(
+        listing_without_ctime(&image_rootfs(&t, "bb")),
+        base_before,
+        "the base image changed"
+    );
+    t.nook(&["diff", "work"]).assert_stdout(&diff_before.stdout);
+    t.nook(&["rm", "work"]).assert_ok();
+    t.nook(&["rmi", "bb"]).assert_ok();
+}
+
+/// Host pids of the live processes in the pid namespace of `pid`, other than `pid` itself.
+/// Zombies have ended; they wait for the host's init, which reaps orphans from outside.
+fn others_in_pid_namespace(pid: i32) -> Vec<i32> {
+    let ns = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+    let zombie = |p: i32| {
+        std::fs::read_to_string(format!("/proc/{p}/stat")).map_or(true, |s| {
+            s.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'))
+        })
+    };
+    let Some(theirs) = ns(pid) else {
+        return Vec::new();
+    };
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&p| p != pid && ns(p).as_ref() == Some(&theirs) && !zombie(p))
+        .collect()
+}
+
+#[test]
+fn killing_exec_at_any_moment_leaves_no_exec_behind_and_the_container_working() {
+    let Some(t) = Nook::new() else { return };
+    t.nook(&["run", "-d", "--name", "bg", t.image(), "sleep", "1000"])
+        .assert_ok();
+    let pid = t.container("bg").expect("listed")["pid"]
+        .as_i64()
+        .expect("pid") as i32;
+    let window = measured(&t, &["exec", "bg", "true"]);
+    let mut killer = Killer::new(window);
+    for i in 0..40 {
+        // The command outlives every delay: a kill finds it there, or on its way. Every other
+        // one runs as another user, which takes a change of uid on the way.
+        let args: &[&str] = if i % 2 == 0 {
+            &["exec", "bg", "sleep", "30"]
+        } else {
+            &["exec", "-u", "1000", "bg", "sleep", "30"]
+        };
+        killer.kill(t.cmd(args).spawn());
+        assert!(
+            common::wait_until(Duration::from_secs(3), || others_in_pid_namespace(pid)
+                .is_empty()),
+            "the killed exec left processes in the container: {:?}",
+            others_in_pid_namespace(pid)
+        );
+        t.nook(&["exec", "bg", "true"]).assert_ok();
+    }
+    killer.report("exec");
+    assert_eq!(
+        killer.landed, killer.sent,
+        "an exec of `sleep 30` ended by itself"
+    );
+    assert_eq!(t.container("bg").expect("listed")["status"], "running");
+    t.nook(&["rm", "-f", "bg"]).assert_ok();
+}
+
+/// An OCI bundle (`nook spec --rootless`) running `sleep 1000` over the busybox image.
+fn sleeping_bundle(t: &Nook) -> PathBuf {
+    let dir = t.mkdir("bundle");
+    t.nook(&["spec", "--rootless", "--bundle", dir.to_str().unwrap()])
+        .assert_ok();
+    let path = dir.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    spec["root"] = serde_json::json!({"path": t.image(), "readonly": true});
+    spec["process"]["args"] = serde_json::json!(["sleep", "1000"]);
+    // Marks the container's processes as this test's for the harness's leftover check.
+    spec["process"]["env"]
+        .as_array_mut()
+        .expect("env")
+        .push(serde_json::json!(format!(
+            "NOOK_STORAGE={}",
+            t.storage.display()
+        )));
+    t.write_file(&path, &spec.to_string());
+    dir
+}
+
+/// `nook list --format json`: (id, status) of every OCI container.
+fn oci_list(t: &Nook) -> Vec<(String, String)> {
+    let out = t.nook(&["list", "--format", "json"]);
+    out.assert_ok();
+    let list: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("list is not JSON: {e}\n{out}"));
+    list.as_array()
+        .unwrap_or_else(|| panic!("list is not an array\n{out}"))
+        .iter()
+        .map(|c| {
+            (
+                c["id"].as_str().unwrap_or_default().to_string(),
+                c["status"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn killing_oci_start_at_any_moment_leaves_a_container_that_runs_or_starts() {
+    let Some(t) = Nook::new() else { return };
+    let bundle = sleeping_bundle(&t);
+    // The container inherits create's output: not the harness's pipes.
+    let create = |id: &str| measured(&t, &["create", "--bundle", bundle.to_str().unwrap(), id]);
+    create("warm");
+    let mut killer = Killer::new(measured(&t, &["start", "warm"]));
+    t.nook(&["delete", "--force", "warm"]).assert_ok();
+    for i in 0..40 {
+        let id = format!("s{i}");
+        create(&id);
+        killer.kill(t.cmd(&["start", &id]).spawn());
+        // Whatever start got to, the container is created (and starts now) or runs.
+        let status = match oci_list(&t).as_slice() {
+            [(listed, status)] if *listed == id => status.clone(),
+            other => panic!("after a killed start of {id}, list shows {other:?}"),
+        };
+        let next = t
+            .cmd(&["start", &id])
+            .timeout(Duration::from_secs(10))
+            .run();
+        match status.as_str() {
+            // Unless the killed start had let the process through: it runs by now.
+            "created" => assert!(
+                next.code == Some(0) || next.code == Some(1) && next.stderr.contains("is running"),
+                "start after a killed start\n{next}"
+            ),
+            "running" => {
+                next.assert_code(1);
+                assert!(next.stderr.contains("is running"), "{next}");
+            }
+            other => panic!("{id} is {other} after a killed start"),
+        }
+        let state = t.nook(&["state", &id]);
+        state.assert_ok();
+        assert!(state.stdout.contains("\"running\""), "{state}");
+        t.nook(&["delete", "--force", &id]).assert_ok();
+        assert_eq!(oci_list(&t), Vec::new());
+        t.assert_no_processes_left();
+    }
+    killer.report("start");
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::{wait_until, Nook, Out};
+use common::{exe_grabber, tree_listing, wait_until, Nook, Out};
 
 const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -615,6 +615,82 @@ fn human_exec_joins_a_detached_nook_run() {
 }
 
 // ---------------------------------------------------------------------------
+// nook's binary out of the container's reach (CVE-2019-5736).
+// ---------------------------------------------------------------------------
+
+/// A bundle running `args` with the exe grabber's directory mounted.
+fn grabber_bundle(t: &Nook, name: &str, grab: &Path, args: &[String]) -> PathBuf {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    bundle(t, name, t.image(), &args, |spec| {
+        spec["mounts"].as_array_mut().expect("mounts").push(json!({
+            "destination": exe_grabber::MOUNT,
+            "type": "bind",
+            "source": grab,
+            "options": ["rbind"],
+        }));
+    })
+}
+
+#[test]
+fn oci_exec_never_hands_the_container_a_handle_on_nooks_binary() {
+    let Some(t) = Nook::new() else { return };
+    // The user's own copy, which the container's root could write given a handle.
+    let bin = t.user_owned_binary();
+    let bin_dir = bin.parent().unwrap();
+    let before = tree_listing(bin_dir);
+    let grab = exe_grabber::install(&t);
+    let b = grabber_bundle(&t, "b", &grab, &exe_grabber::command(&[]));
+    tool(&t, &bin, &["run", "--detach", "-b", s(&b), "x1"]).assert_ok();
+    exe_grabber::wait_started(&grab);
+    for _ in 0..100 {
+        tool(&t, &bin, &["exec", "x1", "true"]).assert_ok();
+    }
+    // No nook process is left to keep the binary busy: a handle would now be writable.
+    let report = exe_grabber::finish(&t, &grab);
+    exe_grabber::assert_no_handle(&report, &bin);
+    assert_eq!(tree_listing(bin_dir), before, "nook's binary changed");
+    tool(&t, &bin, &["delete", "--force", "x1"]).assert_ok();
+}
+
+#[test]
+fn a_created_containers_init_is_out_of_reach_through_proc_1_exe() {
+    let Some(t) = Nook::new() else { return };
+    let bin = t.user_owned_binary();
+    let bin_dir = bin.parent().unwrap();
+    let before = tree_listing(bin_dir);
+    let grab = exe_grabber::install(&t);
+    // Until it execs the command, pid 1 is nook itself. `exec` cannot get in before `start`
+    // (below), so the grabber starts as the startContainer hook, which runs in the container
+    // with the process's credentials while pid 1 waits for it. The hook returns once the
+    // grabber has had its go at /proc/1/exe; the grabber keeps any handle it got.
+    let grabber = exe_grabber::command(&["1"]).join(" ");
+    let hook = format!(
+        "{grabber} </dev/null >/dev/null 2>&1 & \
+         until grep -q tried {m}/report 2>/dev/null; do sleep 0.01; done",
+        m = exe_grabber::MOUNT
+    );
+    let b = grabber_bundle(&t, "b", &grab, &["sleep".into(), "1000".into()]);
+    let config = b.join("config.json");
+    let mut spec: Value = serde_json::from_str(&fs::read_to_string(&config).unwrap()).unwrap();
+    spec["hooks"] = json!({"startContainer": [
+        {"path": "/bin/sh", "args": ["sh", "-c", hook], "env": ["PATH=/bin"]}
+    ]});
+    t.write_file(&config, &spec.to_string());
+    tool(&t, &bin, &["create", "-b", s(&b), "x2"]).assert_ok();
+    assert_fails_with(
+        &tool(&t, &bin, &["exec", "x2", "true"]),
+        "only a running container can exec",
+    );
+    tool(&t, &bin, &["start", "x2"]).assert_ok();
+    // `start` has returned and the command runs: no nook process is left to keep the binary
+    // busy, so a handle would now be writable.
+    let report = exe_grabber::finish(&t, &grab);
+    exe_grabber::assert_no_handle(&report, &bin);
+    assert_eq!(tree_listing(bin_dir), before, "nook's binary changed");
+    tool(&t, &bin, &["delete", "--force", "x2"]).assert_ok();
+}
+
+// ---------------------------------------------------------------------------
 // The same bundle under crun and nook.
 // ---------------------------------------------------------------------------
 
@@ -973,6 +1049,33 @@ fn ambient_capabilities_without_inheritable_ones_are_left_out_as_runc_does() {
     oci(&t, &["run", "-b", s(&b), "amb1"])
         .assert_ok()
         .assert_stdout("CapAmb:\t0000000000000020");
+}
+
+#[test]
+fn a_start_killed_after_opening_the_exec_fifo_leaves_a_running_container() {
+    let Some(t) = Nook::new() else { return };
+    let b = bundle(&t, "b", t.image(), &["sleep", "1000"], |_| {});
+    oci(&t, &["create", "-b", s(&b), "half"]).assert_ok();
+    let pid = state(&t, "half")["pid"].as_i64().expect("pid");
+    // What a `start` killed right after opening the fifo leaves: the process went on, the
+    // fifo stayed.
+    let fifo = nix::fcntl::open(
+        &t.runtime.join("nook/half/exec.fifo"),
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NONBLOCK,
+        nix::sys::stat::Mode::empty(),
+    )
+    .expect("open the exec fifo");
+    assert!(
+        wait_until(Duration::from_secs(10), || cmdline(pid)
+            .starts_with("sleep")),
+        "the command never ran: {}",
+        cmdline(pid)
+    );
+    drop(fifo);
+    assert_eq!(state(&t, "half")["status"], "running");
+    assert_fails_with(&oci(&t, &["start", "half"]), "is running");
+    oci(&t, &["delete", "--force", "half"]).assert_ok();
+    assert_eq!(state_entries(&t), Vec::<String>::new());
 }
 
 #[test]

@@ -236,6 +236,12 @@ fn create_in(
     // The process may have switched to any user when it opens the fifo to wait: let it write.
     fs::set_permissions(&fifo, fs::Permissions::from_mode(0o622))
         .with_context(|| format!("chmod {}", fifo.display()))?;
+    let waiting = entry.waiting_path();
+    nix::unistd::mkfifo(&waiting, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .with_context(|| format!("mkfifo {}", waiting.display()))?;
+    // Likewise, it opens this one for reading.
+    fs::set_permissions(&waiting, fs::Permissions::from_mode(0o644))
+        .with_context(|| format!("chmod {}", waiting.display()))?;
     let hooks = HookContext::of(spec, &entry.id, &bundle.dir);
     let plan = RootfsPlan::Prepared;
     let launch = Launch {
@@ -245,7 +251,10 @@ fn create_in(
             files: &[],
             idmap: idmap.as_ref(),
         },
-        start_gate: Some(&fifo),
+        start_gate: Some(launch::StartGate {
+            fifo: &fifo,
+            waiting: &waiting,
+        }),
         preserve_fds: opts.preserve_fds,
         hooks: hooks.as_ref(),
         init: false,
@@ -319,24 +328,30 @@ fn pass_gate(entry: &Entry, record: &Record) -> Result<()> {
     loop {
         let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(100u16)) {
-            Ok(0) | Err(nix::Error::EINTR) => {}
-            Ok(_) => {
-                let mut byte = [0u8; 1];
-                match nix::unistd::read(&fifo, &mut byte) {
-                    Ok(1) if byte[0] == b'E' => failed = true,
-                    Ok(1) => passed = true,
-                    // End of file after the byte: the writer exec'd (or died).
-                    Ok(0) if passed => break,
-                    Ok(_) | Err(nix::Error::EAGAIN) => {}
-                    Err(e) => return Err(e).context("reading the exec fifo"),
-                }
-            }
+            Ok(_) | Err(nix::Error::EINTR) => {}
             Err(e) => return Err(e).context("poll on the exec fifo"),
+        }
+        // Looked at before reading: once the process stops waiting, its byte is in the fifo
+        // already, or went to the reader of a `start` that was killed after letting it through.
+        let waiting = passed || entry.waits_at_gate();
+        // Read even when poll said nothing: it reports no end of file for a writer that opened
+        // the fifo before we did (for such a killed `start`).
+        let mut byte = [0u8; 1];
+        match nix::unistd::read(&fifo, &mut byte) {
+            Ok(1) if byte[0] == b'E' => failed = true,
+            Ok(1) => passed = true,
+            // End of file after the byte: the writer exec'd (or died).
+            Ok(0) if passed => break,
+            Ok(_) | Err(nix::Error::EAGAIN) => {}
+            Err(e) => return Err(e).context("reading the exec fifo"),
         }
         // Before it opens the fifo, poll tells nothing: watch the process itself.
         if !passed {
             if !crate::oci_state::process_alive(record.pid, record.pid_start) {
                 failed = true;
+                break;
+            }
+            if !waiting {
                 break;
             }
             std::thread::sleep(Duration::from_millis(1));
@@ -369,10 +384,14 @@ pub fn start(global: &GlobalArgs, args: &IdArg) -> Result<i32> {
     let record = entry.record()?;
     match entry.status(&record) {
         ContainerState::Created => {}
-        other => bail!(
-            "container {} is {other}: only a created container can be started",
-            args.id
-        ),
+        other => {
+            // A `start` killed after opening the exec fifo left it behind.
+            let _ = fs::remove_file(entry.fifo_path());
+            bail!(
+                "container {} is {other}: only a created container can be started",
+                args.id
+            )
+        }
     }
     pass_gate(&entry, &record)?;
     run_poststart(&entry, &record);
@@ -793,7 +812,9 @@ pub fn exec(global: &GlobalArgs, args: &ExecArgs) -> Result<i32> {
         hooks: None,
         init: false,
         keep_stdin: true,
-        die_with_parent: false,
+        // Killing a waiting `exec` must not leave its command running in the container;
+        // `--detach` hands the command over on purpose.
+        die_with_parent: !args.detach,
         meanwhile: None,
     };
     let mut started = launch::start(&launch)?;

@@ -29,6 +29,8 @@ pub(super) struct Context<'a> {
     /// The exec fifo to wait at before `execve`: `O_PATH` until the child passed it, then its
     /// open write end.
     pub gate: Option<OwnedFd>,
+    /// The fifo held open for reading while the child waits at the gate (`O_PATH` here).
+    pub waiting: Option<OwnedFd>,
 }
 
 /// Runs in the cloned child; never returns. Any failure goes to the parent as a message.
@@ -38,6 +40,7 @@ pub(super) fn run(mut ctx: Context<'_>) -> ! {
     // `--preserve-fds` (3..3+N) are meant to.
     let mut kept = vec![ctx.chan.as_raw_fd(), ctx.devnull.as_raw_fd()];
     kept.extend(ctx.gate.as_ref().map(|g| g.as_raw_fd()));
+    kept.extend(ctx.waiting.as_ref().map(|w| w.as_raw_fd()));
     kept.extend((0..ctx.launch.preserve_fds).map(|i| 3 + i as RawFd));
     let setup = sys::close_inherited_fds(&kept)
         .context("closing inherited descriptors")
@@ -90,6 +93,16 @@ pub(super) fn join_then_run(ctx: Context<'_>, target: Pid) -> ! {
         }
         Err(e) => fail(&ctx.chan, e, false),
     }
+}
+
+/// Makes the kernel kill this process when nook (its parent) dies. A parent that died before
+/// the prctl sends no signal; its closed end of the channel tells instead.
+fn stay_with_parent(chan: &Channel) -> Result<()> {
+    sys::die_with_parent().context("prctl(PR_SET_PDEATHSIG)")?;
+    if chan.peer_gone() {
+        anyhow::bail!("nook exited before the command started");
+    }
+    Ok(())
 }
 
 /// Namespaces `exec` enters, in order: the user namespace first (it grants the capabilities the
@@ -172,7 +185,7 @@ fn become_container(ctx: &mut Context<'_>, gate_passed: &Cell<bool>) -> Result<I
     let process = spec.process().as_ref().context("the spec has no process")?;
     let linux = spec.linux().as_ref();
     if launch.die_with_parent {
-        sys::die_with_parent().context("prctl(PR_SET_PDEATHSIG)")?;
+        stay_with_parent(chan)?;
     }
     // Compiled while the parent writes the id maps.
     let mut seccomp = match linux.and_then(|l| l.seccomp().as_ref()) {
@@ -181,6 +194,7 @@ fn become_container(ctx: &mut Context<'_>, gate_passed: &Cell<bool>) -> Result<I
     };
     let mut host_pid = None;
     let gate = ctx.gate.take();
+    let waiting = ctx.waiting.take();
     if let Target::New {
         rootfs: plan,
         files,
@@ -246,6 +260,10 @@ fn become_container(ctx: &mut Context<'_>, gate_passed: &Cell<bool>) -> Result<I
     }
     let extra_gids = user.additional_gids().clone().unwrap_or_default();
     security::switch_user(user.uid(), user.gid(), &extra_gids, ctx.may_setgroups)?;
+    if launch.die_with_parent {
+        // A change of effective uid or gid (`-u 1000`) clears the parent-death signal.
+        stay_with_parent(chan)?;
+    }
     if let Some(caps) = process.capabilities() {
         security::apply_capabilities(caps)?;
     }
@@ -257,12 +275,17 @@ fn become_container(ctx: &mut Context<'_>, gate_passed: &Cell<bool>) -> Result<I
 
     if let Some(gate) = gate {
         program.check_exists()?;
+        let waiting = waiting.map(|w| reopen(&w, OFlag::O_RDONLY | OFlag::O_NONBLOCK));
+        let waiting = waiting
+            .transpose()
+            .context("opening the waiting fifo (is /proc mounted in the spec?)")?;
         chan.send(&Msg::Ready)?;
         chan.expect(Msg::Adopted)
             .context("nook create ended before recording the container")?;
         gate_passed.set(true);
         // Held open (close-on-exec) until execve: `nook start` returns when it closes.
         ctx.gate = Some(wait_at_gate(gate)?);
+        drop(waiting);
         if let Some(hooks) = launch.hooks {
             hooks.run_start_container(host_pid.unwrap_or(0))?;
         }
@@ -298,15 +321,19 @@ fn become_container(ctx: &mut Context<'_>, gate_passed: &Cell<bool>) -> Result<I
 /// is reopened through our own descriptor, which works whatever user we are by now. The open
 /// end is returned: `start` reads end-of-file once `execve` closes it.
 fn wait_at_gate(gate: OwnedFd) -> Result<OwnedFd> {
-    let path = format!("/proc/self/fd/{}", gate.as_raw_fd());
-    let fifo = nix::fcntl::open(
-        path.as_str(),
-        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .context("opening the exec fifo to wait for `start` (is /proc mounted in the spec?)")?;
-    nix::unistd::write(&fifo, b"0").context("writing to the exec fifo")?;
-    Ok(fifo)
+    let fifo = reopen(&gate, OFlag::O_WRONLY)
+        .context("opening the exec fifo to wait for `start` (is /proc mounted in the spec?)")?;
+    match nix::unistd::write(&fifo, b"0") {
+        // The `start` that opened the fifo was killed before reading: it asked for the start.
+        Ok(_) | Err(nix::Error::EPIPE) => Ok(fifo),
+        Err(e) => Err(e).context("writing to the exec fifo"),
+    }
+}
+
+/// Opens the file behind an `O_PATH` descriptor, close-on-exec.
+fn reopen(fd: &OwnedFd, flags: OFlag) -> nix::Result<OwnedFd> {
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    nix::fcntl::open(path.as_str(), flags | OFlag::O_CLOEXEC, Mode::empty())
 }
 
 /// Opens a terminal in the container's own devpts instance, hands the master to the parent and

@@ -99,6 +99,7 @@ fn run(ctx: child::Context<'_>, flags: libc::c_int, chan: Channel) -> ! {
             ctx.devnull.as_raw_fd(),
         ];
         keep.extend(ctx.gate.as_ref().map(|g| g.as_raw_fd()));
+        keep.extend(ctx.waiting.as_ref().map(|w| w.as_raw_fd()));
         keep.extend((0..launch.preserve_fds).map(|i| 3 + i as RawFd));
         sys::close_inherited_fds(&keep).context("closing nook's descriptors in the fuse helper")?;
         chan.expect(Msg::MapsWritten)?;

@@ -67,9 +67,8 @@ pub enum Target<'a> {
 pub struct Launch<'a> {
     pub spec: &'a Spec,
     pub target: Target<'a>,
-    /// Block before `execve` until this fifo is opened for reading (`nook start`); `start`
-    /// returns as soon as the child waits there.
-    pub start_gate: Option<&'a std::path::Path>,
+    /// Block before `execve` until the gate is opened (`nook start`).
+    pub start_gate: Option<StartGate<'a>>,
     /// Descriptors 3..3+N the container's process inherits (`--preserve-fds`).
     pub preserve_fds: u32,
     /// Run hooks at the points the runtime spec defines, with this state on their stdin.
@@ -83,6 +82,16 @@ pub struct Launch<'a> {
     /// Work for the parent while the id maps are written, done before the child goes on to
     /// build the root (`nook run` makes the container's directory then).
     pub meanwhile: Option<&'a dyn Fn() -> Result<()>>,
+}
+
+/// The fifos of an OCI `create`.
+#[derive(Clone, Copy)]
+pub struct StartGate<'a> {
+    /// The child blocks before `execve` until this fifo is opened for reading (`nook start`).
+    pub fifo: &'a std::path::Path,
+    /// The child holds this fifo open for reading from before `Ready` until it has passed the
+    /// gate, so that a writer's `open(O_NONBLOCK)` tells whether it still waits there.
+    pub waiting: &'a std::path::Path,
 }
 
 /// Signals nook passes on to the container; SIGCHLD tells it the container ended.
@@ -159,20 +168,24 @@ pub fn start(launch: &Launch<'_>) -> Result<Started> {
         .context("signalfd")?;
 
     // Opened here, so the child needs no access to the state directory to wait at the gate.
-    let gate = match launch.start_gate {
-        Some(path) => match nix::fcntl::open(
+    let open_path = |path: &std::path::Path| {
+        nix::fcntl::open(
             path,
             nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
-        ) {
-            Ok(fd) => Some(fd),
-            Err(e) => {
-                let _ =
-                    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
-                return Err(e).with_context(|| format!("opening the exec fifo {}", path.display()));
-            }
-        },
-        None => None,
+        )
+        .with_context(|| format!("opening the fifo {}", path.display()))
+    };
+    let (gate, waiting) = match launch
+        .start_gate
+        .map(|g| Ok::<_, anyhow::Error>((open_path(g.fifo)?, open_path(g.waiting)?)))
+        .transpose()
+    {
+        Ok(fds) => fds.unzip(),
+        Err(e) => {
+            let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
+            return Err(e);
+        }
     };
     let may_setgroups = match may_setgroups(launch) {
         Ok(may) => may,
@@ -201,6 +214,7 @@ pub fn start(launch: &Launch<'_>) -> Result<Started> {
             parent_mask: old_mask,
             may_setgroups,
             gate,
+            waiting,
         };
         helper::start(ctx, flags).map(|(pid, h)| (pid, Some(h)))
     } else {
@@ -215,6 +229,7 @@ pub fn start(launch: &Launch<'_>) -> Result<Started> {
                     parent_mask: old_mask,
                     may_setgroups,
                     gate,
+                    waiting,
                 };
                 match launch.target {
                     Target::New { .. } => child::run(ctx),
@@ -225,6 +240,7 @@ pub fn start(launch: &Launch<'_>) -> Result<Started> {
                 drop(child_chan);
                 drop(devnull);
                 drop(gate);
+                drop(waiting);
                 Ok((pid, None))
             }
             Err(e) => Err(clone_refused(e)),
@@ -237,10 +253,10 @@ pub fn start(launch: &Launch<'_>) -> Result<Started> {
             return Err(e);
         }
     };
-    let pid = match launch.target {
-        Target::New { .. } => cloned,
+    let (pid, early) = match launch.target {
+        Target::New { .. } => (cloned, None),
         Target::Join { .. } => match joined_pid(&parent_chan, cloned) {
-            Ok(pid) => pid,
+            Ok(joined) => joined,
             Err(e) => {
                 let _ =
                     nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
@@ -257,7 +273,7 @@ pub fn start(launch: &Launch<'_>) -> Result<Started> {
         helper,
         chan: None,
     };
-    match handshake(launch, &parent_chan, pid, maps_written) {
+    match handshake(launch, &parent_chan, pid, maps_written, early) {
         Ok(pty) => Ok(Started {
             pty,
             chan: launch.start_gate.map(|_| parent_chan),
@@ -321,13 +337,25 @@ fn has_user_namespace(spec: &Spec) -> bool {
     namespace_flags(spec) & libc::CLONE_NEWUSER != 0
 }
 
+/// A message from the child, with the descriptor it carried.
+type Received = (Msg, Option<OwnedFd>);
+
 /// Reaps the helper that joined the container's namespaces; returns the pid of the process it
-/// cloned for us.
-fn joined_pid(chan: &Channel, helper: Pid) -> Result<Pid> {
-    let reply = chan.recv();
+/// cloned for us, and that process's first message if it came before the helper's.
+fn joined_pid(chan: &Channel, helper: Pid) -> Result<(Pid, Option<Received>)> {
+    // The process it cloned runs at once and may send its terminal before the helper reports.
+    let mut early = None;
+    let reply = loop {
+        match chan.recv() {
+            Ok(Some((Msg::PtyMaster, fd))) if early.is_none() => {
+                early = Some((Msg::PtyMaster, fd));
+            }
+            other => break other,
+        }
+    };
     let _ = waitpid(helper, None);
     match reply? {
-        Some((Msg::Joined { pid }, _)) => Ok(Pid::from_raw(pid)),
+        Some((Msg::Joined { pid }, _)) => Ok((Pid::from_raw(pid), early)),
         Some((Msg::Failed { code, message }, _)) => Err(ChildFailed { code, message }.into()),
         Some((other, _)) => anyhow::bail!("unexpected message from the joining helper: {other:?}"),
         None => anyhow::bail!("the helper that joins the container's namespaces died"),
@@ -341,6 +369,7 @@ fn handshake(
     chan: &Channel,
     pid: Pid,
     maps_written: bool,
+    mut early: Option<Received>,
 ) -> Result<Option<OwnedFd>> {
     if let Target::New { idmap, .. } = launch.target {
         // With the fuse helper the container lives in the helper's user namespace, mapped
@@ -357,7 +386,11 @@ fn handshake(
     }
     let mut pty = None;
     loop {
-        match chan.recv()? {
+        let received = match early.take() {
+            Some(msg) => Some(msg),
+            None => chan.recv()?,
+        };
+        match received {
             None => return Ok(pty),
             Some((Msg::Ready, _)) => return Ok(pty),
             Some((Msg::RuntimeHooks, _)) => {

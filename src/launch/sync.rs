@@ -4,7 +4,7 @@
 //! end-of-file, which is how it knows the `execve` succeeded.
 
 use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use anyhow::{Context, Result};
 use nix::sys::socket::{
@@ -126,6 +126,18 @@ impl Channel {
         }
         let msg = serde_json::from_slice(&buf[..len]).context("decoding a sync message")?;
         Ok(Some((msg, fd)))
+    }
+
+    /// Whether the other end is closed: its process died (or exec'd). Does not wait.
+    pub fn peer_gone(&self) -> bool {
+        let mut fds = [nix::poll::PollFd::new(
+            self.fd.as_fd(),
+            nix::poll::PollFlags::empty(),
+        )];
+        matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO), Ok(n) if n > 0)
+            && fds[0]
+                .revents()
+                .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLHUP))
     }
 
     /// Waits for `expected`; anything else (or end-of-file) is an error.

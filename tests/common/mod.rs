@@ -17,6 +17,8 @@
 // Each test binary uses only part of the harness.
 #![allow(dead_code)]
 
+pub mod exe_grabber;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs;
@@ -533,6 +535,7 @@ impl Nook {
             stdin: None,
             timeout: NOOK_TIMEOUT,
             inherit_fd: None,
+            bin: None,
         }
     }
 
@@ -546,13 +549,27 @@ impl Nook {
         self.nook(&["run", "--rm", self.image(), "--", "sh", "-c", script])
     }
 
-    fn command(&self, args: &[String], env: &[(String, String)]) -> Command {
-        self.command_for(&self.setup.bin, args, env)
-    }
-
     /// The installed nook binary the tests run.
     pub fn bin(&self) -> &Path {
         &self.setup.bin
+    }
+
+    /// A copy of the built binary in a directory of the test, both owned by the runner (0755),
+    /// as when a user installs nook in ~/bin: the container's root is that user, so only nook
+    /// itself keeps its binary out of the container's reach. Run it with [`NookCmd::bin`] or
+    /// [`Nook::command_for`].
+    pub fn user_owned_binary(&self) -> PathBuf {
+        let dest = self.mkdir("user-bin").join("nook");
+        fs::copy(&self.setup.bin, &dest).unwrap_or_else(|e| {
+            panic!(
+                "copy {} to {}: {e}",
+                self.setup.bin.display(),
+                dest.display()
+            )
+        });
+        self.give(&dest);
+        fs::set_permissions(&dest, fs::Permissions::from_mode(0o755)).expect("chmod");
+        dest
     }
 
     /// `program ARGS...` as the runner, with the test's environment (HOME, XDG_RUNTIME_DIR,
@@ -594,7 +611,7 @@ impl Nook {
             .as_runner(|| nix::pty::openpty(&winsize, None))
             .expect("openpty");
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let mut cmd = self.command(&args, &[]);
+        let mut cmd = self.command_for(&self.setup.bin, &args, &[]);
         let clone = |fd: &OwnedFd| Stdio::from(fd.try_clone().expect("dup pty"));
         cmd.stdin(clone(&pty.slave))
             .stdout(clone(&pty.slave))
@@ -843,6 +860,7 @@ pub struct NookCmd<'a> {
     stdin: Option<Vec<u8>>,
     timeout: Duration,
     inherit_fd: Option<(i32, PathBuf)>,
+    bin: Option<PathBuf>,
 }
 
 impl NookCmd<'_> {
@@ -875,6 +893,12 @@ impl NookCmd<'_> {
         self
     }
 
+    /// Runs this nook binary instead of the harness's.
+    pub fn bin(mut self, path: &Path) -> Self {
+        self.bin = Some(path.to_path_buf());
+        self
+    }
+
     /// Runs nook to the end.
     pub fn run(self) -> Out {
         self.spawn().wait()
@@ -882,7 +906,8 @@ impl NookCmd<'_> {
 
     /// Starts nook and returns while it runs.
     pub fn spawn(self) -> Running {
-        let mut cmd = self.nook.command(&self.args, &self.env);
+        let bin = self.bin.as_deref().unwrap_or(&self.nook.setup.bin);
+        let mut cmd = self.nook.command_for(bin, &self.args, &self.env);
         let (stdout_r, stdout_w) = self.nook.pipe();
         let (stderr_r, stderr_w) = self.nook.pipe();
         let (stdin_r, stdin_w) = match self.stdin {
@@ -913,7 +938,7 @@ impl NookCmd<'_> {
         let mounts_before = mount_table();
         let child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.nook.setup.bin.display()));
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
         // Our copies of the child's ends must go, or the readers never see end of file.
         drop(cmd);
         drop(devnull);
