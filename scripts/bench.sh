@@ -186,6 +186,11 @@ podman_import() { # NAME ROOTFS
 
 log "startup, busybox"
 podman_import busybox-img "$work/busybox"
+# Setting up wrote and deleted hundreds of megabytes on the store's filesystem; let the
+# writeback (and, with `-o discard`, the discards) finish first, or it slows whichever case
+# touches the disk first.
+sync
+sleep 3
 startup_section busybox "$work/busybox" "$work/bundle-busybox" "$work/busybox"
 if [ -d "$work/debian" ]; then
     log "startup, debian"
