@@ -165,10 +165,17 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     gz.finish().expect("writing to memory")
 }
 
+/// An image config's run config, read as import reads it: other fields are skipped unchecked
+/// (serde_json does not even check that their strings are UTF-8).
+#[derive(serde::Deserialize)]
+struct ConfigFile {
+    #[serde(default)]
+    config: Option<RunConfig>,
+}
+
 /// What a file says the run config is, if it is an image config.
-fn run_config_of(blob: &[u8]) -> Option<RunConfig> {
-    let value: serde_json::Value = serde_json::from_slice(blob).ok()?;
-    serde_json::from_value(value.get("config")?.clone()).ok()
+fn run_config_of(data: &[u8]) -> Option<RunConfig> {
+    serde_json::from_slice::<ConfigFile>(data).ok()?.config
 }
 
 fn entries(dir: &Path) -> Vec<String> {
