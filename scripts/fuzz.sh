@@ -30,6 +30,28 @@ if [ ! -d corpus/layer ] || [ -z "$(ls -A corpus/layer 2>/dev/null)" ]; then
     tar -C "$seed" --format=gnu -cf corpus/layer/seed-gnu.tar d
     rm -rf "$seed"
 fi
+# Image import's metadata: the parts image_archive assembles into a layout (see its header): an
+# OCI layout directory, a gzip'd OCI tar with a nested index, a docker save, one with links.
+if [ ! -d corpus/image_archive ] || [ -z "$(ls -A corpus/image_archive 2>/dev/null)" ]; then
+    seed=$(mktemp -d)
+    mkdir -p corpus/image_archive "$seed/d"
+    echo data >"$seed/d/file"
+    tar -C "$seed" -b 1 -cf "$seed/layer.tar" d
+    s=$'\n--\n'
+    config='{"architecture":"@a","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":["/bin/sh"],"WorkingDir":"/","Labels":{"a":"b"}},"rootfs":{"type":"layers","diff_ids":["@0"]}}'
+    manifest='{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"@1","size":#1},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"@0","size":#0}]}'
+    index='{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"@2","size":#2,"platform":{"architecture":"@a","os":"linux"}}]}'
+    nested='{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"@0","size":#0,"platform":{"architecture":"s390x","os":"linux"}},{"mediaType":"application/vnd.oci.image.index.v1+json","digest":"@3","size":#3}]}'
+    docker='[{"Config":"blobs/sha256/$1","RepoTags":["fuzz:latest"],"Layers":["blobs/sha256/$0"]}]'
+    linked='[{"Config":"img/$1.json","Layers":["layer.tar"]},{"Config":"x","Layers":[]}]'
+    links='img/$1.json -> ../blobs/sha256/$1'$'\n''layer.tar => blobs/sha256/$0'
+    blobs() { cat "$seed/layer.tar"; printf '%s' "$s$config$s$manifest"; }
+    { printf '\x04%s' "$index$s$s$s"; blobs; } >corpus/image_archive/seed-oci-dir
+    { printf '\x02%s' "$nested$s$s$s"; blobs; printf '%s' "$s$index"; } >corpus/image_archive/seed-oci-nested
+    { printf '\x01%s' "$s$docker$s$s"; blobs; } >corpus/image_archive/seed-docker
+    { printf '\x03%s' "$s$linked$s$links$s"; blobs; } >corpus/image_archive/seed-links
+    rm -rf "$seed"
+fi
 for target in "${targets[@]}"; do
     echo "fuzz: $target for ${seconds}s"
     cargo fuzz run -O "$target" -- -max_total_time="$seconds" -print_final_stats=1 2>&1 |

@@ -579,7 +579,11 @@ fn import_oci(layout: &Layout, applier: &mut Applier, what: &str) -> Result<Foun
             bail!("{what}: layer {} is encrypted ({})", d.digest, d.media_type);
         }
     }
-    let total = manifest.layers.iter().map(|d| d.size).sum();
+    // Sizes the progress bar only; the sizes are the manifest's word until each blob is read.
+    let total = manifest
+        .layers
+        .iter()
+        .fold(0u64, |sum, d| sum.saturating_add(d.size));
     let bar = progress_bar(Some(total), "importing");
     for (i, d) in manifest.layers.iter().enumerate() {
         let name = blob_path(&d.digest)?;
@@ -1076,6 +1080,46 @@ mod tests {
         rootfs_tar.extend(header_named("./bin/"));
         assert!(!looks_like_image_archive(&rootfs_tar));
         assert!(!looks_like_image_archive(&header_named("etc/passwd")));
+    }
+
+    /// Writes an OCI layout directory: `blobs` under their digests, and `index` as index.json.
+    fn write_layout(dir: &Path, index: &str, blobs: &[&[u8]]) {
+        std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        for blob in blobs {
+            std::fs::write(dir.join(blob_path(&sha256_of(blob)).unwrap()), blob).unwrap();
+        }
+        std::fs::write(dir.join("index.json"), index).unwrap();
+    }
+
+    #[test]
+    fn layer_sizes_past_u64_are_refused_not_a_panic() {
+        let dir = std::env::temp_dir().join(format!("nook-archive-test-{}", std::process::id()));
+        let _ = crate::fsutil::remove_tree(&dir);
+        let layer = [0u8; 1024];
+        let config = b"{}";
+        let manifest = format!(
+            r#"{{"config":{{"digest":"{}","size":2}},"layers":[{{"digest":"{l}","size":{max}}},{{"digest":"{l}","size":{max}}}]}}"#,
+            sha256_of(config),
+            l = sha256_of(&layer),
+            max = u64::MAX,
+        );
+        let index = format!(
+            r#"{{"manifests":[{{"digest":"{}","size":{}}}]}}"#,
+            sha256_of(manifest.as_bytes()),
+            manifest.len()
+        );
+        write_layout(
+            &dir.join("in"),
+            &index,
+            &[&layer, config, manifest.as_bytes()],
+        );
+        let map = crate::idmap::IdMapping::of_current_user();
+        let mut applier = Applier::create(&dir.join("root"), &map).unwrap();
+        let err = import_source(dir.join("in").to_str().unwrap(), &mut applier, &dir)
+            .map(|found| found.kind)
+            .unwrap_err();
+        let _ = crate::fsutil::remove_tree(&dir);
+        assert!(format!("{err:#}").contains("the manifest says"), "{err:#}");
     }
 
     #[test]
