@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 
 TEST_USER=nooktest
 TEST_USER_NOSUB=nooktest-nosub
-PACKAGES=(busybox-static uidmap fuse-overlayfs libseccomp-dev pkg-config debootstrap)
+PACKAGES=(busybox-static uidmap fuse-overlayfs libseccomp-dev libc6-dev gcc pkg-config debootstrap)
 # The realistic image (debootstrap, cached across runs): see scripts/mkimage-debian.sh.
 DEBIAN_IMAGE=/var/tmp/nook-test-fixtures/debian-bookworm.tar
 
