@@ -515,21 +515,34 @@ mod tests {
         assert!(process_start_time(i32::MAX).is_none());
     }
 
-    #[test]
-    fn store_claims_names_once_and_removes_everything() {
-        let root = std::env::temp_dir().join(format!("nook-store-test-{}", std::process::id()));
+    fn scratch_store(name: &str) -> (PathBuf, Store) {
+        let root = std::env::temp_dir().join(format!("nook-{name}-{}", std::process::id()));
         let _ = remove_tree(&root);
         let store = Store::at(root.clone()).unwrap();
-        let idmap = IdMapping::caller_as_root(1000, 1000);
-        let new = |name| NewContainer {
+        (root, store)
+    }
+
+    fn new_container<'a>(
+        name: Option<&'a str>,
+        auto_remove: bool,
+        idmap: &'a IdMapping,
+    ) -> NewContainer<'a> {
+        NewContainer {
             name,
             image: Path::new("/img"),
             backend: "overlay",
             backend_reason: "test",
             command: &[],
-            auto_remove: false,
-            idmap: &idmap,
-        };
+            auto_remove,
+            idmap,
+        }
+    }
+
+    #[test]
+    fn store_claims_names_once_and_removes_everything() {
+        let (root, store) = scratch_store("store-test");
+        let idmap = IdMapping::caller_as_root(1000, 1000);
+        let new = |name| new_container(name, false, &idmap);
         let c = store.create(new(Some("x"))).unwrap();
         let err = store.create(new(Some("x"))).err().unwrap();
         assert!(err.to_string().contains("already in use"), "{err}");
@@ -549,19 +562,9 @@ mod tests {
 
     #[test]
     fn a_planned_container_is_nothing_on_disk_until_materialized() {
-        let root = std::env::temp_dir().join(format!("nook-plan-test-{}", std::process::id()));
-        let _ = remove_tree(&root);
-        let store = Store::at(root.clone()).unwrap();
+        let (root, store) = scratch_store("plan-test");
         let idmap = IdMapping::caller_as_root(1000, 1000);
-        let new = |name| NewContainer {
-            name,
-            image: Path::new("/img"),
-            backend: "overlay",
-            backend_reason: "test",
-            command: &[],
-            auto_remove: true,
-            idmap: &idmap,
-        };
+        let new = |name| new_container(name, true, &idmap);
         let taken = store.create(new(Some("y"))).unwrap();
         let planned = store.plan(new(Some("y"))).unwrap();
         assert!(!planned.dir.exists());

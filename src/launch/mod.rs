@@ -205,42 +205,31 @@ pub fn start(launch: &Launch<'_>) -> Result<Started> {
             ..
         }
     );
+    let ctx = child::Context {
+        launch,
+        chan: child_chan,
+        devnull,
+        parent_mask: old_mask,
+        may_setgroups,
+        gate,
+        waiting,
+    };
     let cloned = if fuse {
         // Off the fast path: a helper in the user and mount namespaces holds fuse-overlayfs.
-        let ctx = child::Context {
-            launch,
-            chan: child_chan,
-            devnull,
-            parent_mask: old_mask,
-            may_setgroups,
-            gate,
-            waiting,
-        };
         helper::start(ctx, flags).map(|(pid, h)| (pid, Some(h)))
     } else {
         match sys::clone_process(flags) {
             Ok(sys::CloneResult::Child) => {
                 drop(parent_chan);
                 drop(signals);
-                let ctx = child::Context {
-                    launch,
-                    chan: child_chan,
-                    devnull,
-                    parent_mask: old_mask,
-                    may_setgroups,
-                    gate,
-                    waiting,
-                };
                 match launch.target {
                     Target::New { .. } => child::run(ctx),
                     Target::Join { pid } => child::join_then_run(ctx, pid),
                 }
             }
             Ok(sys::CloneResult::Parent(pid)) => {
-                drop(child_chan);
-                drop(devnull);
-                drop(gate);
-                drop(waiting);
+                // The child's ends (channel, /dev/null, gate) are closed on our side.
+                drop(ctx);
                 Ok((pid, None))
             }
             Err(e) => Err(clone_refused(e)),
