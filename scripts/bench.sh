@@ -201,6 +201,40 @@ if [ -d "$work/debian" ]; then
     startup_section debian "$work/debian" "$work/bundle-debian" debian
 fi
 
+# This machine's root filesystem may be ext4 without a journal, mounted with `discard`: each
+# block a delete frees is then discarded before unlink(2) returns, and every start that makes
+# and removes a container (or, for crun, its state directory) pays for it. The same busybox
+# cases with the store and the runtimes' state on a fresh ext4 with mkfs's defaults:
+if [ "$(id -u)" = 0 ] && command -v mkfs.ext4 >/dev/null; then
+    log "startup, busybox, store on a fresh ext4"
+    loop_img=/var/tmp/nook-bench-ext4.img
+    loop_dir=$work/ext4
+    truncate -s 2G "$loop_img"
+    mkfs.ext4 -q -F "$loop_img"
+    mkdir -p "$loop_dir"
+    if mount -o loop "$loop_img" "$loop_dir"; then
+        trap 'umount "$loop_dir" 2>/dev/null; rm -f "$loop_img"' EXIT
+        chown "$BENCH_USER:" "$loop_dir"
+        saved_env=("${user_env[@]}")
+        user_env=(env -i "HOME=$work/home" "NOOK_STORAGE=$loop_dir/storage"
+                  "XDG_RUNTIME_DIR=$loop_dir/run" "USER=$BENCH_USER"
+                  "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        run_user mkdir -m 700 "$loop_dir/run"
+        s="busybox, fresh ext4"
+        time_case "$s" "bwrap" "bwrap --unshare-all --ro-bind $work/busybox / --proc /proc --dev /dev /bin/true"
+        time_case "$s" "crun run --bundle" "crun --root $loop_dir/run/crun run --bundle $work/bundle-busybox b\$\$"
+        if nook_is_oci; then time_case "$s" "nook run --bundle" "$work/nook --root $loop_dir/run/nook run --bundle $work/bundle-busybox b\$\$"; fi
+        time_case "$s" "nook run --rm (overlay)" "$work/nook run --rm -q --backend overlay $work/busybox /bin/true"
+        time_case "$s" "nook run --rm (overlay, --userns single)" "$work/nook run --rm -q --backend overlay --userns single $work/busybox /bin/true"
+        user_env=("${saved_env[@]}")
+        umount "$loop_dir"
+        rm -f "$loop_img"
+        trap - EXIT
+    else
+        log "could not mount a loop filesystem; skipping the fresh-ext4 cases"
+    fi
+fi
+
 log "create+start+delete"
 cycle() { # RUNTIME
     echo "$1 --root $runtime_dir/$(basename "$1") create --bundle $work/bundle-busybox c\$\$ &&
@@ -250,7 +284,12 @@ done
 # ---------------------------------------------------------------------------------------------
 # Report.
 # ---------------------------------------------------------------------------------------------
-python3 - "$results" "$out/results.md" "$runs" <<'PY'
+store_fs=$(findmnt -no FSTYPE,OPTIONS -T "$work")
+store_dev=$(basename "$(findmnt -no SOURCE -T "$work")")
+if [ "${store_fs%% *}" = ext4 ] && ! ls -d /proc/fs/jbd2/"$store_dev"-* >/dev/null 2>&1; then
+    store_fs="$store_fs (no journal)"
+fi
+python3 - "$results" "$out/results.md" "$runs" "$store_fs" <<'PY'
 import sys, collections
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 sections = collections.OrderedDict()
@@ -258,7 +297,8 @@ for r in rows:
     sections.setdefault(r[0], []).append(r)
 with open(sys.argv[2], "w") as f:
     f.write(f"# nook benchmarks\n\nOne run, {sys.argv[3]} runs per case (hyperfine median/min/max). "
-            "Ratios are to crun in the same section.\n\n")
+            "Ratios are to crun in the same section. "
+            f"Store and state, unless the section says otherwise: {sys.argv[4]}.\n\n")
     for name, rs in sections.items():
         unit = "kB" if name == "peak RSS" else "ms"
         crun = next((float(r[2]) for r in rs if r[1].startswith("crun") and r[2] not in ("", "failed")), None)
