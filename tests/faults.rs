@@ -373,15 +373,7 @@ fn image_rootfs(t: &Nook, name: &str) -> PathBuf {
 
 /// Everything under `$NOOK_STORAGE/images`, hidden entries (builds in progress) included.
 fn image_store_entries(t: &Nook) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(t.storage.join("images"))
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
+    common::entry_names(&t.storage.join("images"))
 }
 
 /// After a killed build of image `name`: the next command shows it whole (the same tree as

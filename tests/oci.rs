@@ -152,15 +152,7 @@ fn wait_status(t: &Nook, id: &str, status: &str) {
 
 /// What is left under `--root` (the default: `$XDG_RUNTIME_DIR/nook`).
 fn state_entries(t: &Nook) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(t.runtime.join("nook"))
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
+    common::entry_names(&t.runtime.join("nook"))
 }
 
 #[track_caller]

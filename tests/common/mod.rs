@@ -657,15 +657,7 @@ impl Nook {
 
     /// Names of the directories under `$NOOK_STORAGE/containers` (empty if it doesn't exist).
     pub fn container_dirs(&self) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(self.storage.join("containers"))
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        names
+        entry_names(&self.storage.join("containers"))
     }
 
     /// `nook ps --format json`, parsed.
@@ -1426,4 +1418,17 @@ pub fn is_rfc3339(s: &str) -> bool {
                 && o[4..6].iter().all(u8::is_ascii_digit)
         }
     }
+}
+
+/// The sorted names in directory `dir`, hidden ones included; empty if it does not exist.
+pub fn entry_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
 }
