@@ -8,6 +8,18 @@ cd "$(dirname "$0")/.."
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
+HOST_SCRIPT=demo.sh
+# shellcheck source=scripts/lib/host.sh
+. scripts/lib/host.sh
+# What the build needs, and newuidmap/newgidmap (uidmap) so that the container has the
+# caller's whole subordinate range: as root installed, otherwise named with the command.
+ensure_build_prereqs || exit 1
+if [ "$(id -u)" = 0 ]; then
+    ensure_packages uidmap || exit 1
+elif ! command -v newuidmap >/dev/null 2>&1 && [ ! -x /usr/bin/newuidmap ]; then
+    echo "demo.sh: newuidmap is missing (sudo apt-get install -y uidmap): the container will map your own id only"
+fi
+
 say "building nook (cargo build --release)"
 # The binary's path depends on the target named in .cargo/config.toml: ask cargo for it.
 nook_bin=$(cargo build --release --quiet --message-format=json-render-diagnostics |
@@ -38,7 +50,7 @@ echo "$(find "$image" | wc -l) entries, $(du -sh "$image" | cut -f1)"
 
 as_user=()
 if [ "$(id -u)" = 0 ]; then
-    id nookdemo >/dev/null 2>&1 || useradd --create-home nookdemo
+    ensure_user_with_subids nookdemo
     chown -R nookdemo: "$work"
     as_user=(runuser -u nookdemo -- env "HOME=$work/home" "NOOK_STORAGE=$work/storage")
     echo "(running as root: nook runs as the unprivileged user nookdemo)"
