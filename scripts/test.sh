@@ -1,20 +1,45 @@
 #!/usr/bin/env bash
-# Build nook and run its whole test suite. Extra arguments go to `cargo test`.
+# Build nook and run its whole test suite.
 #
-# As root (CI): installs what the tests need, makes /dev/fuse usable, creates
-# the unprivileged test users and runs the suite; the tests then run nook as
-# `nooktest` (with a subordinate id range) and `nooktest-nosub` (without one),
-# never as root.
+#   usage: scripts/test.sh [--fresh] [--setup] [CARGO TEST ARGS...]
+#
+# As root (CI): installs what the tests need, makes /dev/fuse usable, creates the unprivileged
+# test users and runs the suite; the tests then run nook as `nooktest` (with a subordinate id
+# range) and `nooktest-nosub` (without one), never as root.
 # As a normal user: runs the suite with nook run as that same user.
+#
+# --fresh  first removes every cache the suite uses, as if the machine had never run it: the
+#          fixtures under /var/tmp (busybox trees, the Debian tarball, the loop filesystems),
+#          the installed test binaries and leftover test directories under /tmp, the test users
+#          with their homes and storage (as root), and target/. Installed packages stay.
+# --setup  prepares the host (packages, users, fixtures, loop filesystems) and stops.
+# Other arguments go to `cargo test`.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
+HOST_SCRIPT=test.sh
+# shellcheck source=scripts/lib/host.sh
+. scripts/lib/host.sh
+
+fresh=false
+setup_only=false
+while [ $# -gt 0 ]; do
+    case $1 in
+    --fresh) fresh=true ;;
+    --setup) setup_only=true ;;
+    *) break ;;
+    esac
+    shift
+done
+
 TEST_USER=nooktest
 TEST_USER_NOSUB=nooktest-nosub
-PACKAGES=(busybox-static uidmap fuse-overlayfs libseccomp-dev libc6-dev gcc pkg-config debootstrap)
-# The realistic image (debootstrap, cached across runs): see scripts/mkimage-debian.sh.
-DEBIAN_IMAGE=/var/tmp/nook-test-fixtures/debian-bookworm.tar
+PACKAGES=("${BUILD_PACKAGES[@]}" busybox-static uidmap fuse-overlayfs debootstrap)
+FIXTURES=/var/tmp/nook-test-fixtures
+# The realistic image (debootstrap, cached across runs and checked against its recorded
+# sha256): see scripts/mkimage-debian.sh.
+DEBIAN_IMAGE=$FIXTURES/debian-bookworm.tar
 
 # --- images (issue 6) ------------------------------------------------------------------------
 # podman, skopeo: tests/images.rs loads nook's OCI export into podman and runs it, and has
@@ -27,64 +52,20 @@ log() {
     echo "test.sh: $*" >&2
 }
 
-install_packages() {
-    local missing=() pkg
-    for pkg in "${PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' ||
-            missing+=("$pkg")
-    done
-    [ ${#missing[@]} -eq 0 ] && return 0
-    log "installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
-
-# First id after every range already given out in /etc/subuid and /etc/subgid,
-# rounded up to a multiple of 65536, and at least 100000.
-free_subid_start() {
-    awk -F: 'NF >= 3 && $2 ~ /^[0-9]+$/ && $3 ~ /^[0-9]+$/ {
-                 end = $2 + $3; if (end > max) max = end
-             }
-             END {
-                 if (max < 100000) { print 100000; exit }
-                 print int((max + 65535) / 65536) * 65536
-             }' /etc/subuid /etc/subgid
-}
-
-# Lines of a subid file that belong to a user, by name or by uid.
-has_subids() {
-    local file=$1 user=$2 uid
-    uid=$(id -u "$user")
-    grep -qE "^(${user}|${uid}):" "$file"
-}
-
 ensure_users() {
-    touch /etc/subuid /etc/subgid
-
-    id "$TEST_USER" >/dev/null 2>&1 || useradd --create-home --shell /bin/sh "$TEST_USER"
-    if ! has_subids /etc/subuid "$TEST_USER" || ! has_subids /etc/subgid "$TEST_USER"; then
-        local start end
-        start=$(free_subid_start)
-        end=$((start + 65535))
-        has_subids /etc/subuid "$TEST_USER" || usermod --add-subuids "$start-$end" "$TEST_USER"
-        has_subids /etc/subgid "$TEST_USER" || usermod --add-subgids "$start-$end" "$TEST_USER"
-    fi
-
-    id "$TEST_USER_NOSUB" >/dev/null 2>&1 || useradd --create-home --shell /bin/sh "$TEST_USER_NOSUB"
-    local uid
-    uid=$(id -u "$TEST_USER_NOSUB")
-    sed -i -E "/^(${TEST_USER_NOSUB}|${uid}):/d" /etc/subuid /etc/subgid
+    ensure_user_with_subids "$TEST_USER"
+    ensure_user_without_subids "$TEST_USER_NOSUB"
 }
 
 prepare_host() {
-    install_packages
+    ensure_packages "${PACKAGES[@]}"
     if [ -e /dev/fuse ]; then
         chmod 0666 /dev/fuse
     fi
     ensure_users
     log "building the Debian test image (once): $DEBIAN_IMAGE"
     ./scripts/mkimage-debian.sh "$DEBIAN_IMAGE"
+    export NOOK_TEST_DEBIAN_IMAGE=$DEBIAN_IMAGE
     export NOOK_TEST_USER=$TEST_USER
     export NOOK_TEST_USER_NOSUB=$TEST_USER_NOSUB
 }
@@ -118,18 +99,9 @@ prepare_oci() {
 # Without them the tests skip locally and fail under CI=true.
 REFLINK_IMAGE=/var/tmp/nook-test-reflink.xfs
 REFLINK_DIR=/var/tmp/nook-test-reflink
+PACKAGES+=(xfsprogs fuse3)
 
 prepare_backends() {
-    local missing=() pkg
-    for pkg in xfsprogs fuse3; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' ||
-            missing+=("$pkg")
-    done
-    if [ ${#missing[@]} -gt 0 ]; then
-        log "installing ${missing[*]} (backends)"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-            "${missing[@]}" >/dev/null
-    fi
     if ! mountpoint -q "$REFLINK_DIR"; then
         rm -f "$REFLINK_IMAGE"
         truncate -s 2G "$REFLINK_IMAGE"
@@ -170,15 +142,48 @@ cleanup_mounts() {
     return 0
 }
 
+# Everything a run of the suite leaves for the next one to reuse (see --fresh above).
+remove_caches() {
+    local uid user
+    uid=$(id -u)
+    log "--fresh: removing the suite's caches"
+    if [ "$uid" -eq 0 ]; then
+        cleanup_mounts
+        rmdir "$REFLINK_DIR" "$SMALLFS_DIR" 2>/dev/null || true
+        rm -f "$REFLINK_IMAGE" "$SMALLFS_IMAGE"
+        for user in "$TEST_USER" "$TEST_USER_NOSUB"; do
+            id "$user" >/dev/null 2>&1 || continue
+            pkill -KILL -u "$user" 2>/dev/null || true
+            # The home holds the user's default nook storage and caches (backend verdicts,
+            # compiled seccomp profiles); its subordinate ids go with it.
+            userdel --remove "$user" 2>/dev/null || userdel "$user"
+            sed -i -E "/^${user}:/d" /etc/subuid /etc/subgid
+        done
+        rm -rf "$FIXTURES" "$FIXTURES"-* /tmp/nook-test-*
+    else
+        rm -rf "$FIXTURES-$uid" "/tmp/nook-test-bin-$uid"
+        find /tmp -maxdepth 1 -name 'nook-test-*' -user "$uid" -exec rm -rf {} + 2>/dev/null || true
+    fi
+    rm -rf target
+}
+
+if $fresh; then
+    remove_caches
+fi
+
 if [ "$(id -u)" -eq 0 ]; then
     prepare_host
     prepare_oci
     prepare_backends
     prepare_smallfs
+    $setup_only && exit 0
     trap cleanup_mounts EXIT
 else
+    ensure_build_prereqs
+    $setup_only && exit 0
     log "not root: running nook as $(id -un); the test users are not set up"
 fi
+ensure_cargo
 
 cargo build
 cargo test --no-fail-fast "$@"

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::{tree_listing, wait_until, Nook};
+use common::{debian_archive, tree_listing, wait_until, Nook};
 use nix::sys::signal::Signal;
 use nook::upper::{self, Change, ChangeKind, Layer, LayerKind};
 
@@ -920,16 +920,6 @@ fn a_detached_fuse_container_runs_in_the_background() {
     )
     .is_empty()));
     t.nook(&["rm", "bg"]).assert_ok();
-}
-
-/// The Debian image of scripts/mkimage-debian.sh, if scripts/test.sh built it.
-fn debian_archive() -> Option<PathBuf> {
-    let path = PathBuf::from("/var/tmp/nook-test-fixtures/debian-bookworm.tar");
-    if path.exists() {
-        return Some(path);
-    }
-    skip("no Debian image: scripts/test.sh builds it as root with scripts/mkimage-debian.sh");
-    None
 }
 
 #[test]

@@ -5,9 +5,9 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use common::Nook;
+use common::{debian_archive, Nook};
 
 /// The runner's first subordinate uid, or skip when it has none (it always has one under CI).
 fn first_subuid(t: &Nook) -> u32 {
@@ -357,21 +357,6 @@ fn import_refuses_entries_that_leave_the_image_and_leaves_nothing() {
         .expect("dir")
         .collect();
     assert!(left.is_empty(), "partial image left: {left:?}");
-}
-
-/// The debootstrap image made by `scripts/mkimage-debian.sh` (scripts/test.sh builds it as root).
-fn debian_archive() -> Option<&'static Path> {
-    let path = Path::new("/var/tmp/nook-test-fixtures/debian-bookworm.tar");
-    if path.exists() {
-        return Some(path);
-    }
-    let reason = "no Debian image: run scripts/test.sh as root (it builds \
-                  /var/tmp/nook-test-fixtures/debian-bookworm.tar with scripts/mkimage-debian.sh)";
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("prerequisite missing under CI=true: {reason}");
-    }
-    eprintln!("SKIPPED: {reason}");
-    None
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{diff, tree_listing, Nook, Out};
+use common::{debian_archive, diff, tree_listing, Nook, Out};
 use sha2::{Digest, Sha256};
 
 // ---------------------------------------------------------------------------
@@ -1418,21 +1418,6 @@ fn progress_shows_on_a_terminal_only() {
     assert_eq!(out.stderr, "", "{out}");
 }
 
-/// The debootstrap image made by `scripts/mkimage-debian.sh` (scripts/test.sh builds it as root).
-fn debian_archive() -> Option<&'static Path> {
-    let path = Path::new("/var/tmp/nook-test-fixtures/debian-bookworm.tar");
-    if path.exists() {
-        return Some(path);
-    }
-    let reason = "no Debian image: run scripts/test.sh as root (it builds \
-                  /var/tmp/nook-test-fixtures/debian-bookworm.tar with scripts/mkimage-debian.sh)";
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("prerequisite missing under CI=true: {reason}");
-    }
-    eprintln!("SKIPPED: {reason}");
-    None
-}
-
 /// Splits a tar archive into `n` layers of consecutive entries (a hard link's target always
 /// comes first), each compressed its own way.
 fn split_into_layers(archive: &Path, n: usize) -> Vec<Vec<u8>> {
@@ -1466,7 +1451,7 @@ fn debian_as_three_oci_layers_flattens_to_the_same_tree_as_its_tarball() {
         return;
     };
     let Some(t) = Nook::new() else { return };
-    let layers = split_into_layers(archive, 3);
+    let layers = split_into_layers(&archive, 3);
     let dir = t.dir.join("debian-oci");
     let layout = Layout::new(dir.clone());
     let compressed = [gzip(&layers[0]), zstd(&layers[1]), layers[2].clone()];

@@ -610,10 +610,12 @@ fn human_exec_joins_a_detached_nook_run() {
 // nook's binary out of the container's reach (CVE-2019-5736).
 // ---------------------------------------------------------------------------
 
-/// A bundle running `args` with the exe grabber's directory mounted.
+/// A bundle running `args` with the exe grabber's directory mounted. Its root is a copy of the
+/// image: as runc and crun do, nook makes the missing mount point in the bundle's root.
 fn grabber_bundle(t: &Nook, name: &str, grab: &Path, args: &[String]) -> PathBuf {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    bundle(t, name, t.image(), &args, |spec| {
+    let root = t.image_copy(&format!("{name}-rootfs"));
+    bundle(t, name, &root, &args, |spec| {
         spec["mounts"].as_array_mut().expect("mounts").push(json!({
             "destination": exe_grabber::MOUNT,
             "type": "bind",

@@ -2,8 +2,9 @@
 //!
 //! Every test starts with `let Some(t) = Nook::new() else { return };` and gets:
 //! - the built binary, copied where an unprivileged user can run it;
-//! - the busybox fixture (built once by `scripts/mkrootfs-busybox.sh`, cached under
-//!   /var/tmp and owned by the user nook runs as);
+//! - the busybox image: a private copy, made on first use, of the fixture that
+//!   `scripts/mkrootfs-busybox.sh` builds once (cached under /var/tmp, owned by the user nook
+//!   runs as, and checked against the digest recorded when it was built);
 //! - its own directory under /tmp with a fresh `NOOK_STORAGE`, `XDG_RUNTIME_DIR` and `HOME`.
 //!
 //! When the test process is root, nook runs as the unprivileged test user
@@ -12,7 +13,9 @@
 //!
 //! Every nook invocation checks that the caller's mount table is the same after it as
 //! before it. Dropping the `Nook` checks that no process of the test is left, that the
-//! shared fixture was not written, and removes the test's directories.
+//! test's image was not written (a failure of that test, naming the paths), and removes the
+//! test's directories. No test ever sees the cached fixture itself, so one test that writes
+//! its image cannot fail the tests after it.
 
 // Each test binary uses only part of the harness.
 #![allow(dead_code)]
@@ -89,8 +92,8 @@ fn subid_ranges(file: &str, name: &str, uid: u32) -> Vec<(u32, u32)> {
 struct Setup {
     runner: Runner,
     bin: PathBuf,
+    /// The cached busybox tree that every test's image is copied from.
     fixture: PathBuf,
-    fixture_metadata: Vec<String>,
 }
 
 /// Why a test cannot run here. `hard` skips fail under `CI=true`.
@@ -119,12 +122,10 @@ fn setup(user: TestUser) -> Result<&'static Setup, Skip> {
         let runner = resolve_runner(user)?;
         let bin = installed_binary().map_err(|reason| Skip { reason, hard: true })?;
         let fixture = busybox_fixture(&runner).map_err(|reason| Skip { reason, hard: true })?;
-        let fixture_metadata = tree_metadata(&fixture);
         Ok(Setup {
             runner,
             bin,
             fixture,
-            fixture_metadata,
         })
     })
     .as_ref()
@@ -220,7 +221,10 @@ fn prune_old(dir: &Path, keep: &Path) {
     let day = Duration::from_secs(24 * 3600);
     for entry in entries.flatten() {
         let path = entry.path();
-        if path == keep || entry.file_name().to_string_lossy().starts_with('.') {
+        let kept_record = keep.file_name().is_some_and(|k| {
+            entry.file_name().to_string_lossy() == format!("{}.sha256", k.to_string_lossy())
+        });
+        if path == keep || kept_record || entry.file_name().to_string_lossy().starts_with('.') {
             continue;
         }
         let old = entry
@@ -299,8 +303,24 @@ fn busybox_fixture(runner: &Runner) -> Result<PathBuf, String> {
         .map_err(|(_, e)| format!("lock {}: {e}", lock_path.display()))?;
 
     let dest = base.join(format!("busybox-{key:016x}"));
+    let record = base.join(format!("busybox-{key:016x}.sha256"));
     if dest.is_dir() {
-        return Ok(dest);
+        let recorded = fs::read_to_string(&record).unwrap_or_default();
+        let now = tree_digest(&dest);
+        if recorded.trim() == now {
+            return Ok(dest);
+        }
+        // A cache that differs from what was built (a test or a person wrote it, or a run was
+        // killed half-way) would fail tests that have nothing to do with it: build it anew.
+        let _ = writeln!(
+            std::io::stderr(),
+            "test harness: the cached fixture {} differs from the digest recorded when it was \
+             built ({}); building it again",
+            dest.display(),
+            record.display()
+        );
+        force_remove(&dest);
+        let _ = fs::remove_file(&record);
     }
     let build = base.join(format!(".build-{}", std::process::id()));
     force_remove(&build);
@@ -323,8 +343,77 @@ fn busybox_fixture(runner: &Runner) -> Result<PathBuf, String> {
         chown_tree(&build, uid, gid)?;
     }
     fs::rename(&build, &dest).map_err(|e| format!("rename to {}: {e}", dest.display()))?;
+    // Recorded after the rename, which changes the top directory's ctime.
+    let tmp_record = base.join(format!(".record-{}", std::process::id()));
+    fs::write(&tmp_record, tree_digest(&dest))
+        .and_then(|()| fs::rename(&tmp_record, &record))
+        .map_err(|e| format!("write {}: {e}", record.display()))?;
     prune_old(&base, &dest);
     Ok(dest)
+}
+
+/// sha256 of a tree's listing with contents: any change to a name, owner, mode, content or
+/// timestamp changes it.
+fn tree_digest(dir: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for line in tree_listing(dir) {
+        hasher.update(line.as_bytes());
+        hasher.update(b"\n");
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The Debian bookworm archive that `scripts/mkimage-debian.sh` builds (scripts/test.sh runs it
+/// as root; `NOOK_TEST_DEBIAN_IMAGE` names another), checked once per test process against the
+/// sha256 recorded beside it. `None` (after saying why) when it is missing or differs; under
+/// `CI=true` that fails the test instead.
+pub fn debian_archive() -> Option<PathBuf> {
+    static CHECKED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let checked = CHECKED.get_or_init(|| {
+        let path = std::env::var_os("NOOK_TEST_DEBIAN_IMAGE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/tmp/nook-test-fixtures/debian-bookworm.tar"));
+        let record = PathBuf::from(format!("{}.sha256", path.display()));
+        let fix = "run scripts/test.sh as root, which builds it with scripts/mkimage-debian.sh";
+        if !path.exists() {
+            return Err(format!("no Debian image at {}: {fix}", path.display()));
+        }
+        let recorded =
+            fs::read_to_string(&record).map_err(|e| format!("{}: {e}: {fix}", record.display()))?;
+        let out = Command::new("sha256sum")
+            .arg(&path)
+            .output()
+            .map_err(|e| format!("sha256sum {}: {e}", path.display()))?;
+        let actual = String::from_utf8_lossy(&out.stdout);
+        let actual = actual.split_whitespace().next().unwrap_or_default();
+        if actual != recorded.trim() {
+            return Err(format!(
+                "{} differs from the sha256 recorded in {} when it was built: {fix}",
+                path.display(),
+                record.display()
+            ));
+        }
+        Ok(path)
+    });
+    match checked {
+        Ok(path) => Some(path.clone()),
+        Err(reason) => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("prerequisite missing under CI=true: {reason}");
+            }
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {}: {reason}",
+                thread::current().name().unwrap_or("test")
+            );
+            None
+        }
+    }
 }
 
 fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<(), String> {
@@ -373,6 +462,8 @@ pub struct Nook {
     pub runtime: PathBuf,
     /// `$HOME` of the runner for this test.
     pub home: PathBuf,
+    /// The test's busybox image and its listing when it was made, once `image()` made it.
+    private_image: OnceLock<(String, Vec<String>)>,
 }
 
 impl Nook {
@@ -419,6 +510,7 @@ impl Nook {
             runtime: dir.join("run"),
             home: dir.join("home"),
             dir,
+            private_image: OnceLock::new(),
         };
         t.make_dir(&t.dir, 0o755);
         t.make_dir(&t.runtime, 0o700);
@@ -453,13 +545,20 @@ impl Nook {
         false
     }
 
-    /// The shared busybox image. Never to be written: the harness checks it after every test.
+    /// The busybox image, `<test dir>/busybox`: nook must never write it, and dropping the
+    /// `Nook` fails the test with every path that changed. A test that lets nook write its
+    /// root (an OCI bundle whose mounts need mount points) uses [`Nook::image_copy`].
     pub fn image(&self) -> &str {
-        self.setup.fixture.to_str().expect("fixture path is UTF-8")
+        let (path, _) = self.private_image.get_or_init(|| {
+            let path = self.image_copy("busybox");
+            let listing = tree_listing(Path::new(&path));
+            (path, listing)
+        });
+        path
     }
 
     /// A private copy of the busybox image at `<test dir>/<name>`, owned by the runner,
-    /// for tests that add files to the image or check it byte for byte.
+    /// for tests that add files to the image or let nook write it.
     pub fn image_copy(&self, name: &str) -> String {
         let dest = self.dir.join(name);
         let status = Command::new("cp")
@@ -741,8 +840,10 @@ impl Drop for Nook {
     fn drop(&mut self) {
         let left = self.leftover_processes();
         kill_all(&left);
-        let fixture_now = tree_metadata(&self.setup.fixture);
-        let fixture_written = fixture_now != self.setup.fixture_metadata;
+        let image_changes = self.private_image.get().and_then(|(path, before)| {
+            let after = tree_listing(Path::new(path));
+            (after != *before).then(|| (path.clone(), diff(before, &after)))
+        });
         force_remove(&self.dir);
         if thread::panicking() {
             return;
@@ -752,12 +853,12 @@ impl Drop for Nook {
             "processes left behind:\n{}",
             describe(&left)
         );
-        assert!(
-            !fixture_written,
-            "the shared image {} was written: {}",
-            self.setup.fixture.display(),
-            diff(&self.setup.fixture_metadata, &fixture_now)
-        );
+        if let Some((path, changes)) = image_changes {
+            panic!(
+                "this test's image {path} was written (nook must never write an image; a test \
+                 whose container root may be written uses image_copy): {changes}"
+            );
+        }
     }
 }
 
@@ -1178,20 +1279,12 @@ pub fn diff(before: &[String], after: &[String]) -> String {
 /// target, content hash, mtime and ctime. Equal listings mean the tree was not written.
 pub fn tree_listing(dir: &Path) -> Vec<String> {
     let mut lines = Vec::new();
-    walk(dir, dir, true, &mut lines);
+    walk(dir, dir, &mut lines);
     lines.sort();
     lines
 }
 
-/// Like `tree_listing` without reading file contents (ctime still catches any write).
-pub fn tree_metadata(dir: &Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    walk(dir, dir, false, &mut lines);
-    lines.sort();
-    lines
-}
-
-fn walk(root: &Path, path: &Path, contents: bool, lines: &mut Vec<String>) {
+fn walk(root: &Path, path: &Path, lines: &mut Vec<String>) {
     let meta = match fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) => {
@@ -1229,7 +1322,7 @@ fn walk(root: &Path, path: &Path, contents: bool, lines: &mut Vec<String>) {
     } else {
         String::new()
     };
-    let hash = if contents && ft.is_file() {
+    let hash = if ft.is_file() {
         match fs::read(path) {
             Ok(bytes) => format!("{:016x}", hash_bytes(&[&bytes])),
             Err(e) => format!("unreadable: {e}"),
@@ -1251,7 +1344,7 @@ fn walk(root: &Path, path: &Path, contents: bool, lines: &mut Vec<String>) {
     if ft.is_dir() {
         if let Ok(entries) = fs::read_dir(path) {
             for entry in entries.flatten() {
-                walk(root, &entry.path(), contents, lines);
+                walk(root, &entry.path(), lines);
             }
         }
     }
