@@ -30,29 +30,18 @@ PACKAGES=(crun runc bubblewrap charliecloud-runtime podman hyperfine umoci gnupl
 work=/tmp/nook-bench
 out=$repo/bench
 log() { echo "bench: $*" >&2; }
+HOST_SCRIPT=bench.sh
+# shellcheck source=scripts/lib/host.sh
+. scripts/lib/host.sh
 
 # ---------------------------------------------------------------------------------------------
 # Setup (root): packages, the crun host tweak, the bench user.
 # ---------------------------------------------------------------------------------------------
 setup_host() {
-    local missing=() p
-    for p in "${PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-    done
-    if [ ${#missing[@]} -gt 0 ]; then
-        log "installing ${missing[*]}"
-        apt-get update -qq >/dev/null
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    fi
-    # crun 1.8.1 refuses hybrid cgroup hosts with a controller left on cgroup2; moving hugetlb to
-    # v1 lets it run. A host tweak for the comparison only: nook needs none.
-    if [ -d /sys/fs/cgroup/unified ] && ! mountpoint -q /sys/fs/cgroup/hugetlb 2>/dev/null &&
-        grep -qw hugetlb /sys/fs/cgroup/unified/cgroup.controllers 2>/dev/null; then
-        mkdir -p /sys/fs/cgroup/hugetlb
-        mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb || log "could not move hugetlb to cgroup v1; crun may refuse to run"
-    fi
+    ensure_packages "${BUILD_PACKAGES[@]}" "${PACKAGES[@]}"
+    make_crun_runnable
     [ -e /dev/fuse ] && chmod 0666 /dev/fuse
-    id "$BENCH_USER" >/dev/null 2>&1 || useradd --create-home --shell /bin/sh "$BENCH_USER"
+    ensure_user_with_subids "$BENCH_USER"
 }
 
 as_user=()
@@ -61,6 +50,7 @@ if [ "$(id -u)" = 0 ]; then
     as_user=(runuser -u "$BENCH_USER" --)
 fi
 user_id=$("${as_user[@]}" id -u)
+ensure_cargo
 
 log "building nook (release)"
 # The binary's path depends on the target named in .cargo/config.toml: ask cargo for it.
@@ -76,7 +66,7 @@ install -m 755 "$nook_bin" "$work/nook"
 # ---------------------------------------------------------------------------------------------
 scripts/mkrootfs-busybox.sh "$work/busybox" >/dev/null
 debian_tar=/var/tmp/nook-test-fixtures/debian-bookworm.tar
-if [ ! -s "$debian_tar" ] && [ "$(id -u)" = 0 ]; then
+if [ "$(id -u)" = 0 ]; then
     scripts/mkimage-debian.sh "$debian_tar"
 fi
 [ "$(id -u)" = 0 ] && chown -R "$BENCH_USER:" "$work"

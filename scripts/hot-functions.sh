@@ -14,15 +14,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 
+HOST_SCRIPT=hot-functions.sh
+# shellcheck source=scripts/lib/host.sh
+. scripts/lib/host.sh
 as_user=()
 if [ "$(id -u)" = 0 ]; then
-    command -v valgrind >/dev/null || {
-        apt-get update -qq >/dev/null
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends valgrind runc jq >/dev/null
-    }
-    id nookbench >/dev/null 2>&1 || useradd --create-home --shell /bin/sh nookbench
+    ensure_packages "${BUILD_PACKAGES[@]}" valgrind runc jq busybox-static uidmap
+    ensure_user_with_subids nookbench
     as_user=(runuser -u nookbench --)
 fi
+ensure_cargo
 for tool in valgrind runc jq nm; do
     command -v "$tool" >/dev/null || { echo "hot-functions: $tool is needed" >&2; exit 1; }
 done

@@ -73,23 +73,8 @@ prepare_host() {
 # --- OCI runtime tests (tests/oci.rs) -------------------------------------------
 # podman drives nook (--runtime) as the test user; crun runs the same bundles for the
 # parity tests.
-PACKAGES+=(podman crun)
+PACKAGES+=(crun)
 
-# Debian 12's crun 1.8.1 refuses every container on a host whose cgroups are in hybrid
-# mode with a controller left on cgroup2 ("cgroups in hybrid mode not supported, drop
-# all controllers from cgroupv2"). Mounting each such controller as a cgroup v1
-# hierarchy leaves cgroup2 empty, and crun runs. Test setup only: nook itself never
-# touches cgroups.
-prepare_oci() {
-    local unified=/sys/fs/cgroup/unified controller
-    [ -f "$unified/cgroup.controllers" ] || return 0
-    for controller in $(cat "$unified/cgroup.controllers"); do
-        log "moving the $controller cgroup controller to v1 for crun (hybrid cgroups)"
-        mkdir -p "/sys/fs/cgroup/$controller"
-        mount -t cgroup -o "$controller" cgroup "/sys/fs/cgroup/$controller" ||
-            log "could not move $controller to cgroup v1: the crun parity tests may fail"
-    done
-}
 # --- end of the OCI runtime part -------------------------------------------------
 
 # --- Backends (issue 4) -------------------------------------------------------
@@ -173,7 +158,7 @@ fi
 
 if [ "$(id -u)" -eq 0 ]; then
     prepare_host
-    prepare_oci
+    make_crun_runnable
     prepare_backends
     prepare_smallfs
     $setup_only && exit 0

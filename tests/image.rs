@@ -107,3 +107,29 @@ fn containers_of_one_image_do_not_see_each_others_changes() {
     .assert_ok()
     .assert_stdout("no-mark");
 }
+
+/// The harness's guard: a test whose image is written fails itself, naming the path, and the
+/// next test still gets the image as it was built (no cascade through a shared fixture).
+#[test]
+fn a_test_that_writes_its_image_fails_naming_the_path_and_spoils_no_other_test() {
+    let Some(t) = Nook::new() else { return };
+    let written = Path::new(t.image()).join("grab");
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        // What a runtime does when it makes a missing mount point in a bundle's root.
+        std::fs::create_dir(&written).expect("mkdir in the test's image");
+        drop(t);
+    }));
+    let message = result.expect_err("the harness let a written image pass");
+    let message = message
+        .downcast_ref::<String>()
+        .expect("the harness panics with a message");
+    assert!(
+        message.contains("was written") && message.contains("\n+ grab\tdir"),
+        "the failure does not name the written path: {message}"
+    );
+    let Some(next) = Nook::new() else { return };
+    assert!(
+        !Path::new(next.image()).join("grab").exists(),
+        "the next test's image has the path the previous test wrote"
+    );
+}

@@ -111,3 +111,20 @@ ensure_user_without_subids() {
     uid=$(id -u "$user")
     sed -i -E "/^(${user}|${uid}):/d" /etc/subuid /etc/subgid
 }
+
+# --- crun ------------------------------------------------------------------------------------
+
+# Debian 12's crun 1.8.1 refuses every container on a host whose cgroups are in hybrid mode with
+# a controller left on cgroup2 ("cgroups in hybrid mode not supported, drop all controllers from
+# cgroupv2"). Mounting each such controller as a cgroup v1 hierarchy leaves cgroup2 empty, and
+# crun runs. For the peers the tests and benchmarks compare with: nook itself needs none of it.
+make_crun_runnable() {
+    local unified=/sys/fs/cgroup/unified controller
+    [ -f "$unified/cgroup.controllers" ] || return 0
+    for controller in $(cat "$unified/cgroup.controllers"); do
+        host_say "moving the $controller cgroup controller to v1 for crun (hybrid cgroups)"
+        mkdir -p "/sys/fs/cgroup/$controller"
+        mount -t cgroup -o "$controller" cgroup "/sys/fs/cgroup/$controller" ||
+            host_say "could not move $controller to cgroup v1: crun may refuse to run"
+    done
+}
