@@ -127,28 +127,37 @@ cleanup_mounts() {
     return 0
 }
 
-# Everything a run of the suite leaves for the next one to reuse (see --fresh above).
+# Everything a run of the suite leaves for the next one to reuse (see --fresh above). Another
+# suite running beside this one (its own test users, its own test process) keeps its files.
 remove_caches() {
-    local uid user
+    local uid user dir pid
     uid=$(id -u)
     log "--fresh: removing the suite's caches"
     if [ "$uid" -eq 0 ]; then
         cleanup_mounts
         rmdir "$REFLINK_DIR" "$SMALLFS_DIR" 2>/dev/null || true
         rm -f "$REFLINK_IMAGE" "$SMALLFS_IMAGE"
+        rm -rf "$FIXTURES"
         for user in "$TEST_USER" "$TEST_USER_NOSUB"; do
             id "$user" >/dev/null 2>&1 || continue
+            rm -rf "$FIXTURES-$(id -u "$user")"
             pkill -KILL -u "$user" 2>/dev/null || true
             # The home holds the user's default nook storage and caches (backend verdicts,
             # compiled seccomp profiles); its subordinate ids go with it.
             userdel --remove "$user" 2>/dev/null || userdel "$user"
             sed -i -E "/^${user}:/d" /etc/subuid /etc/subgid
         done
-        rm -rf "$FIXTURES" "$FIXTURES"-* /tmp/nook-test-*
     else
-        rm -rf "$FIXTURES-$uid" "/tmp/nook-test-bin-$uid"
-        find /tmp -maxdepth 1 -name 'nook-test-*' -user "$uid" -exec rm -rf {} + 2>/dev/null || true
+        rm -rf "$FIXTURES-$uid"
     fi
+    rm -rf "/tmp/nook-test-bin-$uid"
+    # Test directories are /tmp/nook-test-PID-N-NAME: those of test processes that are gone.
+    for dir in /tmp/nook-test-[0-9]*; do
+        [ -e "$dir" ] || continue
+        pid=${dir#/tmp/nook-test-}
+        pid=${pid%%-*}
+        kill -0 "$pid" 2>/dev/null || rm -rf "$dir" 2>/dev/null || true
+    done
     rm -rf target
 }
 

@@ -743,20 +743,8 @@ fn copy_reflinks_on_a_filesystem_that_can() {
     let storage_env = storage.to_str().unwrap().to_string();
     nix::unistd::sync();
 
-    let plain = dir.join("plain");
-    let started = Instant::now();
-    let status = Command::new("cp")
-        .args(["-a", "--reflink=never"])
-        .arg(&img)
-        .arg(&plain)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    nix::unistd::sync();
-    let plain_time = started.elapsed();
-
+    // Space, not time, tells a reflink from a copy: timings on a loaded machine prove nothing.
     let before = used_kib(&dir);
-    let started = Instant::now();
     let out = t
         .cmd(&[
             "run",
@@ -771,17 +759,8 @@ fn copy_reflinks_on_a_filesystem_that_can() {
         .run();
     out.assert_ok();
     nix::unistd::sync();
-    let nook_time = started.elapsed();
     let grown = used_kib(&dir).saturating_sub(before);
     let image_kib = 64 * 1024;
-    eprintln!(
-        "reflink: cp --reflink=never {plain_time:?}; nook copy backend {nook_time:?}; {grown} KiB \
-         more used for a {image_kib} KiB image"
-    );
-    assert!(
-        nook_time < plain_time,
-        "a reflinked copy ({nook_time:?}) should beat cp --reflink=never ({plain_time:?})"
-    );
     assert!(
         grown < image_kib / 8,
         "the copy used {grown} KiB for a {image_kib} KiB image: not reflinked"
@@ -961,8 +940,8 @@ fn a_copy_container_of_the_debian_image_is_reflinked() {
         .unwrap();
     assert!(status.success(), "tar -x of {}", archive.display());
     nix::unistd::sync();
+    // Space, not time, tells a reflink from a copy: timings on a loaded machine prove nothing.
     let before = used_kib(&dir);
-    let started = Instant::now();
     let status = Command::new("cp")
         .args(["-a", "--reflink=never"])
         .arg(&host)
@@ -971,11 +950,9 @@ fn a_copy_container_of_the_debian_image_is_reflinked() {
         .unwrap();
     assert!(status.success());
     nix::unistd::sync();
-    let plain_time = started.elapsed();
     let plain_kib = used_kib(&dir).saturating_sub(before);
 
     let before = used_kib(&dir);
-    let started = Instant::now();
     t.cmd(&[
         "run",
         "--name",
@@ -989,16 +966,7 @@ fn a_copy_container_of_the_debian_image_is_reflinked() {
     .run()
     .assert_ok();
     nix::unistd::sync();
-    let nook_time = started.elapsed();
     let grown = used_kib(&dir).saturating_sub(before);
-    eprintln!(
-        "Debian image: cp -a --reflink=never {plain_time:?} and {plain_kib} KiB; nook copy \
-         backend {nook_time:?} and {grown} KiB"
-    );
-    assert!(
-        nook_time < plain_time,
-        "the reflinked copy ({nook_time:?}) should beat a plain copy ({plain_time:?})"
-    );
     assert!(
         grown * 5 < plain_kib,
         "the copy used {grown} KiB where a plain copy uses {plain_kib} KiB: not reflinked"

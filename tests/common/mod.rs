@@ -1243,9 +1243,17 @@ pub fn mountinfo() -> String {
 
 /// The caller's mounts as sorted "mount point, root, fs type, source" lines: what must not
 /// change when nook runs (mount ids and options are left out).
+/// The mounts of the caller's mount namespace, one `point root type source` line each, less
+/// those under another test process's directories (`/tmp/nook-test-PID-…`): a suite run beside
+/// this one, by another developer or another checkout, mounts and unmounts there at any time.
 pub fn mount_table() -> Vec<String> {
+    let own = format!("/tmp/nook-test-{}-", std::process::id());
     let mut lines: Vec<String> = mountinfo()
         .lines()
+        .filter(|line| {
+            let point = line.split(' ').nth(4).unwrap_or_default();
+            !point.starts_with("/tmp/nook-test-") || point.starts_with(&own)
+        })
         .filter_map(|line| {
             let (left, right) = line.split_once(" - ")?;
             let left: Vec<&str> = left.split(' ').collect();
