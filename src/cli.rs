@@ -281,6 +281,16 @@ pub enum NetworkArg {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RootEmulationArg {
+    /// On when the container maps only your own id and runs as root
+    Auto,
+    /// On for this container whatever its id map
+    Seccomp,
+    /// Off: chown to other ids, set*id and device mknod fail as the kernel says
+    Off,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BackendArg {
     /// Pick the best backend this machine supports
     Auto,
@@ -359,6 +369,10 @@ pub struct RunArgs {
     /// How user ids inside map to ids outside
     #[arg(long, value_enum, default_value_t = UsernsArg::Auto)]
     pub userns: UsernsArg,
+    /// Make chown, set*id and device mknod succeed without acting, for apt and dpkg in a
+    /// container that maps one id [default: from nook.conf, else auto]
+    #[arg(long, value_enum, conflicts_with = "bundle")]
+    pub root_emulation: Option<RootEmulationArg>,
     /// Do not print notes (such as the id-mapping fallback)
     #[arg(short, long)]
     pub quiet: bool,

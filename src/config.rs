@@ -10,11 +10,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::backend::{Backend, Choice};
+use crate::security::root_emulation;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     /// How containers get their writable root unless `--backend` says otherwise.
     pub backend: Choice,
+    /// Whether one-id containers get root emulation unless `--root-emulation` says otherwise.
+    pub root_emulation: root_emulation::Mode,
     /// The file the settings came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -23,6 +26,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             backend: Choice::Auto,
+            root_emulation: root_emulation::Mode::Auto,
             source: None,
         }
     }
@@ -82,7 +86,14 @@ pub fn parse(text: &str, path: &Path) -> Result<Config> {
                     })?),
                 }
             }
-            other => bail!("{}: unknown setting {other:?} (known: backend)", at()),
+            "root_emulation" => {
+                config.root_emulation = root_emulation::Mode::parse(value)
+                    .with_context(|| format!("{}: root_emulation", at()))?;
+            }
+            other => bail!(
+                "{}: unknown setting {other:?} (known: backend, root_emulation)",
+                at()
+            ),
         }
     }
     Ok(config)
@@ -97,6 +108,19 @@ mod tests {
         let text = include_str!("../configs/nook.conf");
         let config = parse(text, Path::new("configs/nook.conf")).unwrap();
         assert_eq!(config.backend, Choice::Auto);
+        assert_eq!(config.root_emulation, root_emulation::Mode::Auto);
+    }
+
+    #[test]
+    fn root_emulation_is_read_and_mistakes_name_the_line() {
+        let p = Path::new("/c/nook.conf");
+        let config = parse("root_emulation = \"off\"\n", p).unwrap();
+        assert_eq!(config.root_emulation, root_emulation::Mode::Off);
+        let err = format!("{:#}", parse("root_emulation = \"fake\"", p).unwrap_err());
+        assert!(
+            err.starts_with("/c/nook.conf:1:") && err.contains("auto, seccomp or off"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -38,6 +38,12 @@ pub struct Meta {
     pub created: String,
     pub backend: String,
     pub backend_reason: String,
+    /// Whether root's calls are emulated in the container, and why (see
+    /// `security::root_emulation`).
+    #[serde(default)]
+    pub root_emulation: bool,
+    #[serde(default)]
+    pub root_emulation_reason: String,
     pub command: Vec<String>,
     pub auto_remove: bool,
     /// The id mapping the container runs with: its upper layer's owners follow it.
@@ -166,6 +172,7 @@ pub struct NewContainer<'a> {
     pub image: &'a Path,
     pub backend: &'a str,
     pub backend_reason: &'a str,
+    pub root_emulation: &'a crate::security::root_emulation::Verdict,
     pub command: &'a [String],
     pub auto_remove: bool,
     pub idmap: &'a IdMapping,
@@ -226,6 +233,8 @@ impl Store {
             created: now_rfc3339(),
             backend: new.backend.to_string(),
             backend_reason: new.backend_reason.to_string(),
+            root_emulation: new.root_emulation.on,
+            root_emulation_reason: new.root_emulation.reason.clone(),
             command: new.command.to_vec(),
             auto_remove: new.auto_remove,
             idmap: Some(new.idmap.clone()),
@@ -527,11 +536,17 @@ mod tests {
         auto_remove: bool,
         idmap: &'a IdMapping,
     ) -> NewContainer<'a> {
+        static NO_EMULATION: crate::security::root_emulation::Verdict =
+            crate::security::root_emulation::Verdict {
+                on: false,
+                reason: String::new(),
+            };
         NewContainer {
             name,
             image: Path::new("/img"),
             backend: "overlay",
             backend_reason: "test",
+            root_emulation: &NO_EMULATION,
             command: &[],
             auto_remove,
             idmap,

@@ -1,5 +1,7 @@
 //! The last steps before `execve`: user switch, capabilities, no_new_privs and seccomp.
 
+pub mod root_emulation;
+
 use std::collections::HashSet;
 use std::str::FromStr;
 

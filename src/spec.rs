@@ -200,6 +200,8 @@ pub struct RunRequest<'a> {
     pub network: NetworkMode,
     pub volumes: &'a [Volume],
     pub idmap: &'a IdMapping,
+    /// Whether the seccomp profile fakes root's calls (see `security::root_emulation`).
+    pub root_emulation: bool,
 }
 
 /// Builds the spec of a `nook run` container.
@@ -260,8 +262,11 @@ pub fn build_run_spec(req: &RunRequest<'_>) -> Result<Spec> {
         namespaces.push(namespace(LinuxNamespaceType::Network)?);
     }
 
-    let seccomp: LinuxSeccomp = serde_json::from_str(DEFAULT_SECCOMP_PROFILE)
+    let mut seccomp: LinuxSeccomp = serde_json::from_str(DEFAULT_SECCOMP_PROFILE)
         .context("parsing the built-in seccomp profile configs/seccomp.json")?;
+    if req.root_emulation {
+        crate::security::root_emulation::add_to_profile(&mut seccomp);
+    }
 
     let linux = LinuxBuilder::default()
         .namespaces(namespaces)

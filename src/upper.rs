@@ -83,8 +83,8 @@ pub struct Change {
 }
 
 /// Mount points a container's runtime creates when the image lacks them (`nook run` binds its
-/// own /etc/hostname, /etc/hosts and /etc/resolv.conf, and mounts /proc, /sys and /dev): empty
-/// leftovers in the layer, not changes the container made.
+/// own /etc/hostname, /etc/hosts and /etc/resolv.conf, root emulation's apt drop-in, and mounts
+/// /proc, /sys and /dev): empty leftovers in the layer, not changes the container made.
 const RUNTIME_FILES: [&str; 3] = ["etc/hostname", "etc/hosts", "etc/resolv.conf"];
 const RUNTIME_DIRS: [&str; 3] = ["proc", "sys", "dev"];
 
@@ -96,7 +96,9 @@ fn is_runtime_mount_point(top: &Path, change: &Change) -> bool {
         return false;
     };
     let p = change.path.as_path();
-    (meta.is_file() && meta.len() == 0 && RUNTIME_FILES.iter().any(|f| p == Path::new(f)))
+    let runtime_file = RUNTIME_FILES.iter().any(|f| p == Path::new(f))
+        || Path::new("/").join(p) == Path::new(crate::security::root_emulation::APT_DROP_IN);
+    (meta.is_file() && meta.len() == 0 && runtime_file)
         || (meta.is_dir()
             && RUNTIME_DIRS.iter().any(|d| p == Path::new(d))
             && fs::read_dir(top.join(p)).is_ok_and(|mut r| r.next().is_none()))

@@ -76,6 +76,8 @@ pub fn ps(args: &PsArgs) -> Result<i32> {
                         "created": c.meta.created,
                         "backend": c.meta.backend,
                         "backend_reason": c.meta.backend_reason,
+                        "root_emulation": c.meta.root_emulation,
+                        "root_emulation_reason": c.meta.root_emulation_reason,
                     })
                 })
                 .collect();

@@ -17,14 +17,19 @@ use crate::idmap::{Caller, IdMapping, UsernsMode};
 
 /// The id mapping `--userns` gives the caller; prints the fallback notice unless `quiet`.
 fn mapping_for(arg: UsernsArg, caller: &Caller, quiet: bool) -> IdMapping {
+    let (mapping, notice) = mapping_and_notice(arg, caller);
+    if let (Some(notice), false) = (notice, quiet) {
+        eprintln!("nook: note: {notice}");
+    }
+    mapping
+}
+
+/// The mapping `--userns` gives the caller, and the note to print when it is less than asked.
+fn mapping_and_notice(arg: UsernsArg, caller: &Caller) -> (IdMapping, Option<String>) {
     let mode = match arg {
         UsernsArg::Auto => UsernsMode::Auto,
         UsernsArg::Single => UsernsMode::Single,
         UsernsArg::KeepId => UsernsMode::KeepId,
     };
-    let (mapping, notice) = IdMapping::for_mode(mode, caller);
-    if let (Some(notice), false) = (notice, quiet) {
-        eprintln!("nook: note: {notice}");
-    }
-    mapping
+    IdMapping::for_mode(mode, caller)
 }

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use super::mapping_for;
+use super::mapping_and_notice;
 use crate::backend::{self, Backend, Choice, Decision};
-use crate::cli::{BackendArg, NetworkArg, RunArgs, UsernsArg};
+use crate::cli::{BackendArg, NetworkArg, RootEmulationArg, RunArgs, UsernsArg};
 use crate::container::{
     now_rfc3339, process_start_time, Container, NewContainer, State, Status, Store,
 };
@@ -19,6 +19,7 @@ use crate::image::{Image, ImageConfig, ImageStore};
 use crate::launch::{self, run_in_userns, ChildFailed, Launch, StdinMode, Target};
 use crate::rootfs::GeneratedFile;
 use crate::rootfs::RootfsPlan;
+use crate::security::root_emulation;
 use crate::spec::{self, NetworkMode, RunRequest, Volume};
 use crate::{config, copy, sys};
 
@@ -33,6 +34,7 @@ struct Checked {
     env: Vec<String>,
     workdir: Option<String>,
     network: NetworkMode,
+    root_emulation: root_emulation::Verdict,
 }
 
 fn check(args: &RunArgs) -> Result<Checked> {
@@ -51,7 +53,7 @@ fn check(args: &RunArgs) -> Result<Checked> {
         .map(|i| i.meta.config.clone())
         .unwrap_or_default();
     let caller = Caller::current();
-    let idmap = mapping_for(args.userns, &caller, args.quiet);
+    let (idmap, idmap_notice) = mapping_and_notice(args.userns, &caller);
     if let (Some(img), false) = (&stored, args.quiet) {
         if img.meta.idmap.uids != idmap.uids || img.meta.idmap.gids != idmap.gids {
             eprintln!(
@@ -96,6 +98,22 @@ fn check(args: &RunArgs) -> Result<Checked> {
                 .unwrap_or_default()
         );
     }
+    let emulation_mode = match args.root_emulation {
+        Some(RootEmulationArg::Auto) => root_emulation::Mode::Auto,
+        Some(RootEmulationArg::Seccomp) => root_emulation::Mode::Seccomp,
+        Some(RootEmulationArg::Off) => root_emulation::Mode::Off,
+        None => config::load()?.root_emulation,
+    };
+    let root_emulation = root_emulation::decide(emulation_mode, &idmap, user.uid);
+    if let (Some(notice), false) = (idmap_notice, args.quiet) {
+        let emulated = if root_emulation.on {
+            "; root is emulated, so apt, dpkg and useradd work: chown, set*id and device mknod \
+             succeed without acting, and every file stays yours (--root-emulation off to stop)"
+        } else {
+            ""
+        };
+        eprintln!("nook: note: {notice}{emulated}");
+    }
     let command = command_line(&config, args.entrypoint.as_deref(), &args.command);
     // The image's environment first: -e overrides it.
     let env = config
@@ -129,6 +147,7 @@ fn check(args: &RunArgs) -> Result<Checked> {
         env,
         workdir,
         network,
+        root_emulation,
     })
 }
 
@@ -218,6 +237,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         image: &checked.image,
         backend: decision.backend.name(),
         backend_reason: &decision.reason,
+        root_emulation: &checked.root_emulation,
         command: &checked.command,
         auto_remove: args.rm,
         idmap: &checked.idmap,
@@ -318,6 +338,12 @@ fn prepare(
     if args.userns == UsernsArg::KeepId && args.user.is_none() {
         files.extend(keep_id_identity(checked));
     }
+    if checked.root_emulation.on && checked.image.join("etc/apt/apt.conf.d").is_dir() {
+        files.push(file(
+            root_emulation::APT_DROP_IN,
+            root_emulation::APT_DROP_IN_TEXT.as_bytes().to_vec(),
+        ));
+    }
     let spec = spec::build_run_spec(&RunRequest {
         // The overlay is mounted over the container's own directory, in the container's mount
         // namespace only; its layers are named by descriptor, so hiding them does no harm.
@@ -331,6 +357,7 @@ fn prepare(
         network: checked.network,
         volumes: &checked.volumes,
         idmap: &checked.idmap,
+        root_emulation: checked.root_emulation.on,
     })?;
     let plan = match backend {
         Backend::Overlay => RootfsPlan::Overlay {

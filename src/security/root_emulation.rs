@@ -1,0 +1,269 @@
+//! Root emulation for containers whose user namespace maps one id (no subordinate range).
+//!
+//! There, root inside owns every file but cannot give a file to anyone else, switch to another
+//! user or make a device node: the ids do not exist. Package managers and build recipes do all
+//! three as a matter of course (`dpkg` chowns what it unpacks, apt drops to `_apt`, `useradd`
+//! chowns the new home) and die on the first EPERM or EINVAL. Tier 1, here, adds rules to the
+//! container's seccomp profile that make those calls return success without acting, as
+//! Charliecloud's `--seccomp` mode does. Nothing faked acts, so nothing faked grants anything:
+//! after a faked `setuid(1000)` the process is still the caller, with the caller's rights.
+//!
+//! apt checks that its drop to `_apt` took effect, so a container with emulation gets an apt
+//! drop-in (one of nook's generated files, never written into the image) that keeps apt's
+//! sandbox as root.
+
+use anyhow::{bail, Result};
+use oci_spec::runtime::{
+    LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompArgBuilder,
+    LinuxSeccompOperator, LinuxSyscall,
+};
+
+use crate::idmap::IdMapping;
+
+/// `--root-emulation` and the config key `root_emulation`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// On when the container maps one id and runs as root inside.
+    #[default]
+    Auto,
+    /// On whatever the mapping.
+    Seccomp,
+    /// Never.
+    Off,
+}
+
+impl Mode {
+    pub fn parse(text: &str) -> Result<Mode> {
+        Ok(match text {
+            "auto" => Mode::Auto,
+            "seccomp" => Mode::Seccomp,
+            "off" => Mode::Off,
+            other => bail!("root emulation must be auto, seccomp or off, not {other:?}"),
+        })
+    }
+}
+
+/// Whether a container gets root emulation, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub on: bool,
+    pub reason: String,
+}
+
+/// Decides for a container that runs as `uid` inside with `idmap`.
+pub fn decide(mode: Mode, idmap: &IdMapping, uid: u32) -> Verdict {
+    let one_id = idmap.uids.iter().map(|r| r.size as u64).sum::<u64>() <= 1;
+    let (on, reason) = match mode {
+        Mode::Off => (false, "turned off (--root-emulation off)".to_string()),
+        Mode::Seccomp => (true, "asked for (--root-emulation seccomp)".to_string()),
+        Mode::Auto if !one_id => (
+            false,
+            "not needed: the container maps a subordinate range, so its ids are real".to_string(),
+        ),
+        Mode::Auto if uid != 0 => (
+            false,
+            format!("not needed: the container runs as uid {uid}, not as root"),
+        ),
+        Mode::Auto => (
+            true,
+            "the container maps only your own id: chown, set*id, setgroups, capset and device \
+             mknod succeed without acting"
+                .to_string(),
+        ),
+    };
+    Verdict { on, reason }
+}
+
+/// Calls that succeed without acting. The 32-bit names cover x86 programs on x86_64, as the
+/// profile's own architectures do; libseccomp skips a name an architecture lacks.
+const FAKED: &[&str] = &[
+    "chown",
+    "chown32",
+    "fchown",
+    "fchown32",
+    "fchownat",
+    "lchown",
+    "lchown32",
+    "setuid",
+    "setuid32",
+    "setgid",
+    "setgid32",
+    "setreuid",
+    "setreuid32",
+    "setregid",
+    "setregid32",
+    "setresuid",
+    "setresuid32",
+    "setresgid",
+    "setresgid32",
+    "setfsuid",
+    "setfsuid32",
+    "setfsgid",
+    "setfsgid32",
+    "setgroups",
+    "setgroups32",
+    "capset",
+];
+
+/// `mknod(path, mode, dev)` and `mknodat(dirfd, path, mode, dev)`: the index of `mode`.
+const MKNOD: &[(&str, usize)] = &[("mknod", 1), ("mknodat", 2)];
+
+const S_IFMT: u64 = libc::S_IFMT as u64;
+
+/// Adds the emulation to `profile`: the faked calls leave the profile's own rules and return
+/// 0; `mknod` of a character or block device returns 0 and makes nothing, while regular
+/// files, fifos and sockets are still made for real. Every other rule stays as it was.
+pub fn add_to_profile(profile: &mut LinuxSeccomp) {
+    let mknod_names: Vec<&str> = MKNOD.iter().map(|(name, _)| *name).collect();
+    let mut syscalls: Vec<LinuxSyscall> = profile
+        .syscalls()
+        .iter()
+        .flatten()
+        .filter_map(|rule| {
+            let mut rule = rule.clone();
+            let names: Vec<String> = rule
+                .names()
+                .iter()
+                .filter(|n| !FAKED.contains(&n.as_str()) && !mknod_names.contains(&n.as_str()))
+                .cloned()
+                .collect();
+            (!names.is_empty()).then(|| {
+                rule.set_names(names);
+                rule
+            })
+        })
+        .collect();
+    syscalls.push(rule(FAKED, LinuxSeccompAction::ScmpActErrno, Some(0), None));
+    for (name, index) in MKNOD {
+        for kind in [libc::S_IFCHR, libc::S_IFBLK] {
+            syscalls.push(rule(
+                &[name],
+                LinuxSeccompAction::ScmpActErrno,
+                Some(0),
+                Some(file_kind(*index, kind as u64)),
+            ));
+        }
+        // A mode without a file type makes a regular file, as S_IFREG does.
+        for kind in [0, libc::S_IFREG, libc::S_IFIFO, libc::S_IFSOCK] {
+            syscalls.push(rule(
+                &[name],
+                LinuxSeccompAction::ScmpActAllow,
+                None,
+                Some(file_kind(*index, kind as u64)),
+            ));
+        }
+    }
+    profile.set_syscalls(Some(syscalls));
+}
+
+fn rule(
+    names: &[&str],
+    action: LinuxSeccompAction,
+    errno: Option<u32>,
+    arg: Option<LinuxSeccompArg>,
+) -> LinuxSyscall {
+    let mut rule = LinuxSyscall::default();
+    rule.set_names(names.iter().map(|n| n.to_string()).collect());
+    rule.set_action(action);
+    rule.set_errno_ret(errno);
+    rule.set_args(arg.map(|a| vec![a]));
+    rule
+}
+
+/// Argument `index`, masked with S_IFMT, equals `kind`.
+fn file_kind(index: usize, kind: u64) -> LinuxSeccompArg {
+    // OCI's masked comparison: `value` is the mask, `valueTwo` the operand.
+    LinuxSeccompArgBuilder::default()
+        .index(index)
+        .value(S_IFMT)
+        .value_two(kind)
+        .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
+        .build()
+        .expect("every field of the argument is set")
+}
+
+/// Where apt finds the drop-in, if the image has apt.
+pub const APT_DROP_IN: &str = "/etc/apt/apt.conf.d/99nook-root-emulation";
+
+/// Its text: apt's sandbox user stays root, because the drop to `_apt` is faked and apt checks it.
+pub const APT_DROP_IN_TEXT: &str = "// Written by nook: root is emulated in this container (its \
+user namespace maps one id), so apt's\n// switch to the _apt user would be faked, and apt checks \
+it. Its downloads run as root instead.\nAPT::Sandbox::User \"root\";\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::idmap::{IdRange, MapWriter};
+
+    fn mapping(sizes: &[u32]) -> IdMapping {
+        let ranges: Vec<IdRange> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| IdRange {
+                container: i as u32,
+                host: 1000 + 100_000 * i as u32,
+                size,
+            })
+            .collect();
+        IdMapping {
+            uids: ranges.clone(),
+            gids: ranges,
+            writer: MapWriter::Direct,
+        }
+    }
+
+    #[test]
+    fn auto_is_on_only_for_root_in_a_one_id_map() {
+        assert!(decide(Mode::Auto, &mapping(&[1]), 0).on);
+        assert!(!decide(Mode::Auto, &mapping(&[1, 65536]), 0).on);
+        assert!(!decide(Mode::Auto, &mapping(&[1]), 1000).on);
+        assert!(decide(Mode::Seccomp, &mapping(&[1, 65536]), 0).on);
+        assert!(!decide(Mode::Off, &mapping(&[1]), 0).on);
+    }
+
+    #[test]
+    fn modes_parse_and_mistakes_name_the_choices() {
+        assert_eq!(Mode::parse("seccomp").unwrap(), Mode::Seccomp);
+        let err = Mode::parse("fakeroot").unwrap_err().to_string();
+        assert!(err.contains("auto, seccomp or off"), "{err}");
+    }
+
+    /// Each (name, action, errno, arguments) of a profile, for the names emulation leaves alone.
+    fn untouched_rules(profile: &LinuxSeccomp) -> Vec<String> {
+        let mut out: Vec<String> = profile
+            .syscalls()
+            .iter()
+            .flatten()
+            .flat_map(|r| {
+                r.names()
+                    .iter()
+                    .filter(|n| !FAKED.contains(&n.as_str()) && !n.starts_with("mknod"))
+                    .map(move |n| {
+                        format!("{n} {:?} {:?} {:?}", r.action(), r.errno_ret(), r.args())
+                    })
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn the_builtin_profile_with_emulation_keeps_its_other_rules_and_compiles() {
+        let mut profile: LinuxSeccomp =
+            serde_json::from_str(crate::spec::DEFAULT_SECCOMP_PROFILE).unwrap();
+        let before = untouched_rules(&profile);
+        add_to_profile(&mut profile);
+        assert_eq!(untouched_rules(&profile), before);
+        let rules = profile.syscalls().clone().unwrap();
+        for name in ["setuid", "setgroups", "fchownat", "capset"] {
+            let matching: Vec<_> = rules
+                .iter()
+                .filter(|r| r.names().iter().any(|n| n == name))
+                .collect();
+            assert_eq!(matching.len(), 1, "{name}");
+            assert_eq!(matching[0].action(), LinuxSeccompAction::ScmpActErrno);
+            assert_eq!(matching[0].errno_ret(), Some(0));
+        }
+        crate::security::seccomp_program(&profile).expect("the emulating profile compiles");
+    }
+}

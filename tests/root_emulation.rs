@@ -1,0 +1,218 @@
+//! Root emulation: in a container that maps one id, root's chown, set*id and device mknod
+//! succeed without acting, so package managers work, and nothing faked grants anything.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use common::{debian_archive, Nook};
+
+/// A file on the host that only the host's root may read, and one only root may write.
+fn root_only_files(t: &Nook) -> std::path::PathBuf {
+    let dir = t.mkdir("host");
+    for (name, mode) in [("secret", 0o600), ("readonly", 0o644)] {
+        let path = dir.join(name);
+        fs::write(&path, "root's\n").unwrap();
+        std::os::unix::fs::lchown(&path, Some(0), Some(0)).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn one_id_root_fakes_chown_setid_and_device_mknod_and_gains_nothing() {
+    let Some(t) = Nook::new_without_subids() else {
+        return;
+    };
+    let host = root_only_files(&t);
+    let volume = format!("{}:/host", host.display());
+    let script = "
+        touch /f && chown 1000:1000 /f && echo chown-ok && stat -c owner=%u:%g /f
+        mknod /dev/x c 1 3 && echo mknod-ok; test -e /dev/x || echo no-device
+        mknod /tmp/fifo p && test -p /tmp/fifo && echo fifo-made
+        su user -c 'echo su=$(id -u); touch /root/still-root && echo root-dir-writable'
+        cat /host/secret 2>/dev/null || echo secret-unreadable
+        (echo x >> /host/readonly) 2>/dev/null || echo readonly-unwritable
+        unshare -U true 2>/dev/null || echo unshare-refused
+        grep -c '^Seccomp:.2' /proc/self/status";
+    let out = t.nook(&[
+        "run",
+        "--name",
+        "emu",
+        "-v",
+        &volume,
+        t.image(),
+        "sh",
+        "-c",
+        script,
+    ]);
+    out.assert_ok();
+    assert_eq!(
+        out.lines(),
+        [
+            "chown-ok",
+            "owner=0:0",
+            "mknod-ok",
+            "no-device",
+            "fifo-made",
+            "su=0",
+            "root-dir-writable",
+            "secret-unreadable",
+            "readonly-unwritable",
+            "unshare-refused",
+            "1",
+        ],
+        "{out}"
+    );
+    assert!(out.stderr.contains("root is emulated"), "{out}");
+    assert_eq!(
+        fs::read_to_string(host.join("readonly")).unwrap(),
+        "root's\n"
+    );
+    let meta = t.container("emu").expect("listed");
+    assert_eq!(meta["root_emulation"], true, "{meta}");
+    assert!(
+        meta["root_emulation_reason"]
+            .as_str()
+            .unwrap()
+            .contains("maps only your own id"),
+        "{meta}"
+    );
+    // The upper layer's files are the caller's: the faked chown changed nothing on disk.
+    let id = meta["id"].as_str().unwrap();
+    let f = t.storage.join("containers").join(id).join("upper/f");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(fs::metadata(&f).unwrap().uid(), t.runner().uid);
+    t.nook(&["rm", "emu"]).assert_ok();
+}
+
+#[test]
+fn off_lets_the_calls_fail_as_the_kernel_says_in_the_flag_and_the_config() {
+    let Some(t) = Nook::new_without_subids() else {
+        return;
+    };
+    let script = "touch /f; chown 1000 /f 2>/dev/null || echo chown-refused; \
+                  mknod /dev/x c 1 3 2>/dev/null || echo mknod-refused";
+    let out = t.nook(&[
+        "run",
+        "--rm",
+        "-q",
+        "--root-emulation",
+        "off",
+        t.image(),
+        "sh",
+        "-c",
+        script,
+    ]);
+    out.assert_ok();
+    assert_eq!(out.lines(), ["chown-refused", "mknod-refused"], "{out}");
+
+    let config = t.home.join(".config/nook");
+    fs::create_dir_all(&config).unwrap();
+    t.write_file(config.join("nook.conf"), "root_emulation = \"off\"\n");
+    t.give(&t.home.join(".config"));
+    let out = t.nook(&["run", "--rm", "-q", t.image(), "sh", "-c", script]);
+    assert_eq!(out.lines(), ["chown-refused", "mknod-refused"], "{out}");
+    // The flag beats the file.
+    let out = t.nook(&[
+        "run",
+        "--rm",
+        "-q",
+        "--root-emulation",
+        "auto",
+        t.image(),
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert_eq!(out.lines(), Vec::<&str>::new(), "{out}");
+    let out = t.nook(&["run", "--rm", "--root-emulation", "fake", t.image(), "true"]);
+    assert_eq!(out.code, Some(125), "{out}");
+    assert!(out.stderr.contains("auto, seccomp, off"), "{out}");
+}
+
+#[test]
+fn with_a_subordinate_range_emulation_stays_off_unless_forced() {
+    let Some(t) = Nook::new() else { return };
+    if !t.has_subids() {
+        return;
+    }
+    let script = "touch /f && chown 1000:1000 /f && stat -c %u:%g /f";
+    let out = t.nook(&["run", "--rm", t.image(), "sh", "-c", script]);
+    out.assert_ok().assert_stdout("1000:1000\n");
+    let out = t.nook(&[
+        "run",
+        "--rm",
+        "--root-emulation",
+        "seccomp",
+        t.image(),
+        "sh",
+        "-c",
+        script,
+    ]);
+    out.assert_ok().assert_stdout("0:0\n");
+}
+
+#[test]
+fn apt_dpkg_useradd_and_su_work_in_debian_with_one_id() {
+    let Some(archive) = debian_archive() else {
+        return;
+    };
+    let Some(t) = Nook::new_without_subids() else {
+        return;
+    };
+    t.nook(&["import", "-q", archive.to_str().unwrap(), "debian"])
+        .assert_ok();
+    // Without emulation apt cannot even update: it fails to drop to its sandbox user.
+    let out = t
+        .cmd(&[
+            "run",
+            "--rm",
+            "-q",
+            "--root-emulation",
+            "off",
+            "debian",
+            "apt-get",
+            "update",
+        ])
+        .timeout(Duration::from_secs(120))
+        .run();
+    assert_ne!(
+        out.code,
+        Some(0),
+        "apt-get update passed without emulation\n{out}"
+    );
+    let script = "set -e
+        apt-get update -qq
+        apt-get install -y -qq make >/dev/null 2>&1
+        make --version | head -n 1
+        cd /tmp && apt-get download -qq hello >/dev/null 2>&1
+        dpkg -i hello_*.deb >/dev/null 2>&1 && hello
+        useradd -m u1; su u1 -c 'id -un'; stat -c %U /home/u1";
+    let out = t
+        .cmd(&["run", "--name", "deb", "-q", "debian", "sh", "-c", script])
+        .timeout(Duration::from_secs(300))
+        .run();
+    out.assert_ok();
+    assert_eq!(
+        out.lines(),
+        [
+            "GNU Make 4.3",
+            "Hello, world!",
+            // su's switch to u1 is faked: the shell it starts is still root. The chown of u1's
+            // home is faked too: it stays root's (on disk, the caller's).
+            "root",
+            "root",
+        ],
+        "{out}"
+    );
+    // The apt drop-in is nook's generated file, not a change of the container.
+    let diff = t.nook(&["diff", "deb"]);
+    diff.assert_ok();
+    assert!(!diff.stdout.contains("nook-root-emulation"), "{diff}");
+    assert!(diff.stdout.contains("/usr/bin/hello"), "{diff}");
+    t.nook(&["rm", "deb"]).assert_ok();
+    t.nook(&["rmi", "debian"]).assert_ok();
+}
