@@ -130,7 +130,8 @@ pub fn set_rlimits(rlimits: &[PosixRlimit]) -> Result<()> {
         let (res, name) = resource(limit.typ());
         setrlimit(res, limit.soft(), limit.hard()).with_context(|| {
             format!(
-                "process.rlimits: setting {name} to soft {} hard {} (a rootless container cannot                  raise a hard limit above the caller's; check `ulimit -H`)",
+                "process.rlimits: setting {name} to soft {} hard {} (a rootless container cannot \
+                 raise a hard limit above the caller's; check `ulimit -H`)",
                 limit.soft(),
                 limit.hard()
             )

@@ -13,6 +13,7 @@ use crate::cli::{InfoArgs, InfoFormat};
 use crate::container::storage_root;
 use crate::idmap::{find_in_path, Caller, IdMapping, MapWriter, SubRange, UsernsMode};
 use crate::launch::run_in_userns;
+use crate::security::root_emulation;
 use crate::{config, fuse};
 
 /// One fact about the machine; `fix` is set when the check failed.
@@ -58,6 +59,7 @@ pub fn info(args: &InfoArgs) -> Result<i32> {
         id_map_helper("newuidmap"),
         id_map_helper("newgidmap"),
         id_mapping(&mapping, &caller),
+        root_emulation(&mapping),
         fuse_device(),
         fuse_program(),
     ];
@@ -155,6 +157,31 @@ fn id_mapping(mapping: &IdMapping, caller: &Caller) -> Check {
         ),
         _ => good("id mapping", mapping.describe()),
     }
+}
+
+/// What root emulation does for `nook run` containers of this user, by the config's mode.
+fn root_emulation(mapping: &IdMapping) -> Check {
+    let mode = match config::load() {
+        Ok(c) => c.root_emulation,
+        Err(e) => {
+            return bad(
+                "root emulation",
+                format!("{e:#}"),
+                "correct the config file (see configs/nook.conf)",
+            )
+        }
+    };
+    let verdict = root_emulation::decide(mode, mapping, 0);
+    let value = if verdict.on {
+        format!(
+            "on for containers run as root: {}; apt, dpkg and useradd work, files stay yours and \
+             nothing gains a privilege (`--root-emulation off` to stop)",
+            verdict.reason
+        )
+    } else {
+        format!("off: {}", verdict.reason)
+    };
+    good("root emulation", value)
 }
 
 fn id_map_helper(program: &'static str) -> Check {

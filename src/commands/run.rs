@@ -57,7 +57,8 @@ fn check(args: &RunArgs) -> Result<Checked> {
     if let (Some(img), false) = (&stored, args.quiet) {
         if img.meta.idmap.uids != idmap.uids || img.meta.idmap.gids != idmap.gids {
             eprintln!(
-                "nook: note: image {} was imported with the id map [{}] but this container gets                  [{}]: files may show wrong owners and writing them can fail with EOVERFLOW. \
+                "nook: note: image {} was imported with the id map [{}] but this container gets \
+                 [{}]: files may show wrong owners and writing them can fail with EOVERFLOW. \
                  Re-import the image (`nook rmi {}` then `nook import`) to follow your current \
                  subordinate ranges",
                 img.meta.name,
