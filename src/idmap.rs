@@ -116,6 +116,45 @@ pub fn parse_subids(text: &str, name: Option<&str>, id: u32) -> Vec<SubRange> {
         .collect()
 }
 
+/// A 65536-id range no line of the subid files `texts` gives out, as `useradd` picks one: past
+/// the end of every range there, rounded up to a multiple of 65536, and at least 100000.
+pub fn free_subordinate_range(texts: &[&str]) -> SubRange {
+    const SIZE: u64 = 65536;
+    let end = texts
+        .iter()
+        .flat_map(|text| text.lines())
+        .filter_map(|line| {
+            let mut fields = line.trim().split(':');
+            let _owner = fields.next()?;
+            let start = fields.next()?.trim().parse::<u64>().ok()?;
+            let count = fields.next()?.trim().parse::<u64>().ok()?;
+            Some(start + count)
+        })
+        .max()
+        .unwrap_or(0);
+    let start = if end <= 100_000 {
+        100_000
+    } else {
+        end.div_ceil(SIZE) * SIZE
+    };
+    SubRange {
+        start: u32::try_from(start).unwrap_or(u32::MAX - SIZE as u32),
+        count: SIZE as u32,
+    }
+}
+
+/// The `usermod` line that gives `who` a free range, from this machine's subid files.
+pub fn add_range_command(who: &str) -> String {
+    let read = |p: &str| fs::read_to_string(p).unwrap_or_default();
+    let (uids, gids) = (read("/etc/subuid"), read("/etc/subgid"));
+    let range = free_subordinate_range(&[&uids, &gids]);
+    let last = range.start as u64 + range.count as u64 - 1;
+    format!(
+        "sudo usermod --add-subuids {start}-{last} --add-subgids {start}-{last} {who}",
+        start = range.start
+    )
+}
+
 /// Everything about the caller that decides its mappings, read once.
 #[derive(Clone, Debug)]
 pub struct Caller {
@@ -160,8 +199,8 @@ impl Caller {
             let who = self.name.clone().unwrap_or_else(|| self.uid.to_string());
             return Some(format!(
                 "no subordinate id range for user {who} in /etc/subuid and /etc/subgid; an \
-                 administrator can add one with `usermod --add-subuids 100000-165535 \
-                 --add-subgids 100000-165535 {who}` (pick a range no other user has)"
+                 administrator can add a range no other user has with `{}`",
+                add_range_command(&who)
             ));
         }
         self.helpers_unusable.clone()
@@ -558,6 +597,17 @@ fn finish_helper(helper: &str, child: std::process::Child, ranges: &[IdRange]) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_free_range_starts_past_every_range_given_out() {
+        assert_eq!(free_subordinate_range(&["", ""]).start, 100_000);
+        let uids = "alice:100000:65536\nbob:165536:65536\n# comment\n";
+        let gids = "alice:100000:65536\ncarol:400000:1000\n";
+        let free = free_subordinate_range(&[uids, gids]);
+        assert_eq!((free.start, free.count), (458_752, 65536));
+        assert!(free.start >= 401_000);
+        assert_eq!(free_subordinate_range(&["x:1:10\n"]).start, 100_000);
+    }
 
     fn caller(subuids: Vec<SubRange>) -> Caller {
         Caller {

@@ -216,3 +216,51 @@ fn apt_dpkg_useradd_and_su_work_in_debian_with_one_id() {
     t.nook(&["rm", "deb"]).assert_ok();
     t.nook(&["rmi", "debian"]).assert_ok();
 }
+
+#[test]
+fn info_tells_a_user_without_subids_what_works_and_offers_a_free_range() {
+    let Some(t) = Nook::new_without_subids() else {
+        return;
+    };
+    let out = t.nook(&["info", "--format", "json"]);
+    out.assert_ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    let check = |name: &str| {
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} check: {v}"))
+            .clone()
+    };
+    let emulation = check("root emulation");
+    assert!(
+        emulation["value"].as_str().unwrap().starts_with("on"),
+        "{emulation}"
+    );
+    let subuids = check("subordinate uids");
+    assert_eq!(subuids["level"], "warn", "{subuids}");
+    // The offered range is free: it overlaps no range of /etc/subuid or /etc/subgid.
+    let fix = subuids["fix"].as_str().unwrap();
+    let range = fix
+        .split_whitespace()
+        .skip_while(|w| *w != "--add-subuids")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no range in {fix}"));
+    let (start, end) = range.split_once('-').unwrap();
+    let (start, end): (u64, u64) = (start.parse().unwrap(), end.parse().unwrap());
+    assert_eq!(end - start + 1, 65536, "{fix}");
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        for line in fs::read_to_string(file).unwrap().lines() {
+            let f: Vec<&str> = line.split(':').collect();
+            let (Some(s), Some(n)) = (f.get(1), f.get(2)) else {
+                continue;
+            };
+            let (s, n): (u64, u64) = (s.parse().unwrap(), n.parse().unwrap());
+            assert!(end < s || start >= s + n, "{fix} overlaps {file}: {line}");
+        }
+    }
+    // cgroups are not used, so they never fail; nothing fails here, so info exits 0.
+    assert_eq!(check("cgroup v2")["level"], "ok");
+}

@@ -16,11 +16,23 @@ use crate::launch::run_in_userns;
 use crate::security::root_emulation;
 use crate::{config, fuse};
 
-/// One fact about the machine; `fix` is set when the check failed.
+/// How a check came out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Level {
+    Ok,
+    /// Missing, but nook works without it here (it falls back, and says how).
+    Warn,
+    /// Missing, and nook needs it: `nook info` exits 1.
+    Fail,
+}
+
+/// One fact about the machine; `fix` is set when the check did not pass.
 #[derive(Debug, Serialize)]
 struct Check {
     name: &'static str,
     ok: bool,
+    level: Level,
     value: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     fix: Option<String>,
@@ -30,6 +42,7 @@ fn good(name: &'static str, value: impl Into<String>) -> Check {
     Check {
         name,
         ok: true,
+        level: Level::Ok,
         value: value.into(),
         fix: None,
     }
@@ -39,8 +52,17 @@ fn bad(name: &'static str, value: impl Into<String>, fix: impl Into<String>) -> 
     Check {
         name,
         ok: false,
+        level: Level::Fail,
         value: value.into(),
         fix: Some(fix.into()),
+    }
+}
+
+/// A check nook can do without: what is missing, what nook does instead, and the fix.
+fn warn(name: &'static str, value: impl Into<String>, fix: impl Into<String>) -> Check {
+    Check {
+        level: Level::Warn,
+        ..bad(name, value, fix)
     }
 }
 
@@ -89,7 +111,11 @@ pub fn info(args: &InfoArgs) -> Result<i32> {
             );
             let width = checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
             for c in &checks {
-                let mark = if c.ok { "ok  " } else { "FAIL" };
+                let mark = match c.level {
+                    Level::Ok => "ok  ",
+                    Level::Warn => "warn",
+                    Level::Fail => "FAIL",
+                };
                 println!("{mark} {:<width$}  {}", c.name, c.value);
                 if let Some(fix) = &c.fix {
                     println!("     {:<width$}  fix: {fix}", "");
@@ -97,7 +123,8 @@ pub fn info(args: &InfoArgs) -> Result<i32> {
             }
         }
     }
-    Ok(0)
+    let failed = checks.iter().any(|c| c.level == Level::Fail);
+    Ok(if failed { 1 } else { 0 })
 }
 
 fn kernel() -> Check {
@@ -133,10 +160,15 @@ fn user_namespaces(mapping: &IdMapping) -> Check {
 
 fn subordinate_ids(file: &str, name: &'static str, user: &str, ranges: &[SubRange]) -> Check {
     if ranges.is_empty() {
-        bad(
+        warn(
             name,
-            format!("none for {user} in {file}"),
-            format!("sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {user}"),
+            format!(
+                "none for {user} in {file}: containers map only your own id, with root emulation"
+            ),
+            format!(
+                "{} (a range no other user has)",
+                crate::idmap::add_range_command(user)
+            ),
         )
     } else {
         let list: Vec<String> = ranges
@@ -150,7 +182,7 @@ fn subordinate_ids(file: &str, name: &'static str, user: &str, ranges: &[SubRang
 /// The mapping `--userns auto` gives containers, and why it is not the full one if it is not.
 fn id_mapping(mapping: &IdMapping, caller: &Caller) -> Check {
     match (&caller.helpers_unusable, mapping.writer) {
-        (Some(why), MapWriter::Direct) => bad(
+        (Some(why), MapWriter::Direct) => warn(
             "id mapping",
             format!("{} only: {why}", mapping.describe()),
             "sudo apt-get install uidmap, and give the user subordinate ids (see above)",
@@ -186,7 +218,11 @@ fn root_emulation(mapping: &IdMapping) -> Check {
 
 fn id_map_helper(program: &'static str) -> Check {
     let Some(path) = find_in_path(program) else {
-        return bad(program, "not on PATH", "sudo apt-get install uidmap");
+        return warn(
+            program,
+            "not on PATH: containers map only your own id, with root emulation",
+            "sudo apt-get install uidmap",
+        );
     };
     let setuid = fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o4000 != 0);
     let file_caps = crate::sys::get_xattr(&path, b"security.capability").is_ok();
@@ -198,10 +234,10 @@ fn id_map_helper(program: &'static str) -> Check {
         };
         good(program, format!("{} ({how})", path.display()))
     } else {
-        bad(
+        warn(
             program,
             format!(
-                "{} has neither setuid nor file capabilities",
+                "{} has neither setuid nor file capabilities: containers map only your own id",
                 path.display()
             ),
             format!("sudo chmod u+s {}", path.display()),
@@ -212,9 +248,9 @@ fn id_map_helper(program: &'static str) -> Check {
 fn fuse_device() -> Check {
     match fuse::check_device() {
         Ok(()) => good("/dev/fuse", "readable and writable"),
-        Err(e) => bad(
+        Err(e) => warn(
             "/dev/fuse",
-            format!("{e:#}"),
+            format!("{e:#}: no fuse-overlayfs backend (the backend line says what auto uses)"),
             "sudo modprobe fuse && sudo chmod 0666 /dev/fuse",
         ),
     }
@@ -222,14 +258,14 @@ fn fuse_device() -> Check {
 
 fn fuse_program() -> Check {
     match fuse::find_program() {
-        None => bad(
+        None => warn(
             "fuse-overlayfs",
-            "not on PATH",
+            "not on PATH: no fuse-overlayfs backend (the backend line says what auto uses)",
             "sudo apt-get install fuse-overlayfs",
         ),
         Some(path) => match fuse::version(&path) {
             Ok(v) => good("fuse-overlayfs", format!("{v} ({})", path.display())),
-            Err(e) => bad(
+            Err(e) => warn(
                 "fuse-overlayfs",
                 format!("{e:#}"),
                 "sudo apt-get install --reinstall fuse-overlayfs",
@@ -363,18 +399,17 @@ fn auto_backend(fs: Option<&StorageFs>, mapping: &IdMapping) -> (Check, Option<S
     }
 }
 
+/// nook applies no cgroup limits (an OCI spec's `resources` get a warning), so this is
+/// information for whoever wants them, never a failure.
 fn cgroup_delegation() -> Check {
     const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-    let fix = "sudo mkdir -p /etc/systemd/system/user@.service.d && printf '[Service]\\nDelegate=yes\\n' \
-               | sudo tee /etc/systemd/system/user@.service.d/delegate.conf && sudo systemctl \
-               daemon-reload (then log in again)";
     let is_v2 = nix::sys::statfs::statfs("/sys/fs/cgroup")
         .is_ok_and(|s| s.filesystem_type().0 == CGROUP2_SUPER_MAGIC);
     if !is_v2 {
-        return bad(
+        return good(
             "cgroup v2",
-            "/sys/fs/cgroup is not a cgroup2 filesystem (cgroup v1 or hybrid)",
-            "boot with systemd.unified_cgroup_hierarchy=1",
+            "not used by nook: /sys/fs/cgroup is cgroup v1 or hybrid, and nook sets no cgroup \
+             limits (a bundle's resources are warned about)",
         );
     }
     let own = fs::read_to_string("/proc/self/cgroup")
@@ -391,22 +426,19 @@ fn cgroup_delegation() -> Check {
     )
     .is_ok();
     let controllers = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
-    if writable {
-        good(
-            "cgroup v2",
-            format!(
-                "delegated: {} (controllers: {})",
-                dir.display(),
-                controllers.trim()
-            ),
-        )
+    let delegated = if writable {
+        "delegated"
     } else {
-        bad(
-            "cgroup v2",
-            format!("{} is not delegated to this user", dir.display()),
-            fix,
-        )
-    }
+        "not delegated to this user"
+    };
+    good(
+        "cgroup v2",
+        format!(
+            "not used by nook (it sets no cgroup limits): {} is {delegated} (controllers: {})",
+            dir.display(),
+            controllers.trim()
+        ),
+    )
 }
 
 fn seccomp() -> Check {
