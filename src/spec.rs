@@ -392,6 +392,50 @@ fn run_mounts(req: &RunRequest<'_>) -> Result<Vec<Mount>> {
     Ok(mounts)
 }
 
+/// Checks a host name as RFC 1123 and the kernel define it: at most 64 bytes (the kernel's
+/// limit for `sethostname`), dot-separated labels of 1-63 letters, digits and `-`, none starting
+/// or ending with `-`.
+pub fn validate_hostname(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 64 {
+        bail!(
+            "invalid host name {name:?}: it has {} characters, and a host name has 1 to 64 (the \
+             kernel's limit)",
+            name.len()
+        );
+    }
+    for label in name.split('.') {
+        let bad_char = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'));
+        if let Some(c) = bad_char {
+            bail!(
+                "invalid host name {name:?}: {c:?} is not allowed; use letters, digits, '-' and \
+                 dots between labels"
+            );
+        }
+        if label.is_empty() || label.len() > 63 || label.starts_with('-') || label.ends_with('-') {
+            bail!(
+                "invalid host name {name:?}: each dot-separated part needs 1 to 63 characters \
+                 and may not start or end with '-'"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// An `-e` argument checked as podman checks it: `KEY=VALUE`, or `KEY` alone for the caller's
+/// own value; the key is not empty and has no white space.
+pub fn validate_env_arg(arg: &str) -> Result<()> {
+    let key = arg.split_once('=').map_or(arg, |(k, _)| k);
+    if key.is_empty() {
+        bail!("invalid environment variable {arg:?} (-e): the name before '=' is empty");
+    }
+    if key.chars().any(char::is_whitespace) {
+        bail!("invalid environment variable {arg:?} (-e): the name {key:?} has white space");
+    }
+    Ok(())
+}
+
 /// The content of `/etc/hosts` for a container named `hostname`.
 pub fn hosts_file(hostname: &str, network: NetworkMode) -> String {
     let host_entries = match network {
@@ -465,6 +509,33 @@ mod tests {
             "init_module",
         ] {
             assert!(!allowed.iter().any(|n| *n == denied), "{denied} allowed");
+        }
+    }
+
+    #[test]
+    fn host_names_follow_rfc_1123_and_the_kernel_limit() {
+        for good in ["box", "web-1", "a.b.example", &"x".repeat(63)] {
+            assert!(validate_hostname(good).is_ok(), "{good}");
+        }
+        for (bad, why) in [
+            ("", "1 to 64"),
+            (&"x".repeat(300), "300 characters"),
+            ("my_host", "'_'"),
+            ("-x", "start or end"),
+            ("a..b", "1 to 63"),
+        ] {
+            let err = validate_hostname(bad).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn env_args_need_a_name_without_white_space() {
+        for good in ["A=1", "A=", "A", "A=b c", "A==b"] {
+            assert!(validate_env_arg(good).is_ok(), "{good}");
+        }
+        for bad in ["=value", "=", "", "A B=1", " A=1"] {
+            assert!(validate_env_arg(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -45,6 +45,61 @@ fn image_that_is_not_a_directory_is_named() {
     let file = file.to_str().unwrap();
     let out = t.nook(&["run", file, "true"]);
     assert_failed_cleanly(&t, &out, &[], file);
+    assert!(
+        out.stderr.contains("is a file") && out.stderr.contains("nook import"),
+        "{out}"
+    );
+}
+
+#[test]
+fn an_empty_directory_is_not_taken_for_a_root_filesystem() {
+    let Some(t) = Nook::new() else { return };
+    let empty = t.mkdir("empty");
+    let empty = empty.to_str().unwrap();
+    let out = t.nook(&["run", "--rm", empty, "true"]);
+    assert_failed_cleanly(&t, &out, &[], empty);
+    assert!(out.stderr.contains("empty directory"), "{out}");
+}
+
+#[test]
+fn environment_variables_without_a_proper_name_are_refused() {
+    let Some(t) = Nook::new() else { return };
+    for bad in ["=value", "=", "", "A B=1"] {
+        let out = t.nook(&["run", "--rm", "-e", bad, t.image(), "true"]);
+        assert_failed_cleanly(&t, &out, &[], &format!("{bad:?}"));
+    }
+    t.nook(&[
+        "run",
+        "--rm",
+        "-e",
+        "A=b c",
+        t.image(),
+        "sh",
+        "-c",
+        "echo \"$A\"",
+    ])
+    .assert_ok()
+    .assert_stdout("b c\n");
+}
+
+#[test]
+fn host_names_the_kernel_or_rfc_1123_refuse_are_named() {
+    let Some(t) = Nook::new() else { return };
+    let long = "h".repeat(300);
+    let out = t.nook(&["run", "--rm", "--hostname", &long, t.image(), "true"]);
+    assert_failed_cleanly(&t, &out, &[], "300 characters");
+    let out = t.nook(&["run", "--rm", "--hostname", "my_host", t.image(), "true"]);
+    assert_failed_cleanly(&t, &out, &[], "'_' is not allowed");
+    t.nook(&[
+        "run",
+        "--rm",
+        "--hostname",
+        "web-1.test",
+        t.image(),
+        "hostname",
+    ])
+    .assert_ok()
+    .assert_stdout("web-1.test\n");
 }
 
 #[test]

@@ -116,6 +116,9 @@ fn check(args: &RunArgs) -> Result<Checked> {
         eprintln!("nook: note: {notice}{emulated}");
     }
     let command = command_line(&config, args.entrypoint.as_deref(), &args.command);
+    for e in &args.env {
+        spec::validate_env_arg(e)?;
+    }
     // The image's environment first: -e overrides it.
     let env = config
         .env
@@ -136,7 +139,7 @@ fn check(args: &RunArgs) -> Result<Checked> {
         NetworkArg::None => NetworkMode::None,
     };
     if let Some(h) = &args.hostname {
-        crate::container::validate_name(h).context("invalid --hostname")?;
+        spec::validate_hostname(h).context("--hostname")?;
     }
     Ok(Checked {
         image,
@@ -186,15 +189,24 @@ fn resolve_image(arg: &str) -> Result<(PathBuf, Option<Image>)> {
             return Ok((image.rootfs(), Some(image)));
         }
     }
-    let dir = fs::canonicalize(arg)
-        .ok()
-        .filter(|p| p.is_dir())
-        .with_context(|| {
-            format!(
-                "{arg}: no such image or directory; give an image name (see `nook images`) or the \
+    let dir = match fs::canonicalize(arg) {
+        Ok(path) if path.is_dir() => path,
+        Ok(_) => bail!(
+            "{arg} is a file, not a root filesystem directory; if it is an image archive, import \
+             it first (`nook import {arg} NAME`), then run NAME"
+        ),
+        Err(_) => bail!(
+            "{arg}: no such image or directory; give an image name (see `nook images`) or the \
              path of a root filesystem directory"
-            )
-        })?;
+        ),
+    };
+    if fs::read_dir(&dir).is_ok_and(|mut entries| entries.next().is_none()) {
+        bail!(
+            "{} is an empty directory, not a root filesystem: give a directory that holds one \
+             (bin/, etc/, …), or an image name (see `nook images`)",
+            dir.display()
+        );
+    }
     Ok((dir, None))
 }
 
