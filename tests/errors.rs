@@ -145,3 +145,13 @@ fn rm_of_an_unknown_container_names_it() {
     assert!(out.code.is_some_and(|c| c != 0), "{out}");
     assert!(out.stderr.contains("no-such-container"), "{out}");
 }
+
+#[test]
+fn a_working_directory_that_is_a_file_is_named() {
+    let Some(t) = Nook::new() else { return };
+    for workdir in ["/etc/passwd", "/etc/passwd/below"] {
+        let out = t.nook(&["run", "--rm", "-w", workdir, t.image(), "pwd"]);
+        assert_failed_cleanly(&t, &out, &[], workdir);
+        assert!(out.stderr.contains("is a file"), "{out}");
+    }
+}

@@ -370,7 +370,14 @@ fn enter_cwd(process: &Process) -> Result<()> {
     if !cwd.is_absolute() {
         anyhow::bail!("the working directory {} is not absolute", cwd.display());
     }
-    if nix::unistd::chdir(cwd).is_err() {
+    if let Err(err) = nix::unistd::chdir(cwd) {
+        if err == nix::Error::ENOTDIR {
+            anyhow::bail!(
+                "the working directory {} (-w) is not a directory in the container: it, or a \
+                 parent of it, is a file",
+                cwd.display()
+            );
+        }
         std::fs::create_dir_all(cwd)
             .with_context(|| format!("creating the working directory {}", cwd.display()))?;
         nix::unistd::chdir(cwd).with_context(|| format!("entering {}", cwd.display()))?;
