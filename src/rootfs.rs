@@ -396,6 +396,46 @@ struct MountOptions {
     idmap: Option<&'static str>,
 }
 
+/// Every mount option nook understands (`nook features` lists these); any other is passed to
+/// the filesystem as data, as runc and crun do.
+pub const MOUNT_OPTIONS: [&str; 35] = [
+    "async",
+    "atime",
+    "bind",
+    "copy-symlink",
+    "defaults",
+    "dev",
+    "dirsync",
+    "exec",
+    "noatime",
+    "nodev",
+    "noexec",
+    "norelatime",
+    "nostrictatime",
+    "nosuid",
+    "notmpcopyup",
+    "private",
+    "rbind",
+    "relatime",
+    "rnodev",
+    "rnoexec",
+    "rnosuid",
+    "ro",
+    "rprivate",
+    "rro",
+    "rshared",
+    "rslave",
+    "runbindable",
+    "rw",
+    "shared",
+    "slave",
+    "strictatime",
+    "suid",
+    "sync",
+    "tmpcopyup",
+    "unbindable",
+];
+
 /// The propagation a mount option names, if it names one.
 fn propagation_of(option: &str) -> Option<MsFlags> {
     Some(match option {
@@ -779,6 +819,27 @@ fn make_readonly(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn features_list_exactly_the_options_parsed_here() {
+        let mut listed: Vec<&str> = MOUNT_OPTIONS.to_vec();
+        listed.sort();
+        listed.dedup();
+        assert_eq!(
+            listed.len(),
+            MOUNT_OPTIONS.len(),
+            "an option is listed twice"
+        );
+        for option in MOUNT_OPTIONS {
+            let parsed = parse_options(&[option.to_string()]);
+            assert!(
+                parsed.data.is_empty(),
+                "{option} would reach the kernel as data"
+            );
+        }
+        assert_eq!(parse_options(&["mode=755".into()]).data, vec!["mode=755"]);
+        assert!(parse_options(&["idmap".into()]).idmap.is_some());
+    }
 
     #[test]
     fn relative_destinations_are_read_from_the_root() {

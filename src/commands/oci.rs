@@ -156,6 +156,25 @@ fn refuse_unsupported(spec: &Spec) -> Result<()> {
         );
     }
     let linux = spec.linux().as_ref();
+    let namespaces = linux.and_then(|l| l.namespaces().as_ref());
+    if namespaces.is_some_and(|nss| nss.iter().any(|ns| ns.typ() == LinuxNamespaceType::Time)) {
+        bail!("field `linux.namespaces`: nook does not create time namespaces; remove the entry");
+    }
+    if let Some(seccomp) = linux.and_then(|l| l.seccomp().as_ref()) {
+        use oci_spec::runtime::LinuxSeccompAction::ScmpActNotify;
+        let notify = seccomp.default_action() == ScmpActNotify
+            || seccomp
+                .syscalls()
+                .iter()
+                .flatten()
+                .any(|s| s.action() == ScmpActNotify);
+        if notify || seccomp.listener_path().is_some() {
+            bail!(
+                "field `linux.seccomp`: SCMP_ACT_NOTIFY and listenerPath are not supported by \
+                 nook (nothing would answer the notifications)"
+            );
+        }
+    }
     if linux.and_then(|l| l.intel_rdt().as_ref()).is_some() {
         bail!(
             "field `linux.intelRdt`: resctrl groups need root on the host; a rootless runtime \
@@ -189,8 +208,19 @@ fn bundle_idmap(spec: &Spec) -> Result<Option<IdMapping>> {
         return Ok(None);
     }
     let linux = spec.linux().as_ref().context("field `linux` is missing")?;
-    // A user namespace without maps (`crun spec --rootless` writes one) maps the caller to
-    // root, as crun does; the spec leaves the choice to the runtime.
+    let given = |maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
+        maps.as_ref().is_some_and(|m| !m.is_empty())
+    };
+    if euid != 0 && !given(linux.uid_mappings()) && !given(linux.gid_mappings()) {
+        // A user namespace without maps: the caller is root and its subordinate ids follow
+        // from 1, as crun maps it (`nook run`'s default, too); the spec leaves it to us.
+        let (mapping, _) = IdMapping::for_mode(
+            crate::idmap::UsernsMode::Auto,
+            &crate::idmap::Caller::current(),
+        );
+        return Ok(Some(mapping));
+    }
+    // One list alone missing: the caller's own id as root in it.
     let ranges = |maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>, own: u32| match maps
         .as_ref()
         .filter(|m| !m.is_empty())
@@ -978,7 +1008,8 @@ pub fn spec(args: &SpecArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// `features`: what this runtime supports (runtime-spec features.md).
+/// `features`: what this runtime implements (runtime-spec features.md), no more: engines probe
+/// it instead of guessing.
 pub fn features() -> Result<i32> {
     let namespaces = ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"];
     let caps: Vec<String> = caps::all()
@@ -991,30 +1022,32 @@ pub fn features() -> Result<i32> {
         "ociVersionMin": "1.0.0",
         "ociVersionMax": OCI_VERSION,
         "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
-        "mountOptions": [
-            "bind", "rbind", "ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec",
-            "sync", "async", "dirsync", "strictatime", "relatime", "noatime", "atime",
-            "private", "rprivate", "slave", "rslave", "shared", "rshared", "unbindable", "runbindable"
-        ],
+        "mountOptions": crate::rootfs::MOUNT_OPTIONS.as_slice(),
         "linux": {
             "namespaces": namespaces,
             "capabilities": caps,
-            "cgroup": { "v1": false, "v2": false, "systemd": false, "systemdUser": false },
+            "cgroup": { "v1": false, "v2": false, "systemd": false, "systemdUser": false, "rdma": false },
             "seccomp": {
                 "enabled": true,
                 "actions": [
                     "SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS",
-                    "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG", "SCMP_ACT_NOTIFY", "SCMP_ACT_TRACE",
-                    "SCMP_ACT_TRAP"
+                    "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG", "SCMP_ACT_TRACE", "SCMP_ACT_TRAP"
                 ],
                 "operators": [
                     "SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE", "SCMP_CMP_LT",
                     "SCMP_CMP_MASKED_EQ", "SCMP_CMP_NE"
                 ],
-                "archs": ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM", "SCMP_ARCH_X86", "SCMP_ARCH_X86_64", "SCMP_ARCH_X32"]
+                "archs": [
+                    "SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM", "SCMP_ARCH_PPC64LE", "SCMP_ARCH_RISCV64",
+                    "SCMP_ARCH_S390X", "SCMP_ARCH_X32", "SCMP_ARCH_X86", "SCMP_ARCH_X86_64"
+                ],
+                "knownFlags": [],
+                "supportedFlags": []
             },
             "apparmor": { "enabled": false },
-            "selinux": { "enabled": false }
+            "selinux": { "enabled": false },
+            "intelRdt": { "enabled": false },
+            "mountExtensions": { "idmap": { "enabled": false } }
         },
         "annotations": {
             "org.opencontainers.runtime-spec.features.name": "nook",

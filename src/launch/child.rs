@@ -86,6 +86,12 @@ fn fail(chan: &Channel, err: anyhow::Error, parent_gone: bool) -> ! {
 /// must never get at nook's binary through `/proc/PID/exe` or at its memory.
 pub(super) fn join_then_run(ctx: Context<'_>, target: Pid) -> ! {
     let joined = (|| -> Result<sys::CloneResult> {
+        // The container's score, for the command that joins it too (before /proc/self is
+        // handed to the host's root).
+        let process = ctx.launch.spec.process().as_ref();
+        if let Some(value) = process.and_then(|p| p.oom_score_adj()) {
+            security::set_oom_score_adj(value)?;
+        }
         sys::set_not_dumpable().context("prctl(PR_SET_DUMPABLE)")?;
         join_namespaces(target)?;
         sys::clone_process(libc::CLONE_PARENT)
@@ -211,6 +217,11 @@ fn become_container(ctx: &mut Context<'_>, gate_passed: &Cell<bool>) -> Result<I
     } = launch.target
     {
         chan.expect(Msg::MapsWritten)?;
+        // While /proc/self is still ours to write: a change of ids or PR_SET_DUMPABLE hands
+        // it to the host's root.
+        if let Some(value) = process.oom_score_adj() {
+            security::set_oom_score_adj(value)?;
+        }
         if super::has_user_namespace(spec) {
             security::become_namespace_root()?;
         }
@@ -260,9 +271,6 @@ fn become_container(ctx: &mut Context<'_>, gate_passed: &Cell<bool>) -> Result<I
     enter_cwd(process)?;
     if let Some(rlimits) = process.rlimits() {
         security::set_rlimits(rlimits)?;
-    }
-    if let Some(value) = process.oom_score_adj() {
-        security::set_oom_score_adj(value)?;
     }
     if let Some(personality) = linux.and_then(|l| l.personality().as_ref()) {
         security::set_personality(personality)?;
@@ -478,12 +486,16 @@ impl Program {
     fn check_exists(&self) -> Result<()> {
         let mut denied = None;
         for candidate in &self.candidates {
-            if nix::unistd::access(candidate.as_c_str(), nix::unistd::AccessFlags::F_OK).is_err() {
-                continue;
+            // Any other error (a seccomp profile that denies access(2)) tells nothing: execve
+            // will say.
+            match nix::unistd::access(candidate.as_c_str(), nix::unistd::AccessFlags::F_OK) {
+                Ok(()) => {}
+                Err(nix::Error::ENOENT | nix::Error::ENOTDIR) => continue,
+                Err(_) => return Ok(()),
             }
             match nix::unistd::access(candidate.as_c_str(), nix::unistd::AccessFlags::X_OK) {
-                Ok(()) => return Ok(()),
-                Err(e) => denied = denied.or(Some((candidate, e))),
+                Err(e @ nix::Error::EACCES) => denied = denied.or(Some((candidate, e))),
+                _ => return Ok(()),
             }
         }
         Err(match denied {
