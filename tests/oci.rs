@@ -1690,6 +1690,38 @@ fn conformance_podman_gets_the_same_results_from_nook_as_from_crun() {
             .assert_ok()
             .assert_stdout("9");
     }
+    // `rm -f` racing `run --rm`: both clean up; neither fails on the other's delete.
+    for (runtime, name) in [(crun.as_path(), "race-crun"), (t.bin(), "race-nook")] {
+        let runtime_arg = s(runtime).to_string();
+        let mark = format!("NOOK_STORAGE={}", t.storage.display());
+        let run = Tool::start(
+            &t,
+            &p.bin,
+            &[
+                "--runtime",
+                &runtime_arg,
+                "run",
+                "--rm",
+                "-e",
+                &mark,
+                "--name",
+                name,
+                img,
+                "sh",
+                "-c",
+                "echo up; exec sleep 1000",
+            ],
+        );
+        run.wait_for_stdout("up");
+        p.run_with(runtime, &["rm", "-f", "-t", "0", name])
+            .assert_ok();
+        let ended = run.wait();
+        assert_eq!(
+            ended.code,
+            Some(137),
+            "{name}: run --rm after rm -f\n{ended}"
+        );
+    }
     // Id maps podman makes itself.
     podman_alike(
         &p,
