@@ -1221,6 +1221,25 @@ fn conformance_delete_force_of_a_gone_container_succeeds() {
     };
     for runtime in [crun.as_path(), t.bin()] {
         tool(&t, runtime, &["delete", "--force", "never-was"]).assert_ok();
+        // The cgroup flags engines pass (`--systemd-cgroup`, crun's `--cgroup-manager`).
+        tool(
+            &t,
+            runtime,
+            &[
+                "--cgroup-manager",
+                "cgroupfs",
+                "delete",
+                "--force",
+                "never-was",
+            ],
+        )
+        .assert_ok();
+        tool(
+            &t,
+            runtime,
+            &["--systemd-cgroup", "delete", "--force", "never-was"],
+        )
+        .assert_ok();
         let plain = tool(&t, runtime, &["delete", "never-was"]);
         assert_ne!(plain.code, Some(0), "{plain}");
     }
