@@ -1835,3 +1835,47 @@ fn conformance_podman_gets_the_same_results_from_nook_as_from_crun() {
     .assert_ok()
     .assert_stdout("ok");
 }
+
+/// The first range of `file` (`/etc/subuid`-style) granted to `name`.
+fn first_subrange(file: &str, name: &str) -> Option<(u32, u32)> {
+    fs::read_to_string(file).ok()?.lines().find_map(|line| {
+        let mut f = line.split(':');
+        (f.next()? == name).then_some(())?;
+        Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+    })
+}
+
+#[test]
+fn conformance_a_map_without_the_callers_ids_still_builds_the_container() {
+    let Some(t) = Nook::new() else { return };
+    let Some(crun) = required_tool("crun", "crun") else {
+        return;
+    };
+    if !t.has_subids() {
+        return;
+    }
+    let name = t.runner().name.clone();
+    let (Some((uid, _)), Some((gid, _))) = (
+        first_subrange("/etc/subuid", &name),
+        first_subrange("/etc/subgid", &name),
+    ) else {
+        return;
+    };
+    // podman's --userns=auto and nomap: the runtime's own ids are not in the map, so until it
+    // becomes the namespace's root every file it makes (/dev/pts) fails with EOVERFLOW.
+    let b = bundle(
+        &t,
+        "b",
+        t.image(),
+        &["sh", "-c", "id -u; ls -d /dev/pts"],
+        |spec| {
+            spec["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": uid, "size": 1000}]);
+            spec["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": gid, "size": 1000}]);
+        },
+    );
+    for (runtime, label) in [(crun.as_path(), "crun"), (t.bin(), "nook")] {
+        run_under(&t, runtime, &b, &format!("{label}-nomap"))
+            .assert_ok()
+            .assert_stdout("0\n/dev/pts");
+    }
+}
