@@ -62,6 +62,10 @@ pub struct GlobalArgs {
     /// Accepted for runc compatibility; nook manages no cgroups yet
     #[arg(long, global = true)]
     pub systemd_cgroup: bool,
+    /// Accepted for crun compatibility (`cgroupfs`, `systemd`, `disabled`); nook manages no
+    /// cgroups yet
+    #[arg(long, global = true, hide = true, value_name = "MANAGER")]
+    pub cgroup_manager: Option<String>,
     /// Accepted for runc compatibility; nook is always rootless
     #[arg(long = "rootless", hide = true, value_name = "true|false|auto")]
     pub rootless_mode: Option<String>,

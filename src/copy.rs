@@ -79,6 +79,25 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopySummary> {
     Ok(copier.summary)
 }
 
+/// Copies what the directory `src` holds into the existing directory `dst` (a fresh tmpfs for
+/// `tmpcopyup`). `dst` itself keeps its mode and owner: a tmpfs has them from its options.
+pub fn copy_contents(src: &Path, dst: &Path) -> Result<CopySummary> {
+    let mut copier = Copier {
+        links: HashMap::new(),
+        reflink: false,
+        summary: CopySummary::default(),
+    };
+    let entries = fs::read_dir(src).with_context(|| format!("listing {}", src.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("listing {}", src.display()))?;
+        let from = entry.path();
+        let meta =
+            fs::symlink_metadata(&from).with_context(|| format!("reading {}", from.display()))?;
+        copier.copy_entry(&from, &dst.join(entry.file_name()), &meta)?;
+    }
+    Ok(copier.summary)
+}
+
 struct Copier {
     /// First copy of each multiply-linked file, by the source's (device, inode).
     links: HashMap<(u64, u64), PathBuf>,

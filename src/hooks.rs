@@ -100,22 +100,46 @@ impl HookContext {
         )
     }
 
-    /// `startContainer`, in the container after `start`, before the command.
+    /// `startContainer`, in the container after `start`, before the command: the container
+    /// is still `created` then (as runc reports it).
     pub fn run_start_container(&self, pid: i32) -> Result<()> {
-        let state = self.state(ContainerState::Running, pid);
+        let state = self.state(ContainerState::Created, pid);
         run_all("startContainer", list(self.hooks.start_container()), &state)
     }
 
-    /// `poststart`, in the runtime's namespaces once the command runs.
+    /// `poststart`, in the runtime's namespaces once the command runs. A failure is only
+    /// worth a warning (the spec's words): every hook runs, and the error lists those that failed.
     pub fn run_poststart(&self, pid: i32) -> Result<()> {
         let state = self.state(ContainerState::Running, pid);
-        run_all("poststart", list(self.hooks.poststart()), &state)
+        run_each("poststart", list(self.hooks.poststart()), &state)
     }
 
-    /// `poststop`, in the runtime's namespaces once the container is deleted.
+    /// `poststop`, in the runtime's namespaces once the container is deleted; like `poststart`,
+    /// every hook runs whatever the others do.
     pub fn run_poststop(&self, pid: i32) -> Result<()> {
         let state = self.state(ContainerState::Stopped, pid);
-        run_all("poststop", list(self.hooks.poststop()), &state)
+        run_each("poststop", list(self.hooks.poststop()), &state)
+    }
+}
+
+/// Runs every hook of a phase whose failures do not stop it; fails naming each that failed.
+fn run_each(phase: &str, hooks: &[Hook], state: &str) -> Result<()> {
+    let failures: Vec<String> = hooks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, hook)| {
+            run_hook(hook, state).err().map(|e| {
+                format!(
+                    "hooks.{phase}[{i}] ({}) failed: {e:#}",
+                    hook.path().display()
+                )
+            })
+        })
+        .collect();
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", failures.join("; "))
     }
 }
 
@@ -195,6 +219,28 @@ mod tests {
         let text = std::fs::read_to_string(&out).unwrap();
         std::fs::remove_file(&out).unwrap();
         assert_eq!(text, "{\"id\":\"c1\"}y\n");
+    }
+
+    #[test]
+    fn a_failing_poststop_hook_does_not_stop_the_others() {
+        let out = std::env::temp_dir().join(format!("nook-hooks-each-{}", std::process::id()));
+        let touch = format!(
+            r#"{{"path":"/bin/sh","args":["sh","-c","echo ran >> {}"]}}"#,
+            out.display()
+        );
+        let hooks = [
+            hook(r#"{"path":"/bin/false"}"#),
+            hook(&touch),
+            hook(r#"{"path":"/bin/false"}"#),
+        ];
+        let err = run_each("poststop", &hooks, "{}").unwrap_err().to_string();
+        let ran = std::fs::read_to_string(&out).unwrap_or_default();
+        let _ = std::fs::remove_file(&out);
+        assert_eq!(ran, "ran\n");
+        assert!(
+            err.contains("hooks.poststop[0]") && err.contains("hooks.poststop[2]"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -173,6 +173,22 @@ impl StateRoot {
         Entry::lock(id, dir)
     }
 
+    /// The container `id`, or `None` when it does not exist (any more: one that another nook
+    /// deleted while we waited for its lock is gone too).
+    pub fn find(&self, id: &str) -> Result<Option<Entry>> {
+        validate_id(id)?;
+        let dir = self.dir.join(id);
+        if !dir.is_dir() {
+            return Ok(None);
+        }
+        match Entry::lock(id, dir.clone()) {
+            Ok(entry) if entry.dir.join("lock").exists() => Ok(Some(entry)),
+            Ok(_) => Ok(None),
+            Err(_) if !dir.is_dir() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The ids of every container, sorted.
     pub fn ids(&self) -> Result<Vec<String>> {
         let mut ids = Vec::new();

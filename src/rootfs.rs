@@ -72,9 +72,10 @@ pub fn enter(
     let root_fd = open_dir(&root)?;
     let mut dev_is_ours = false;
     for m in spec.mounts().iter().flatten() {
-        mount_one(root_fd.as_fd(), m)
-            .with_context(|| format!("mounting {}", m.destination().display()))?;
-        if m.destination() == Path::new("/dev") && m.typ().as_deref() == Some("tmpfs") {
+        let destination = in_root(m.destination());
+        mount_one(root_fd.as_fd(), m, &destination)
+            .with_context(|| format!("mounting {}", destination.display()))?;
+        if destination == Path::new("/dev") && m.typ().as_deref() == Some("tmpfs") {
             dev_is_ours = true;
         }
     }
@@ -82,6 +83,11 @@ pub fn enter(
         populate_dev(root_fd.as_fd()).context("populating /dev")?;
     } else if !files.is_empty() {
         bail!("nook's generated files need the container's /dev to be a tmpfs");
+    }
+    let devices = spec.linux().as_ref().and_then(|l| l.devices().as_ref());
+    for (i, device) in devices.into_iter().flatten().enumerate() {
+        bind_device(root_fd.as_fd(), device)
+            .with_context(|| format!("field `linux.devices[{i}]` ({})", device.path().display()))?;
     }
     for (i, file) in files.iter().enumerate() {
         place_generated(root_fd.as_fd(), i, file)
@@ -101,7 +107,73 @@ pub fn enter(
     if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
         make_readonly(Path::new("/")).context("making the root read-only")?;
     }
+    if let Some(propagation) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.rootfs_propagation().as_ref())
+    {
+        set_root_propagation(propagation)?;
+    }
     Ok(())
+}
+
+/// `linux.rootfsPropagation`, on the container's root and every mount below it.
+fn set_root_propagation(name: &str) -> Result<()> {
+    let flags = propagation_of(name).with_context(|| {
+        format!(
+            "field `linux.rootfsPropagation`: {name:?} is none of shared, slave, private, \
+             unbindable (or their r- forms)"
+        )
+    })?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        flags | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .with_context(|| format!("field `linux.rootfsPropagation`: making the root {name}"))
+}
+
+/// A device of `linux.devices`: a user namespace cannot mknod one, so the host's node with the
+/// same type and numbers is bound at the device's path (its mode and owner stay the host's).
+fn bind_device(root: BorrowedFd<'_>, device: &oci_spec::runtime::LinuxDevice) -> Result<()> {
+    use oci_spec::runtime::LinuxDeviceType;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let wanted = |meta: &fs::Metadata| {
+        let kind = meta.file_type();
+        let typed = match device.typ() {
+            LinuxDeviceType::C | LinuxDeviceType::U => kind.is_char_device(),
+            LinuxDeviceType::B => kind.is_block_device(),
+            LinuxDeviceType::P | LinuxDeviceType::A => false,
+        };
+        let rdev = meta.rdev();
+        typed
+            && nix::sys::stat::major(rdev) as i64 == device.major()
+            && nix::sys::stat::minor(rdev) as i64 == device.minor()
+    };
+    let destination = in_root(device.path());
+    // The same path on the host first (the usual case), else any node under /dev that matches.
+    let mut candidates = std::iter::once(destination.clone()).chain(
+        fs::read_dir("/dev")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path()),
+    );
+    let host = candidates
+        .find(|p| fs::symlink_metadata(p).is_ok_and(|m| wanted(&m)))
+        .with_context(|| {
+            format!(
+                "the host has no {} device {}:{} under /dev to bind (a user namespace cannot \
+                 create device nodes)",
+                device.typ().as_str(),
+                device.major(),
+                device.minor()
+            )
+        })?;
+    let bind = parse_options(&["bind".into(), "nosuid".into(), "noexec".into()]);
+    bind_mount(root, &host, &destination, &bind)
 }
 
 fn make_mounts_private() -> Result<()> {
@@ -313,6 +385,70 @@ struct MountOptions {
     data: Vec<String>,
     bind: bool,
     recursive: bool,
+    /// Propagation set on the new mount once made (`rprivate`, `shared`…); the last one given
+    /// wins, as with mount(8).
+    propagation: Option<MsFlags>,
+    /// Fill a new tmpfs with what the image has under its mount point (podman's `tmpcopyup`).
+    tmpcopyup: bool,
+    /// A bind source that is a symlink is recreated as that symlink (crun's `copy-symlink`).
+    copy_symlink: bool,
+    /// `idmap` or `ridmap`: the mount is to show other owners than its source.
+    idmap: Option<&'static str>,
+}
+
+/// Every mount option nook understands (`nook features` lists these); any other is passed to
+/// the filesystem as data, as runc and crun do.
+pub const MOUNT_OPTIONS: [&str; 35] = [
+    "async",
+    "atime",
+    "bind",
+    "copy-symlink",
+    "defaults",
+    "dev",
+    "dirsync",
+    "exec",
+    "noatime",
+    "nodev",
+    "noexec",
+    "norelatime",
+    "nostrictatime",
+    "nosuid",
+    "notmpcopyup",
+    "private",
+    "rbind",
+    "relatime",
+    "rnodev",
+    "rnoexec",
+    "rnosuid",
+    "ro",
+    "rprivate",
+    "rro",
+    "rshared",
+    "rslave",
+    "runbindable",
+    "rw",
+    "shared",
+    "slave",
+    "strictatime",
+    "suid",
+    "sync",
+    "tmpcopyup",
+    "unbindable",
+];
+
+/// The propagation a mount option names, if it names one.
+fn propagation_of(option: &str) -> Option<MsFlags> {
+    Some(match option {
+        "private" => MsFlags::MS_PRIVATE,
+        "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        "slave" => MsFlags::MS_SLAVE,
+        "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        "shared" => MsFlags::MS_SHARED,
+        "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
+        "unbindable" => MsFlags::MS_UNBINDABLE,
+        "runbindable" => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+        _ => return None,
+    })
 }
 
 fn parse_options(options: &[String]) -> MountOptions {
@@ -323,8 +459,16 @@ fn parse_options(options: &[String]) -> MountOptions {
         data: Vec::new(),
         bind: false,
         recursive: false,
+        propagation: None,
+        tmpcopyup: false,
+        copy_symlink: false,
+        idmap: None,
     };
     for option in options {
+        if let Some(propagation) = propagation_of(option) {
+            out.propagation = Some(propagation);
+            continue;
+        }
         let (flag, attr) = match option.as_str() {
             "ro" => (MsFlags::MS_RDONLY, sys::MOUNT_ATTR_RDONLY),
             "nosuid" => (MsFlags::MS_NOSUID, sys::MOUNT_ATTR_NOSUID),
@@ -353,8 +497,26 @@ fn parse_options(options: &[String]) -> MountOptions {
                 out.recursive = true;
                 continue;
             }
-            "rw" | "suid" | "dev" | "exec" | "atime" | "async" | "private" | "rprivate"
-            | "slave" | "rslave" | "shared" | "rshared" | "unbindable" | "runbindable" => continue,
+            "tmpcopyup" => {
+                out.tmpcopyup = true;
+                continue;
+            }
+            "notmpcopyup" => {
+                out.tmpcopyup = false;
+                continue;
+            }
+            "copy-symlink" => {
+                out.copy_symlink = true;
+                continue;
+            }
+            "idmap" | "ridmap" => {
+                out.idmap = Some(if option == "idmap" { "idmap" } else { "ridmap" });
+                continue;
+            }
+            // Options for the runtime or mount(8), never for the kernel: the defaults they
+            // name are the kernel's own.
+            "rw" | "suid" | "dev" | "exec" | "atime" | "async" | "defaults" | "norelatime"
+            | "nostrictatime" => continue,
             data => {
                 out.data.push(data.to_string());
                 continue;
@@ -366,22 +528,31 @@ fn parse_options(options: &[String]) -> MountOptions {
     out
 }
 
-fn mount_one(root: BorrowedFd<'_>, m: &Mount) -> Result<()> {
+/// A mount's destination as a path from the container's root: the runtime spec allows a
+/// relative one and reads it from `/` (as crun does; runc refuses it).
+fn in_root(destination: &Path) -> PathBuf {
+    Path::new("/").join(destination)
+}
+
+fn mount_one(root: BorrowedFd<'_>, m: &Mount, destination: &Path) -> Result<()> {
     let options = parse_options(m.options().as_deref().unwrap_or_default());
     let typ = m
         .typ()
         .as_deref()
         .unwrap_or(if options.bind { "bind" } else { "" });
-    let destination = m.destination();
-    if !destination.is_absolute() {
+    if let Some(option) = options.idmap {
+        // An idmapped mount takes privilege over the source's filesystem, which belongs to the
+        // host's user namespace: no rootless runtime has it.
         bail!(
-            "mount destination {} is not absolute",
-            destination.display()
+            "mount option `{option}`: idmapped mounts need privilege over the source's \
+             filesystem, which a rootless runtime does not hold; remove the option and give the \
+             container a user namespace whose map fits the files instead"
         );
     }
     if typ == "bind" || options.bind {
         let source = m.source().as_ref().context("a bind mount needs a source")?;
-        return bind_mount(root, source, destination, &options);
+        bind_mount(root, source, destination, &options)?;
+        return set_propagation(root, destination, &options);
     }
     if typ == "cgroup" || typ == "cgroup2" {
         // cgroups come with a later issue; a rootless container without delegation has none.
@@ -397,6 +568,19 @@ fn mount_one(root: BorrowedFd<'_>, m: &Mount) -> Result<()> {
         options.flags,
         (!data.is_empty()).then_some(data.as_str()),
     );
+    if result.is_ok() && options.tmpcopyup && typ == "tmpfs" {
+        // `target` still names the directory under the new mount: the image's content.
+        let mounted = sys::open_in_root(root, destination, libc::O_PATH | libc::O_DIRECTORY)
+            .with_context(|| format!("resolving {}", destination.display()))?;
+        crate::copy::copy_contents(
+            Path::new(&fd_path(target.as_fd())),
+            Path::new(&fd_path(mounted.as_fd())),
+        )
+        .context("copying the image's content into the tmpfs (tmpcopyup)")?;
+    }
+    if result.is_ok() {
+        set_propagation(root, destination, &options)?;
+    }
     match (result, typ) {
         (Ok(()), _) => Ok(()),
         // Without a network namespace of our own the kernel refuses a new sysfs, and without an
@@ -427,6 +611,11 @@ fn bind_mount(
     destination: &Path,
     options: &MountOptions,
 ) -> Result<()> {
+    if options.copy_symlink {
+        if let Ok(link) = fs::read_link(source) {
+            return place_symlink(root, &link, destination);
+        }
+    }
     let meta = fs::metadata(source)
         .with_context(|| format!("bind source {} does not exist", source.display()))?;
     let kind = if meta.is_dir() { Kind::Dir } else { Kind::File };
@@ -455,6 +644,42 @@ fn bind_mount(
         }
     }
     Ok(())
+}
+
+/// Creates `destination` in the root as a symlink to `link` (replacing nothing that exists).
+fn place_symlink(root: BorrowedFd<'_>, link: &Path, destination: &Path) -> Result<()> {
+    let parent_path = destination.parent().unwrap_or(Path::new("/"));
+    let name = destination
+        .file_name()
+        .with_context(|| format!("{} names no file", destination.display()))?;
+    let parent = open_or_create(root, parent_path, Kind::Dir)?;
+    match nix::unistd::symlinkat(link, parent.as_fd(), Path::new(name)) {
+        Ok(()) => Ok(()),
+        Err(e) => Err(e).with_context(|| {
+            format!(
+                "creating the symlink {} -> {} (copy-symlink)",
+                destination.display(),
+                link.display()
+            )
+        }),
+    }
+}
+
+/// Sets the propagation a mount's options ask for on the mount now at `destination`.
+fn set_propagation(root: BorrowedFd<'_>, destination: &Path, options: &MountOptions) -> Result<()> {
+    let Some(flags) = options.propagation else {
+        return Ok(());
+    };
+    let mounted = sys::open_in_root(root, destination, libc::O_PATH)
+        .with_context(|| format!("resolving {}", destination.display()))?;
+    mount(
+        None::<&str>,
+        fd_path(mounted.as_fd()).as_str(),
+        None::<&str>,
+        flags,
+        None::<&str>,
+    )
+    .context("setting the mount's propagation")
 }
 
 fn set_mount_attrs(fd: BorrowedFd<'_>, recursive: bool, attrs: u64) -> Result<()> {
@@ -594,6 +819,34 @@ fn make_readonly(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn features_list_exactly_the_options_parsed_here() {
+        let mut listed: Vec<&str> = MOUNT_OPTIONS.to_vec();
+        listed.sort();
+        listed.dedup();
+        assert_eq!(
+            listed.len(),
+            MOUNT_OPTIONS.len(),
+            "an option is listed twice"
+        );
+        for option in MOUNT_OPTIONS {
+            let parsed = parse_options(&[option.to_string()]);
+            assert!(
+                parsed.data.is_empty(),
+                "{option} would reach the kernel as data"
+            );
+        }
+        assert_eq!(parse_options(&["mode=755".into()]).data, vec!["mode=755"]);
+        assert!(parse_options(&["idmap".into()]).idmap.is_some());
+    }
+
+    #[test]
+    fn relative_destinations_are_read_from_the_root() {
+        assert_eq!(in_root(Path::new("data")), Path::new("/data"));
+        assert_eq!(in_root(Path::new("a/b")), Path::new("/a/b"));
+        assert_eq!(in_root(Path::new("/dev")), Path::new("/dev"));
+    }
 
     #[test]
     fn options_split_into_flags_attrs_and_data() {

@@ -71,6 +71,85 @@ fn not_mapped(err: nix::Error, kind: &str, id: u32) -> anyhow::Error {
     }
 }
 
+/// Becomes uid and gid 0 of the new user namespace once its maps are written, as runc and crun
+/// do. A creator whose own ids the map does not hold (podman's `--userns=auto` or `nomap`)
+/// is nobody there otherwise, and every file it creates fails with EOVERFLOW. A map without
+/// a 0 leaves the ids as they are.
+pub fn become_namespace_root() -> Result<()> {
+    let root_g = Gid::from_raw(0);
+    if nix::unistd::getgid() != root_g {
+        match nix::unistd::setresgid(root_g, root_g, root_g) {
+            Ok(()) | Err(nix::Error::EINVAL) => {}
+            Err(e) => return Err(e).context("setresgid(0) in the new user namespace"),
+        }
+    }
+    let root_u = Uid::from_raw(0);
+    if nix::unistd::getuid() != root_u {
+        match nix::unistd::setresuid(root_u, root_u, root_u) {
+            Ok(()) | Err(nix::Error::EINVAL) => {}
+            Err(e) => return Err(e).context("setresuid(0) in the new user namespace"),
+        }
+    }
+    Ok(())
+}
+
+/// `linux.sysctl`: written through /proc/sys by a process already in the container's
+/// namespaces, so only the keys those namespaces own (net.* with a network namespace of its
+/// own, the IPC ones, ...) take; any other is an error naming it.
+pub fn apply_sysctls(sysctls: &std::collections::HashMap<String, String>) -> Result<()> {
+    let mut keys: Vec<&String> = sysctls.keys().collect();
+    keys.sort();
+    for key in keys {
+        let rel = key.replace('.', "/");
+        if rel.split('/').any(|c| c.is_empty() || c == "..") {
+            bail!("field `linux.sysctl`: {key:?} is not a sysctl name");
+        }
+        let path = format!("/proc/sys/{rel}");
+        std::fs::write(&path, &sysctls[key]).with_context(|| {
+            format!(
+                "field `linux.sysctl`: setting {key} = {:?} through {path} (only sysctls of \
+                 the container's own namespaces can be set: net.* needs a network namespace of \
+                 its own, kernel.* ones outside the IPC and UTS namespaces need the host's root)",
+                sysctls[key]
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// `process.oomScoreAdj`: without privilege the kernel only lets it rise.
+pub fn set_oom_score_adj(value: i32) -> Result<()> {
+    let path = "/proc/self/oom_score_adj";
+    let current = std::fs::read_to_string(path).unwrap_or_default();
+    std::fs::write(path, value.to_string()).with_context(|| {
+        format!(
+            "field `process.oomScoreAdj`: setting {value} (the current score adjustment is {}; \
+             without privilege it can only be raised)",
+            current.trim()
+        )
+    })
+}
+
+/// `linux.personality`: the execution domain; the spec defines no flags yet.
+pub fn set_personality(personality: &oci_spec::runtime::LinuxPersonality) -> Result<()> {
+    use oci_spec::runtime::LinuxPersonalityDomain;
+    if let Some(flags) = personality.flags().as_ref().filter(|f| !f.is_empty()) {
+        bail!("field `linux.personality.flags`: {flags:?}: the runtime spec defines no flags yet");
+    }
+    const PER_LINUX: libc::c_ulong = 0x0000;
+    const PER_LINUX32: libc::c_ulong = 0x0008;
+    let persona = match personality.domain() {
+        LinuxPersonalityDomain::PerLinux => PER_LINUX,
+        LinuxPersonalityDomain::PerLinux32 => PER_LINUX32,
+    };
+    crate::sys::set_personality(persona).with_context(|| {
+        format!(
+            "field `linux.personality`: personality({})",
+            personality.domain()
+        )
+    })
+}
+
 /// Sets the effective, permitted, inheritable and ambient sets as the spec says.
 pub fn apply_capabilities(spec: &LinuxCapabilities) -> Result<()> {
     let permitted = to_caps(spec.permitted())?;

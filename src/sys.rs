@@ -209,6 +209,18 @@ pub fn default_sigpipe() {
     }
 }
 
+/// `kill(2)` with any signal number, realtime ones included (nix's `Signal` has none of them).
+pub fn send_signal(pid: i32, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: kill takes integers only and touches no memory of ours.
+    check(unsafe { libc::kill(pid, signal) } as libc::c_long).map(drop)
+}
+
+/// `personality(2)`: sets the execution domain the next `execve` keeps (`PER_LINUX32`).
+pub fn set_personality(persona: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: personality takes an integer and touches no memory of ours.
+    check(unsafe { libc::personality(persona) } as libc::c_long).map(drop)
+}
+
 /// Ends the process at once, without running destructors or flushing stdio buffers that the
 /// parent may also hold copies of.
 pub fn exit_now(code: i32) -> ! {

@@ -95,6 +95,7 @@ fn check_spec(bundle: &Path, spec: &mut Spec) -> Result<()> {
             process.cwd().display()
         );
     }
+    refuse_unsupported(spec)?;
     let linux = spec.linux().as_ref().context("field `linux` is missing")?;
     for (i, ns) in linux.namespaces().iter().flatten().enumerate() {
         let joinable = matches!(
@@ -132,6 +133,57 @@ fn check_spec(bundle: &Path, spec: &mut Spec) -> Result<()> {
     Ok(())
 }
 
+/// Settings a rootless runtime cannot apply: refused by name, never ignored. (The settings it
+/// can apply, sysctls, oomScoreAdj, devices, rootfsPropagation, personality, are applied by the
+/// launch, which reports the field when the kernel refuses one.)
+fn refuse_unsupported(spec: &Spec) -> Result<()> {
+    let process = spec.process().as_ref();
+    if let Some(profile) = process
+        .and_then(|p| p.apparmor_profile().as_ref())
+        .filter(|p| !p.is_empty())
+    {
+        let enabled = fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+            .is_ok_and(|v| v.trim() == "Y");
+        if enabled {
+            bail!(
+                "field `process.apparmorProfile` ({profile}): nook does not apply AppArmor \
+                 profiles; remove the field or use a runtime that does"
+            );
+        }
+        bail!(
+            "field `process.apparmorProfile` ({profile}): this kernel has no AppArmor, so the \
+             profile cannot confine the container; remove the field"
+        );
+    }
+    let linux = spec.linux().as_ref();
+    let namespaces = linux.and_then(|l| l.namespaces().as_ref());
+    if namespaces.is_some_and(|nss| nss.iter().any(|ns| ns.typ() == LinuxNamespaceType::Time)) {
+        bail!("field `linux.namespaces`: nook does not create time namespaces; remove the entry");
+    }
+    if let Some(seccomp) = linux.and_then(|l| l.seccomp().as_ref()) {
+        use oci_spec::runtime::LinuxSeccompAction::ScmpActNotify;
+        let notify = seccomp.default_action() == ScmpActNotify
+            || seccomp
+                .syscalls()
+                .iter()
+                .flatten()
+                .any(|s| s.action() == ScmpActNotify);
+        if notify || seccomp.listener_path().is_some() {
+            bail!(
+                "field `linux.seccomp`: SCMP_ACT_NOTIFY and listenerPath are not supported by \
+                 nook (nothing would answer the notifications)"
+            );
+        }
+    }
+    if linux.and_then(|l| l.intel_rdt().as_ref()).is_some() {
+        bail!(
+            "field `linux.intelRdt`: resctrl groups need root on the host; a rootless runtime \
+             cannot set them, remove the field"
+        );
+    }
+    Ok(())
+}
+
 fn has_namespace(spec: &Spec, typ: LinuxNamespaceType) -> bool {
     spec.linux()
         .as_ref()
@@ -156,22 +208,39 @@ fn bundle_idmap(spec: &Spec) -> Result<Option<IdMapping>> {
         return Ok(None);
     }
     let linux = spec.linux().as_ref().context("field `linux` is missing")?;
-    let ranges = |field: &str, maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
-        let maps = maps.as_ref().filter(|m| !m.is_empty()).with_context(|| {
-            format!("field `linux.{field}` is missing: a user namespace needs its id maps")
-        })?;
-        Ok::<_, anyhow::Error>(
-            maps.iter()
-                .map(|m| IdRange {
-                    container: m.container_id(),
-                    host: m.host_id(),
-                    size: m.size(),
-                })
-                .collect::<Vec<_>>(),
-        )
+    let given = |maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
+        maps.as_ref().is_some_and(|m| !m.is_empty())
     };
-    let uids = ranges("uidMappings", linux.uid_mappings())?;
-    let gids = ranges("gidMappings", linux.gid_mappings())?;
+    if euid != 0 && !given(linux.uid_mappings()) && !given(linux.gid_mappings()) {
+        // A user namespace without maps: the caller is root and its subordinate ids follow
+        // from 1, as crun maps it (`nook run`'s default, too); the spec leaves it to us.
+        let (mapping, _) = IdMapping::for_mode(
+            crate::idmap::UsernsMode::Auto,
+            &crate::idmap::Caller::current(),
+        );
+        return Ok(Some(mapping));
+    }
+    // One list alone missing: the caller's own id as root in it.
+    let ranges = |maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>, own: u32| match maps
+        .as_ref()
+        .filter(|m| !m.is_empty())
+    {
+        Some(maps) => maps
+            .iter()
+            .map(|m| IdRange {
+                container: m.container_id(),
+                host: m.host_id(),
+                size: m.size(),
+            })
+            .collect::<Vec<_>>(),
+        None => vec![IdRange {
+            container: 0,
+            host: own,
+            size: 1,
+        }],
+    };
+    let uids = ranges(linux.uid_mappings(), euid);
+    let gids = ranges(linux.gid_mappings(), egid);
     if euid == 0 {
         return Ok(Some(IdMapping {
             uids,
@@ -325,6 +394,7 @@ fn pass_gate(entry: &Entry, record: &Record) -> Result<()> {
     .with_context(|| format!("opening the exec fifo {}", path.display()))?;
     let mut passed = false;
     let mut failed = false;
+    let mut report = None;
     loop {
         let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(100u16)) {
@@ -338,7 +408,14 @@ fn pass_gate(entry: &Entry, record: &Record) -> Result<()> {
         // the fifo before we did (for such a killed `start`).
         let mut byte = [0u8; 1];
         match nix::unistd::read(&fifo, &mut byte) {
-            Ok(1) if byte[0] == b'E' => failed = true,
+            Ok(1) if byte[0] == b'E' => {
+                failed = true;
+                // The rest of the child's one write: its status and message.
+                let mut rest = vec![0u8; libc::PIPE_BUF];
+                if let Ok(n) = nix::unistd::read(&fifo, &mut rest) {
+                    report = parse_gate_report(&rest[..n]);
+                }
+            }
             Ok(1) => passed = true,
             // End of file after the byte: the writer exec'd (or died).
             Ok(0) if passed => break,
@@ -358,6 +435,13 @@ fn pass_gate(entry: &Entry, record: &Record) -> Result<()> {
         }
     }
     fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    if let Some((code, message)) = report {
+        return Err(launch::ChildFailed {
+            code,
+            message: format!("container {}: {message}", entry.id),
+        }
+        .into());
+    }
     if failed {
         bail!(
             "the process of container {} (pid {}) failed before its command ran; its error \
@@ -367,6 +451,13 @@ fn pass_gate(entry: &Entry, record: &Record) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `STATUS MESSAGE`, as the child writes it after the `E` on the exec fifo.
+fn parse_gate_report(bytes: &[u8]) -> Option<(i32, String)> {
+    let text = String::from_utf8_lossy(bytes);
+    let (code, message) = text.split_once(' ')?;
+    Some((code.parse().ok()?, message.to_string()))
 }
 
 fn run_poststart(entry: &Entry, record: &Record) {
@@ -434,19 +525,43 @@ pub fn state(global: &GlobalArgs, args: &IdArg) -> Result<i32> {
     Ok(0)
 }
 
-/// `TERM`, `SIGTERM`, `15`.
-pub fn parse_signal(text: &str) -> Result<Signal> {
+/// `TERM`, `SIGTERM`, `15`, and the realtime signals as `kill(1)` names them: `64`,
+/// `SIGRTMIN+3`, `RTMIN+3`, `SIGRTMAX-2` (relative to the C library's SIGRTMIN, as runc and
+/// crun count).
+pub fn parse_signal(text: &str) -> Result<libc::c_int> {
+    let (min, max) = (libc::SIGRTMIN(), libc::SIGRTMAX());
     if let Ok(n) = text.parse::<i32>() {
-        return Signal::try_from(n).map_err(|_| anyhow!("unknown signal number {n}"));
+        if (1..=max).contains(&n) {
+            return Ok(n);
+        }
+        bail!("unknown signal number {n} (signals are 1 to {max})");
     }
     let upper = text.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    let offset = |rest: &str, sign: char| -> Option<i32> {
+        if rest.is_empty() {
+            return Some(0);
+        }
+        rest.strip_prefix(sign)?.parse::<i32>().ok()
     };
-    Signal::from_str(&name)
-        .map_err(|_| anyhow!("unknown signal {text:?} (use a name like TERM or a number)"))
+    let realtime = if let Some(rest) = name.strip_prefix("RTMIN") {
+        offset(rest, '+').map(|n| min + n)
+    } else if let Some(rest) = name.strip_prefix("RTMAX") {
+        offset(rest, '-').map(|n| max - n)
+    } else {
+        None
+    };
+    if let Some(n) = realtime {
+        if (min..=max).contains(&n) {
+            return Ok(n);
+        }
+        bail!("signal {text:?} is out of the realtime range RTMIN..RTMAX ({min} to {max})");
+    }
+    Signal::from_str(&format!("SIG{name}"))
+        .map(|s| s as libc::c_int)
+        .map_err(|_| {
+            anyhow!("unknown signal {text:?} (use a name like TERM, RTMIN+3, or a number)")
+        })
 }
 
 /// Host pids of every process in the pid namespace of `pid1` (the container's first process).
@@ -481,8 +596,9 @@ pub fn kill_container(global: &GlobalArgs, args: &KillArgs) -> Result<i32> {
         vec![record.pid]
     };
     for pid in targets {
-        match kill(Pid::from_raw(pid), signal) {
-            Ok(()) | Err(nix::Error::ESRCH) => {}
+        match crate::sys::send_signal(pid, signal) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
             Err(e) => return Err(e).with_context(|| format!("kill -{signal} {pid}")),
         }
     }
@@ -541,7 +657,17 @@ fn delete_entry(entry: Entry, force: bool) -> Result<()> {
 }
 
 pub fn delete(global: &GlobalArgs, args: &DeleteArgs) -> Result<i32> {
-    let entry = state_root(global)?.get(&args.id)?;
+    let root = state_root(global)?;
+    // As runc and crun: `--force` asks for the container to be gone, and one that is gone
+    // already (an engine's cleanup racing `run --rm`) is no failure.
+    let entry = if args.force {
+        match root.find(&args.id)? {
+            Some(entry) => entry,
+            None => return Ok(0),
+        }
+    } else {
+        root.get(&args.id)?
+    };
     delete_entry(entry, args.force)?;
     Ok(0)
 }
@@ -882,7 +1008,8 @@ pub fn spec(args: &SpecArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// `features`: what this runtime supports (runtime-spec features.md).
+/// `features`: what this runtime implements (runtime-spec features.md), no more: engines probe
+/// it instead of guessing.
 pub fn features() -> Result<i32> {
     let namespaces = ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"];
     let caps: Vec<String> = caps::all()
@@ -895,30 +1022,32 @@ pub fn features() -> Result<i32> {
         "ociVersionMin": "1.0.0",
         "ociVersionMax": OCI_VERSION,
         "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
-        "mountOptions": [
-            "bind", "rbind", "ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec",
-            "sync", "async", "dirsync", "strictatime", "relatime", "noatime", "atime",
-            "private", "rprivate", "slave", "rslave", "shared", "rshared", "unbindable", "runbindable"
-        ],
+        "mountOptions": crate::rootfs::MOUNT_OPTIONS.as_slice(),
         "linux": {
             "namespaces": namespaces,
             "capabilities": caps,
-            "cgroup": { "v1": false, "v2": false, "systemd": false, "systemdUser": false },
+            "cgroup": { "v1": false, "v2": false, "systemd": false, "systemdUser": false, "rdma": false },
             "seccomp": {
                 "enabled": true,
                 "actions": [
                     "SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS",
-                    "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG", "SCMP_ACT_NOTIFY", "SCMP_ACT_TRACE",
-                    "SCMP_ACT_TRAP"
+                    "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG", "SCMP_ACT_TRACE", "SCMP_ACT_TRAP"
                 ],
                 "operators": [
                     "SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE", "SCMP_CMP_LT",
                     "SCMP_CMP_MASKED_EQ", "SCMP_CMP_NE"
                 ],
-                "archs": ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM", "SCMP_ARCH_X86", "SCMP_ARCH_X86_64", "SCMP_ARCH_X32"]
+                "archs": [
+                    "SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM", "SCMP_ARCH_PPC64LE", "SCMP_ARCH_RISCV64",
+                    "SCMP_ARCH_S390X", "SCMP_ARCH_X32", "SCMP_ARCH_X86", "SCMP_ARCH_X86_64"
+                ],
+                "knownFlags": [],
+                "supportedFlags": []
             },
             "apparmor": { "enabled": false },
-            "selinux": { "enabled": false }
+            "selinux": { "enabled": false },
+            "intelRdt": { "enabled": false },
+            "mountExtensions": { "idmap": { "enabled": false } }
         },
         "annotations": {
             "org.opencontainers.runtime-spec.features.name": "nook",
@@ -935,11 +1064,26 @@ mod tests {
 
     #[test]
     fn signals_parse_by_name_and_number() {
-        assert_eq!(parse_signal("9").unwrap(), Signal::SIGKILL);
-        assert_eq!(parse_signal("TERM").unwrap(), Signal::SIGTERM);
-        assert_eq!(parse_signal("sigusr1").unwrap(), Signal::SIGUSR1);
+        assert_eq!(parse_signal("9").unwrap(), libc::SIGKILL);
+        assert_eq!(parse_signal("TERM").unwrap(), libc::SIGTERM);
+        assert_eq!(parse_signal("sigusr1").unwrap(), libc::SIGUSR1);
         assert!(parse_signal("NOPE").is_err());
         assert!(parse_signal("999").is_err());
+        assert!(parse_signal("0").is_err());
+    }
+
+    #[test]
+    fn realtime_signals_parse_as_kill_names_them() {
+        let (min, max) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+        assert_eq!(parse_signal("64").unwrap(), 64.min(max));
+        assert_eq!(parse_signal("SIGRTMIN+3").unwrap(), min + 3);
+        assert_eq!(parse_signal("RTMIN+3").unwrap(), min + 3);
+        assert_eq!(parse_signal("rtmin").unwrap(), min);
+        assert_eq!(parse_signal("SIGRTMAX-2").unwrap(), max - 2);
+        assert_eq!(parse_signal("RTMAX").unwrap(), max);
+        assert!(parse_signal("RTMIN+99").is_err());
+        assert!(parse_signal("RTMIN-1").is_err());
+        assert!(parse_signal("RTMAXX").is_err());
     }
 
     #[test]

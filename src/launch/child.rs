@@ -50,19 +50,28 @@ pub(super) fn run(mut ctx: Context<'_>) -> ! {
         Err(e) => e,
     };
     if let (true, Some(fifo)) = (gate_passed.get(), &ctx.gate) {
-        // Tells `nook start` that the command will not run.
-        let _ = nix::unistd::write(fifo, b"E");
+        // Tells `nook start` that the command will not run, and why: one write of at most
+        // PIPE_BUF bytes arrives whole.
+        let (code, message) = describe(&err);
+        let mut report = format!("E{code} {message}").into_bytes();
+        report.truncate(libc::PIPE_BUF);
+        let _ = nix::unistd::write(fifo, &report);
     }
     fail(&ctx.chan, err, gate_passed.get())
+}
+
+/// The status and message a failure is reported with.
+fn describe(err: &anyhow::Error) -> (i32, String) {
+    match err.downcast_ref::<ChildFailed>() {
+        Some(f) => (f.code, f.message.clone()),
+        None => (125, format!("{err:#}")),
+    }
 }
 
 /// Sends the failure to the parent and exits. Past the start gate the parent (an OCI `create`)
 /// is gone: the message then goes to the container's stderr, which the engine logs.
 fn fail(chan: &Channel, err: anyhow::Error, parent_gone: bool) -> ! {
-    let (code, message) = match err.downcast_ref::<ChildFailed>() {
-        Some(f) => (f.code, f.message.clone()),
-        None => (125, format!("{err:#}")),
-    };
+    let (code, message) = describe(&err);
     if parent_gone {
         let _ = writeln!(std::io::stderr(), "nook: {message}");
     } else {
@@ -77,6 +86,12 @@ fn fail(chan: &Channel, err: anyhow::Error, parent_gone: bool) -> ! {
 /// must never get at nook's binary through `/proc/PID/exe` or at its memory.
 pub(super) fn join_then_run(ctx: Context<'_>, target: Pid) -> ! {
     let joined = (|| -> Result<sys::CloneResult> {
+        // The container's score, for the command that joins it too (before /proc/self is
+        // handed to the host's root).
+        let process = ctx.launch.spec.process().as_ref();
+        if let Some(value) = process.and_then(|p| p.oom_score_adj()) {
+            security::set_oom_score_adj(value)?;
+        }
         sys::set_not_dumpable().context("prctl(PR_SET_DUMPABLE)")?;
         join_namespaces(target)?;
         sys::clone_process(libc::CLONE_PARENT)
@@ -202,9 +217,21 @@ fn become_container(ctx: &mut Context<'_>, gate_passed: &Cell<bool>) -> Result<I
     } = launch.target
     {
         chan.expect(Msg::MapsWritten)?;
+        // While /proc/self is still ours to write: a change of ids or PR_SET_DUMPABLE hands
+        // it to the host's root.
+        if let Some(value) = process.oom_score_adj() {
+            security::set_oom_score_adj(value)?;
+        }
+        if super::has_user_namespace(spec) {
+            security::become_namespace_root()?;
+        }
         // From here on only we may look into this process: the parent is done with /proc/PID.
         sys::set_not_dumpable().context("prctl(PR_SET_DUMPABLE)")?;
         join_spec_namespaces(spec)?;
+        // In the container's namespaces and still before its /proc is read-only.
+        if let Some(sysctls) = linux.and_then(|l| l.sysctl().as_ref()) {
+            security::apply_sysctls(sysctls)?;
+        }
         rootfs::enter(spec, plan, files, &mut || {
             let Some(hooks) = launch.hooks.filter(|h| h.has_create_hooks()) else {
                 return Ok(());
@@ -245,19 +272,27 @@ fn become_container(ctx: &mut Context<'_>, gate_passed: &Cell<bool>) -> Result<I
     if let Some(rlimits) = process.rlimits() {
         security::set_rlimits(rlimits)?;
     }
+    if let Some(personality) = linux.and_then(|l| l.personality().as_ref()) {
+        security::set_personality(personality)?;
+    }
+
+    // Steps that need no privilege of the container's are done before any filter: a profile
+    // written before close_range existed (or for a static binary) must not break the launch.
+    if let Some(caps) = process.capabilities() {
+        security::limit_bounding_set(caps)?;
+    }
+    sys::cloexec_from(3 + launch.preserve_fds).context("close_range")?;
+    let program = Program::resolve(process)?;
 
     // Without no_new_privs the kernel takes a filter only from a process holding CAP_SYS_ADMIN,
-    // so it is loaded now, before the capabilities go (as runc and crun do); the rest of the
-    // setup then runs under it.
+    // so it is loaded now, before the capabilities go (as runc and crun do); dropping them, the
+    // start gate and execve then run under it, so such a profile must allow those calls.
     if process.no_new_privileges() != Some(true) {
         if let Some(filter) = seccomp.take() {
             security::load_seccomp(&filter)?;
         }
     }
     let user = process.user();
-    if let Some(caps) = process.capabilities() {
-        security::limit_bounding_set(caps)?;
-    }
     let extra_gids = user.additional_gids().clone().unwrap_or_default();
     security::switch_user(user.uid(), user.gid(), &extra_gids, ctx.may_setgroups)?;
     if launch.die_with_parent {
@@ -270,9 +305,6 @@ fn become_container(ctx: &mut Context<'_>, gate_passed: &Cell<bool>) -> Result<I
     if process.no_new_privileges() == Some(true) {
         security::set_no_new_privs()?;
     }
-    sys::cloexec_from(3 + launch.preserve_fds).context("close_range")?;
-    let program = Program::resolve(process)?;
-
     if let Some(gate) = gate {
         program.check_exists()?;
         let waiting = waiting.map(|w| reopen(&w, OFlag::O_RDONLY | OFlag::O_NONBLOCK));
@@ -454,19 +486,28 @@ impl Program {
         })
     }
 
-    /// Fails with 127 now, before the start gate, when no candidate exists: `create` reports a
-    /// missing command as runc does, rather than `start` failing later without a word.
+    /// Fails now, before the start gate, as `exec` would: 127 when no candidate exists, 126
+    /// when one exists but may not be run (not executable, or on a `noexec` mount, which
+    /// `access(X_OK)` reports too). `create` then reports it as runc does, rather than `start`
+    /// failing later without a word.
     fn check_exists(&self) -> Result<()> {
-        if self
-            .candidates
-            .iter()
-            .any(|c| nix::unistd::access(c.as_c_str(), nix::unistd::AccessFlags::F_OK).is_ok())
-        {
-            return Ok(());
+        let mut denied = None;
+        for candidate in &self.candidates {
+            // Any other error (a seccomp profile that denies access(2)) tells nothing: execve
+            // will say.
+            match nix::unistd::access(candidate.as_c_str(), nix::unistd::AccessFlags::F_OK) {
+                Ok(()) => {}
+                Err(nix::Error::ENOENT | nix::Error::ENOTDIR) => continue,
+                Err(_) => return Ok(()),
+            }
+            match nix::unistd::access(candidate.as_c_str(), nix::unistd::AccessFlags::X_OK) {
+                Err(e @ nix::Error::EACCES) => denied = denied.or(Some((candidate, e))),
+                _ => return Ok(()),
+            }
         }
-        Err(ChildFailed {
-            code: 127,
-            message: format!("{}: not found in the container", self.name),
+        Err(match denied {
+            Some((path, err)) => self.cannot_run(path, err),
+            None => self.not_found(),
         }
         .into())
     }
@@ -483,34 +524,40 @@ impl Program {
             match err {
                 nix::Error::ENOENT | nix::Error::ENOTDIR => continue,
                 nix::Error::EACCES => denied = Some((candidate, err)),
-                other => {
-                    return Err(ChildFailed {
-                        code: 126,
-                        message: format!(
-                            "{}: cannot run it in the container: {}",
-                            candidate.to_string_lossy(),
-                            other.desc()
-                        ),
-                    }
-                    .into())
-                }
+                other => return Err(self.cannot_run(candidate, other).into()),
             }
         }
         Err(match denied {
-            Some((path, err)) => ChildFailed {
-                code: 126,
-                message: format!(
-                    "{}: cannot run it in the container: {}",
-                    path.to_string_lossy(),
-                    err.desc()
-                ),
-            },
-            None => ChildFailed {
-                code: 127,
-                message: format!("{}: not found in the container", self.name),
-            },
+            Some((path, err)) => self.cannot_run(path, err),
+            None => self.not_found(),
         }
         .into())
+    }
+
+    /// 127, in words engines classify: podman maps `executable file not found in $PATH` and
+    /// `no such file or directory` to its own 127.
+    fn not_found(&self) -> ChildFailed {
+        let engines_words = if self.name.contains('/') {
+            "no such file or directory"
+        } else {
+            "executable file not found in $PATH"
+        };
+        ChildFailed {
+            code: 127,
+            message: format!("{}: not found in the container: {engines_words}", self.name),
+        }
+    }
+
+    /// 126; the error's text in lower case, as engines match `permission denied`.
+    fn cannot_run(&self, path: &CString, err: nix::Error) -> ChildFailed {
+        ChildFailed {
+            code: 126,
+            message: format!(
+                "{}: cannot run it in the container: {}",
+                path.to_string_lossy(),
+                err.desc().to_lowercase()
+            ),
+        }
     }
 }
 
