@@ -105,7 +105,7 @@ pub enum Command {
     Start(IdArg),
     /// OCI: print the state of a container as JSON
     State(IdArg),
-    /// OCI: send a signal to a container's process (default SIGTERM)
+    /// Send a signal to a container's process (an OCI container, or one of `nook ps`)
     Kill(KillArgs),
     /// OCI: delete a container's state (and the container, with --force)
     Delete(DeleteArgs),
@@ -162,11 +162,16 @@ pub struct KillArgs {
     /// Signal every process of the container, not only its first
     #[arg(short, long)]
     pub all: bool,
-    #[arg(value_name = "ID")]
+    /// Container id under --root (OCI), else a container name of `nook ps`
+    #[arg(value_name = "ID|NAME")]
     pub id: String,
-    /// Signal name (TERM, SIGKILL) or number
-    #[arg(value_name = "SIGNAL", default_value = "SIGTERM")]
-    pub signal: String,
+    /// Signal name (TERM, SIGKILL) or number [default: SIGTERM for an OCI container, SIGKILL
+    /// for one of `nook ps`, as podman]
+    #[arg(value_name = "SIGNAL", conflicts_with = "signal_flag")]
+    pub signal: Option<String>,
+    /// The signal, as podman spells it
+    #[arg(short = 's', long = "signal", value_name = "SIGNAL")]
+    pub signal_flag: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -292,8 +297,13 @@ pub enum BackendArg {
     Copy,
 }
 
+// `-h` is --hostname, as in podman; help is `--help` only.
 #[derive(Args, Debug)]
+#[command(disable_help_flag = true)]
 pub struct RunArgs {
+    /// Print help
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
     /// OCI: run this bundle (the positional is then the container id)
     #[arg(short = 'b', long, value_name = "DIR")]
     pub bundle: Option<PathBuf>,
@@ -336,7 +346,7 @@ pub struct RunArgs {
     )]
     pub volumes: Vec<String>,
     /// Hostname inside the container (default: the container's name)
-    #[arg(long, conflicts_with = "bundle")]
+    #[arg(short = 'h', long, conflicts_with = "bundle")]
     pub hostname: Option<String>,
     /// Keep stdin open and pass it to the container
     #[arg(short = 'i', long, conflicts_with = "bundle")]
@@ -459,7 +469,8 @@ pub struct ImagesArgs {
 
 #[derive(Args, Debug)]
 pub struct RmiArgs {
-    /// Remove even if containers use the image
+    /// Also remove the containers that use the image (running ones are stopped first), as
+    /// podman does
     #[arg(short, long)]
     pub force: bool,
     #[arg(required = true, value_name = "IMAGE")]

@@ -469,8 +469,21 @@ fn container_pids(pid1: i32) -> Vec<i32> {
 }
 
 pub fn kill_container(global: &GlobalArgs, args: &KillArgs) -> Result<i32> {
-    let signal = parse_signal(&args.signal)?;
-    let entry = state_root(global)?.get(&args.id)?;
+    let given = args.signal.as_deref().or(args.signal_flag.as_deref());
+    let root = state_root(global)?;
+    let is_oci = crate::oci_state::validate_id(&args.id).is_ok() && root.ids()?.contains(&args.id);
+    if !is_oci {
+        let human = crate::container::Store::open().and_then(|store| store.get(&args.id));
+        if let Ok(container) = human {
+            return kill_human(
+                &container,
+                parse_signal(given.unwrap_or("SIGKILL"))?,
+                args.all,
+            );
+        }
+    }
+    let signal = parse_signal(given.unwrap_or("SIGTERM"))?;
+    let entry = root.get(&args.id)?;
     let record = entry.record()?;
     if entry.status(&record) == ContainerState::Stopped {
         bail!("container {} is not running", args.id);
@@ -486,6 +499,27 @@ pub fn kill_container(global: &GlobalArgs, args: &KillArgs) -> Result<i32> {
             Err(e) => return Err(e).with_context(|| format!("kill -{signal} {pid}")),
         }
     }
+    Ok(0)
+}
+
+/// `kill` of a container of `nook ps`: its runner records the end, as after `nook stop`.
+fn kill_human(container: &crate::container::Container, signal: Signal, all: bool) -> Result<i32> {
+    let state = container.state();
+    let pid = match (state.effective_status(), state.pid) {
+        (crate::container::Status::Running, Some(pid)) => pid,
+        _ => bail!(
+            "container {} is not running (see `nook ps`)",
+            container.meta.name
+        ),
+    };
+    let targets = if all { container_pids(pid) } else { vec![pid] };
+    for pid in targets {
+        match kill(Pid::from_raw(pid), signal) {
+            Ok(()) | Err(nix::Error::ESRCH) => {}
+            Err(e) => return Err(e).with_context(|| format!("kill -{signal} {pid}")),
+        }
+    }
+    println!("{}", container.meta.name);
     Ok(0)
 }
 

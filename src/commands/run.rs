@@ -72,6 +72,22 @@ fn check(args: &RunArgs) -> Result<Checked> {
         .iter()
         .map(|v| Volume::parse(v))
         .collect::<Result<Vec<_>>>()?;
+    for volume in &volumes {
+        let Some(real) = spec::resolve_in_image(&image, &volume.destination) else {
+            continue;
+        };
+        if let Some(why) = spec::replaces_kernel_filesystem(&real) {
+            bail!(
+                "volume {}:{}: in the image, {} leads to {} (a symbolic link), which is {why}; \
+                 a bind mount there would replace it, so nook refuses it. Mount the directory \
+                 elsewhere",
+                volume.source.display(),
+                volume.destination.display(),
+                volume.destination.display(),
+                real.display()
+            );
+        }
+    }
     let user = match (&args.user, args.userns) {
         (None, UsernsArg::KeepId) => spec::ContainerUser {
             uid: caller.uid,
@@ -270,15 +286,19 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             return Err(e);
         }
     };
-    if !args.rm {
-        record_running(&container, started.pid.as_raw())?;
+    // Recorded whatever `--rm` says: a container that runs is one `ps`, `exec`, `stop` and
+    // `rm -f` must find.
+    if let Err(e) = record_running(&container, started.pid.as_raw()) {
+        let _ = started.kill();
+        let _ = store.remove(&container);
+        return Err(e);
     }
     let stdin = if args.interactive {
         StdinMode::Relay
     } else {
         StdinMode::Ignore
     };
-    let code = started.wait(stdin)?;
+    let code = started.wait_foreground(stdin)?;
     finish(&store, &container, code)?;
     Ok(code)
 }
