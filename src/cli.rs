@@ -18,8 +18,9 @@ Which face a verb shows is decided by its arguments only:
           without, the positional is a root filesystem directory.
   ps      with a container id it is the OCI `ps` (processes of that container under --root);
           without, it lists the human store's containers.
-  exec    looks the id up under --root first; a name not there is looked up in the human store
-          (containers of `nook run -d`).
+  exec, kill
+          look the id up under --root first; a name not there is looked up in the human store
+          (the containers of `nook ps`, foreground or detached).
 
 Storage: $NOOK_STORAGE, else $XDG_DATA_HOME/nook, else ~/.local/share/nook.
 OCI state (--root): $XDG_RUNTIME_DIR/nook, else /tmp/nook-UID (mode 0700).";
@@ -97,7 +98,7 @@ pub enum Command {
     Export(ExportArgs),
     /// Check what this machine offers nook (namespaces, ids, fuse, storage, backend choice)
     Info(InfoArgs),
-    /// Run a command in a running container (OCI or `nook run -d`)
+    /// Run a command in a running container (OCI, or one of `nook ps`)
     Exec(ExecArgs),
     /// OCI: create a container from a bundle; its process waits for `start`
     Create(CreateArgs),
@@ -253,7 +254,7 @@ pub struct ExecArgs {
     pub cgroup: Option<String>,
     #[arg(long, hide = true)]
     pub ignore_paused: bool,
-    /// Container id (OCI) or name (`nook run -d`)
+    /// Container id (OCI) or name (see `nook ps`)
     #[arg(value_name = "CONTAINER")]
     pub container: String,
     /// Command and arguments (unless --process)

@@ -226,9 +226,13 @@ pub fn rm(args: &RmArgs) -> Result<i32> {
 pub fn remove_container(store: &Store, c: &Container, force: bool) -> Result<()> {
     let state = if force { settled_state(c) } else { c.state() };
     if state.status.is_none() && c.meta.creator_alive() {
+        let advice = if force {
+            "try again once it runs"
+        } else {
+            "wait for it, or use `nook rm -f` to stop it once it runs"
+        };
         bail!(
-            "container {} is still being started by nook process {}: wait for it, or use \
-             `nook rm -f` to stop it once it runs",
+            "container {} is still being started by nook process {}: {advice}",
             c.meta.name,
             c.meta.creator_pid.unwrap_or_default()
         );

@@ -695,7 +695,7 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> Result<i32> {
     Ok(code)
 }
 
-/// Where `exec` goes: an OCI container under `--root`, else a `nook run -d` container.
+/// Where `exec` goes: an OCI container under `--root`, else a container of `nook ps`.
 fn exec_target(global: &GlobalArgs, name: &str) -> Result<(Spec, i32)> {
     let root = state_root(global)?;
     if crate::oci_state::validate_id(name).is_ok() && root.ids()?.iter().any(|id| id == name) {
