@@ -493,3 +493,31 @@ fn exec_writes_nothing_of_nook_into_the_container_without_subordinate_ids() {
 
 /// A second process for `exec -d`, which must not hold the test's output pipes.
 const QUIET_SLEEP: &str = "exec >/dev/null 2>&1 </dev/null; exec sleep 1000";
+
+#[test]
+fn rmi_racing_runs_never_takes_an_image_from_under_a_container() {
+    let Some(t) = Nook::new() else { return };
+    t.nook(&["import", "-q", t.image(), "base"]).assert_ok();
+    let script = "sleep 1; test -x /bin/busybox && echo intact";
+    let mut runs = Vec::new();
+    for _ in 0..4 {
+        runs.push(t.cmd(&["run", "--rm", "base", "sh", "-c", script]).spawn());
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let removed = wait_until(Duration::from_secs(30), || {
+        t.nook(&["rmi", "base"]).code == Some(0)
+    });
+    assert!(removed, "rmi never succeeded");
+    for run in runs {
+        let out = run.wait();
+        match out.code {
+            Some(0) => assert_eq!(out.stdout.trim(), "intact", "{out}"),
+            _ => assert!(
+                out.stderr.contains("base"),
+                "a run that lost the race must name the image\n{out}"
+            ),
+        }
+    }
+    assert!(t.ps().is_empty(), "{:?}", t.ps());
+    assert_eq!(t.container_dirs(), Vec::<String>::new());
+}

@@ -167,7 +167,15 @@ pub fn rmi(args: &RmiArgs) -> Result<i32> {
                     c.meta.name
                 );
             }
-            store.remove(&image)
+            let rootfs = image.rootfs();
+            store.remove_unless_used(&image, || {
+                Ok(containers
+                    .list()?
+                    .into_iter()
+                    .filter(|c| c.meta.image == rootfs)
+                    .map(|c| c.meta.name)
+                    .collect())
+            })
         });
         match result {
             Ok(()) => println!("{name}"),

@@ -33,6 +33,8 @@ struct Checked {
     env: Vec<String>,
     workdir: Option<String>,
     network: NetworkMode,
+    /// A stored image's name and metadata file, checked again once the container is on disk.
+    stored: Option<(String, PathBuf)>,
 }
 
 fn check(args: &RunArgs) -> Result<Checked> {
@@ -145,7 +147,19 @@ fn check(args: &RunArgs) -> Result<Checked> {
         env,
         workdir,
         network,
+        stored: stored.map(|i| (i.meta.name.clone(), i.dir.join("image.json"))),
     })
+}
+
+/// `nook rmi` takes an image out of sight before it looks for containers using it: a container
+/// that got on disk after that look finds its image gone here, and is not started.
+fn image_kept(checked: &Checked) -> Result<()> {
+    match &checked.stored {
+        Some((name, meta)) if !meta.exists() => {
+            bail!("image {name} was removed (`nook rmi`) while this container was being created")
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The command a container runs, as docker makes it: the entrypoint (the image's, or
@@ -243,6 +257,10 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     let deferred = decision.backend == Backend::Overlay && !args.detach;
     if !deferred {
         store.materialize(&container)?;
+        if let Err(e) = image_kept(&checked) {
+            let _ = store.remove(&container);
+            return Err(e);
+        }
     }
     let prepared = match prepare(args, &checked, &container, decision.backend) {
         Ok(p) => p,
@@ -253,6 +271,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     };
     let materialize = || -> Result<()> {
         store.materialize(&container)?;
+        image_kept(&checked)?;
         save_spec(&prepared.spec, &container)
     };
     if !deferred {
