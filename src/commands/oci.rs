@@ -473,8 +473,13 @@ pub fn kill_container(global: &GlobalArgs, args: &KillArgs) -> Result<i32> {
     let root = state_root(global)?;
     let is_oci = crate::oci_state::validate_id(&args.id).is_ok() && root.ids()?.contains(&args.id);
     if !is_oci {
-        let human = crate::container::Store::open().and_then(|store| store.get(&args.id));
-        if let Ok(container) = human {
+        // An engine's kill of a container it already deleted must not create a store.
+        let has_store =
+            crate::container::storage_root().is_ok_and(|root| root.join("containers").is_dir());
+        let human = has_store
+            .then(|| crate::container::Store::open().and_then(|store| store.get(&args.id)))
+            .and_then(Result::ok);
+        if let Some(container) = human {
             return kill_human(
                 &container,
                 parse_signal(given.unwrap_or("SIGKILL"))?,
