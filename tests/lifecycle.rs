@@ -339,6 +339,18 @@ fn foreground_containers_are_reachable_by_every_verb_without_subordinate_ids() {
 #[test]
 fn a_foreground_container_ends_with_its_terminal_unless_nohup() {
     let Some(t) = Nook::new() else { return };
+    foreground_container_ends_with_its_terminal(t);
+}
+
+#[test]
+fn a_foreground_container_ends_with_its_terminal_without_subordinate_ids() {
+    let Some(t) = Nook::new_without_subids() else {
+        return;
+    };
+    foreground_container_ends_with_its_terminal(t);
+}
+
+fn foreground_container_ends_with_its_terminal(t: Nook) {
     for rm in [true, false] {
         let name = format!("hup-{rm}");
         let running = foreground(&t, &name, rm);
