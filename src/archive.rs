@@ -505,6 +505,22 @@ fn is_archive_member(top: &str) -> bool {
         || top.strip_suffix(".tar").is_some_and(is_hex_id)
 }
 
+/// Whether a directory holds an image archive, unpacked (an OCI layout as `podman save
+/// --format oci-dir` writes it, or an extracted docker-archive), judged as a tar is.
+pub fn is_image_archive_dir(dir: &Path) -> bool {
+    if dir.join("index.json").is_file() {
+        return true;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    let names = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    classify(&names) == TarKind::ImageArchive
+}
+
 /// What an indexed tar is, by everything it holds: an image archive has only the members image
 /// archives are made of, and an index or a manifest to read them by.
 #[derive(Debug, PartialEq, Eq)]
@@ -774,7 +790,7 @@ fn apply_compressed<R: Read>(
 pub fn import_source(source: &str, applier: &mut Applier, scratch: &Path) -> Result<Found> {
     let path = Path::new(source);
     if source != "-" && path.is_dir() {
-        if path.join("index.json").is_file() {
+        if is_image_archive_dir(path) {
             let layout = Layout::Dir(path.to_path_buf());
             return import_layout(&layout, applier, source);
         }

@@ -139,7 +139,7 @@ impl ImageStore {
         let (meta, found) = self.build(name, idmap, source, |tmp| {
             let rootfs = tmp.join("rootfs");
             match &source_path {
-                Some(dir) if dir.is_dir() && !dir.join("index.json").is_file() => {
+                Some(dir) if dir.is_dir() && !crate::archive::is_image_archive_dir(dir) => {
                     let skipped = copy_directory(dir, &rootfs, idmap)?;
                     Ok(Built {
                         found: Found {

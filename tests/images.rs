@@ -1683,6 +1683,15 @@ fn image_archives_of_podman_skopeo_and_docker_import_as_images_by_their_content(
         );
         assert!(root.join("bin/busybox").exists(), "{file}");
     }
+    // Unpacked into a directory: the same by content.
+    let unpacked = t.dir.join("unpacked-docker-archive");
+    fs::create_dir(&unpacked).unwrap();
+    tar::Archive::new(fs::File::open(t.dir.join("podman-docker.tar")).unwrap())
+        .unpack(&unpacked)
+        .unwrap();
+    import(&t, &unpacked, "from-dir").assert_ok();
+    assert!(rootfs(&t, "from-dir").join("marker").exists());
+    assert!(!rootfs(&t, "from-dir").join("manifest.json").exists());
     // Compressed, through stdin: the same by content.
     let bytes = fs::read(t.dir.join("skopeo-docker.tar")).unwrap();
     t.cmd(&["import", "-q", "-", "from-stdin"])
