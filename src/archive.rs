@@ -338,6 +338,19 @@ impl Layout {
         Ok(Layout::Tar { file, members })
     }
 
+    /// The first component of every member of a tar.
+    fn top_level(&self) -> std::collections::BTreeSet<String> {
+        match self {
+            Layout::Dir(_) => Default::default(),
+            Layout::Tar { members, .. } => members
+                .keys()
+                .filter_map(|m| m.split('/').next())
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+                .collect(),
+        }
+    }
+
     fn has(&self, name: &str) -> bool {
         match self {
             Layout::Dir(d) => d.join(name).is_file(),
@@ -473,15 +486,59 @@ pub fn looks_like_image_archive(start: &[u8]) -> bool {
             offset += 512 + (size as usize).div_ceil(512) * 512;
             continue;
         }
-        let first = name.split('/').next().unwrap_or("");
-        let is_hex_id = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
-        return matches!(
-            first,
-            "blobs" | "oci-layout" | "index.json" | "manifest.json" | "repositories"
-        ) || is_hex_id(first)
-            || first.strip_suffix(".json").is_some_and(is_hex_id);
+        return is_archive_member(name.split('/').next().unwrap_or(""));
     }
     false
+}
+
+/// Whether a top-level name is one that image archives are made of: an OCI layout (`blobs/`,
+/// `oci-layout`, `index.json`), a docker-archive as podman, skopeo and docker write it
+/// (`manifest.json`, `repositories`, `HEX.json` configs, `HEX.tar` layers) or its legacy form
+/// (`HEX/` holding `layer.tar`, `json`, `VERSION`).
+fn is_archive_member(top: &str) -> bool {
+    let is_hex_id = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    matches!(
+        top,
+        "blobs" | "oci-layout" | "index.json" | "manifest.json" | "repositories"
+    ) || is_hex_id(top)
+        || top.strip_suffix(".json").is_some_and(is_hex_id)
+        || top.strip_suffix(".tar").is_some_and(is_hex_id)
+}
+
+/// Whether a directory holds an image archive, unpacked (an OCI layout as `podman save
+/// --format oci-dir` writes it, or an extracted docker-archive), judged as a tar is.
+pub fn is_image_archive_dir(dir: &Path) -> bool {
+    if dir.join("index.json").is_file() {
+        return true;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    let names = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    classify(&names) == TarKind::ImageArchive
+}
+
+/// What an indexed tar is, by everything it holds: an image archive has only the members image
+/// archives are made of, and an index or a manifest to read them by.
+#[derive(Debug, PartialEq, Eq)]
+enum TarKind {
+    ImageArchive,
+    RootFilesystem,
+    /// Made of image archive members, but without `index.json` or `manifest.json`.
+    IncompleteArchive(Vec<String>),
+}
+
+fn classify(top_level: &std::collections::BTreeSet<String>) -> TarKind {
+    if !top_level.iter().all(|t| is_archive_member(t)) {
+        return TarKind::RootFilesystem;
+    }
+    if top_level.contains("index.json") || top_level.contains("manifest.json") {
+        return TarKind::ImageArchive;
+    }
+    TarKind::IncompleteArchive(top_level.iter().take(4).cloned().collect())
 }
 
 /// Imports an image archive (OCI layout or docker save) from `layout` into `applier`.
@@ -733,7 +790,7 @@ fn apply_compressed<R: Read>(
 pub fn import_source(source: &str, applier: &mut Applier, scratch: &Path) -> Result<Found> {
     let path = Path::new(source);
     if source != "-" && path.is_dir() {
-        if path.join("index.json").is_file() {
+        if is_image_archive_dir(path) {
             let layout = Layout::Dir(path.to_path_buf());
             return import_layout(&layout, applier, source);
         }
@@ -757,22 +814,27 @@ pub fn import_source(source: &str, applier: &mut Applier, scratch: &Path) -> Res
     if header.is_empty() {
         bail!("{what} is empty");
     }
+    // An image archive holds nothing but archive members, so a first member of another kind
+    // settles it; a first member of that kind is looked at with all the others.
     if looks_like_image_archive(&header) {
-        let layout = if compression == Compression::None && source != "-" {
-            Layout::index_tar(path)?
+        let spool = scratch.join("archive.tar");
+        let tar_path = if compression == Compression::None && source != "-" {
+            path.to_path_buf()
         } else {
-            let spool = scratch.join("archive.tar");
             let mut out =
                 File::create(&spool).with_context(|| format!("creating {}", spool.display()))?;
             let mut tar_stream = tar_stream;
             io::copy(&mut tar_stream, &mut out).with_context(|| format!("decompressing {what}"))?;
-            Layout::index_tar(&spool)?
+            spool.clone()
         };
-        let found = import_layout(&layout, applier, what);
-        let _ = std::fs::remove_file(scratch.join("archive.tar"));
+        let found = import_indexed(&tar_path, applier, what);
+        let _ = std::fs::remove_file(&spool);
         return found;
     }
     let mut rest = applier.apply(tar_stream, what)?;
+    if applier.is_empty()? {
+        bail!("{what} holds no files: it is neither an image archive nor a root filesystem");
+    }
     // A compressed stream must be whole: garbage after the tar shows up here.
     io::copy(&mut rest, &mut io::sink()).with_context(|| format!("{what}: reading to the end"))?;
     let (_, decoder) = rest.into_inner();
@@ -784,6 +846,35 @@ pub fn import_source(source: &str, applier: &mut Applier, scratch: &Path) -> Res
         layers: 1,
         notes: Vec::new(),
     })
+}
+
+/// Imports an uncompressed tar whose first member looked like part of an image archive: as the
+/// image archive its members make, or as the root filesystem it turns out to be.
+fn import_indexed(tar: &Path, applier: &mut Applier, what: &str) -> Result<Found> {
+    let layout = Layout::index_tar(tar).with_context(|| what.to_string())?;
+    match classify(&layout.top_level()) {
+        TarKind::ImageArchive => import_layout(&layout, applier, what),
+        TarKind::IncompleteArchive(some) => bail!(
+            "{what} is made of image archive members ({}…) but has neither index.json (an OCI \
+             image layout) nor manifest.json (a docker-archive): it is not a whole image \
+             archive, nor a root filesystem. Save the image again (`podman save -o FILE \
+             IMAGE`, `skopeo copy … docker-archive:FILE`)",
+            some.join(", ")
+        ),
+        TarKind::RootFilesystem => {
+            drop(layout);
+            let file = File::open(tar).with_context(|| format!("opening {what}"))?;
+            let mut rest = applier.apply(BufReader::with_capacity(1 << 20, file), what)?;
+            io::copy(&mut rest, &mut io::sink())
+                .with_context(|| format!("{what}: reading to the end"))?;
+            Ok(Found {
+                config: RunConfig::default(),
+                kind: "tarball".into(),
+                layers: 1,
+                notes: Vec::new(),
+            })
+        }
+    }
 }
 
 /// A PAX extended header record: `LEN KEY=VALUE\n`, LEN counting itself.
@@ -1080,6 +1171,34 @@ mod tests {
         rootfs_tar.extend(header_named("./bin/"));
         assert!(!looks_like_image_archive(&rootfs_tar));
         assert!(!looks_like_image_archive(&header_named("etc/passwd")));
+        // podman save and skopeo's docker-archive start with their layers.
+        assert!(looks_like_image_archive(&header_named(&format!(
+            "{}.tar",
+            "a".repeat(64)
+        ))));
+    }
+
+    #[test]
+    fn a_tar_is_an_image_archive_only_by_all_its_members() {
+        let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect();
+        let hex = "b".repeat(64);
+        let (layer, config) = (format!("{hex}.tar"), format!("{hex}.json"));
+        let docker = [&layer, &config, "manifest.json", "repositories", &hex];
+        assert_eq!(classify(&set(&docker)), TarKind::ImageArchive);
+        let oci = ["blobs", "oci-layout", "index.json"];
+        assert_eq!(classify(&set(&oci)), TarKind::ImageArchive);
+        assert!(matches!(
+            classify(&set(&[&layer, &config])),
+            TarKind::IncompleteArchive(_)
+        ));
+        assert_eq!(
+            classify(&set(&["blobs", "bin", "etc"])),
+            TarKind::RootFilesystem
+        );
+        assert_eq!(
+            classify(&set(&["manifest.json", "usr"])),
+            TarKind::RootFilesystem
+        );
     }
 
     /// Writes an OCI layout directory: `blobs` under their digests, and `index` as index.json.

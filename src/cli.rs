@@ -18,8 +18,9 @@ Which face a verb shows is decided by its arguments only:
           without, the positional is a root filesystem directory.
   ps      with a container id it is the OCI `ps` (processes of that container under --root);
           without, it lists the human store's containers.
-  exec    looks the id up under --root first; a name not there is looked up in the human store
-          (containers of `nook run -d`).
+  exec, kill
+          look the id up under --root first; a name not there is looked up in the human store
+          (the containers of `nook ps`, foreground or detached).
 
 Storage: $NOOK_STORAGE, else $XDG_DATA_HOME/nook, else ~/.local/share/nook.
 OCI state (--root): $XDG_RUNTIME_DIR/nook, else /tmp/nook-UID (mode 0700).";
@@ -101,7 +102,7 @@ pub enum Command {
     Export(ExportArgs),
     /// Check what this machine offers nook (namespaces, ids, fuse, storage, backend choice)
     Info(InfoArgs),
-    /// Run a command in a running container (OCI or `nook run -d`)
+    /// Run a command in a running container (OCI, or one of `nook ps`)
     Exec(ExecArgs),
     /// OCI: create a container from a bundle; its process waits for `start`
     Create(CreateArgs),
@@ -109,7 +110,7 @@ pub enum Command {
     Start(IdArg),
     /// OCI: print the state of a container as JSON
     State(IdArg),
-    /// OCI: send a signal to a container's process (default SIGTERM)
+    /// Send a signal to a container's process (an OCI container, or one of `nook ps`)
     Kill(KillArgs),
     /// OCI: delete a container's state (and the container, with --force)
     Delete(DeleteArgs),
@@ -166,11 +167,16 @@ pub struct KillArgs {
     /// Signal every process of the container, not only its first
     #[arg(short, long)]
     pub all: bool,
-    #[arg(value_name = "ID")]
+    /// Container id under --root (OCI), else a container name of `nook ps`
+    #[arg(value_name = "ID|NAME")]
     pub id: String,
-    /// Signal name (TERM, SIGKILL) or number
-    #[arg(value_name = "SIGNAL", default_value = "SIGTERM")]
-    pub signal: String,
+    /// Signal name (TERM, SIGKILL) or number [default: SIGTERM for an OCI container, SIGKILL
+    /// for one of `nook ps`, as podman]
+    #[arg(value_name = "SIGNAL", conflicts_with = "signal_flag")]
+    pub signal: Option<String>,
+    /// The signal, as podman spells it
+    #[arg(short = 's', long = "signal", value_name = "SIGNAL")]
+    pub signal_flag: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -252,7 +258,7 @@ pub struct ExecArgs {
     pub cgroup: Option<String>,
     #[arg(long, hide = true)]
     pub ignore_paused: bool,
-    /// Container id (OCI) or name (`nook run -d`)
+    /// Container id (OCI) or name (see `nook ps`)
     #[arg(value_name = "CONTAINER")]
     pub container: String,
     /// Command and arguments (unless --process)
@@ -306,8 +312,13 @@ pub enum BackendArg {
     Copy,
 }
 
+// `-h` is --hostname, as in podman; help is `--help` only.
 #[derive(Args, Debug)]
+#[command(disable_help_flag = true)]
 pub struct RunArgs {
+    /// Print help
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
     /// OCI: run this bundle (the positional is then the container id)
     #[arg(short = 'b', long, value_name = "DIR")]
     pub bundle: Option<PathBuf>,
@@ -350,7 +361,7 @@ pub struct RunArgs {
     )]
     pub volumes: Vec<String>,
     /// Hostname inside the container (default: the container's name)
-    #[arg(long, conflicts_with = "bundle")]
+    #[arg(short = 'h', long, conflicts_with = "bundle")]
     pub hostname: Option<String>,
     /// Keep stdin open and pass it to the container
     #[arg(short = 'i', long, conflicts_with = "bundle")]
@@ -477,7 +488,8 @@ pub struct ImagesArgs {
 
 #[derive(Args, Debug)]
 pub struct RmiArgs {
-    /// Remove even if containers use the image
+    /// Also remove the containers that use the image (running ones are stopped first), as
+    /// podman does
     #[arg(short, long)]
     pub force: bool,
     #[arg(required = true, value_name = "IMAGE")]

@@ -58,7 +58,7 @@ pub struct Meta {
 }
 
 impl Meta {
-    fn creator_alive(&self) -> bool {
+    pub fn creator_alive(&self) -> bool {
         match (self.creator_pid, self.creator_start) {
             (Some(pid), Some(start)) => process_start_time(pid) == Some(start),
             _ => false,
@@ -106,12 +106,16 @@ impl State {
     }
 }
 
-/// The start time of process `pid` in clock ticks since boot (field 22 of `/proc/PID/stat`).
+/// The start time of process `pid` in clock ticks since boot (field 22 of `/proc/PID/stat`);
+/// `None` once it has exited, even while it waits as a zombie for its parent to reap it.
 pub fn process_start_time(pid: i32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces and parentheses: skip past its last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    if matches!(fields.next(), Some("Z" | "X")) {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 pub fn now_rfc3339() -> String {
@@ -421,16 +425,21 @@ impl Store {
         let trash = self
             .containers_dir()
             .join(format!(".removing-{}", container.meta.id));
-        match fs::rename(&container.dir, &trash) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        let moved = match fs::rename(&container.dir, &trash) {
+            Ok(()) => true,
+            // Never made, or another nook process (the runner of a `--rm` container) moved it
+            // first: the tree is that process's to remove.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
             Err(e) => {
                 return Err(e).with_context(|| format!("removing {}", container.dir.display()))
             }
-        }
+        };
         let link = self.names_dir().join(&container.meta.name);
         if fs::read_link(&link).is_ok_and(|id| id == Path::new(&container.meta.id)) {
             let _ = fs::remove_file(&link);
+        }
+        if !moved {
+            return Ok(());
         }
         remove_owned_tree(&trash, container.meta.idmap.as_ref())
     }

@@ -52,12 +52,18 @@ pub fn remove_tree(path: &Path) -> Result<()> {
 }
 
 fn remove_tree_inner(path: &Path) -> io::Result<()> {
+    // Another nook process may be removing the same tree (a stale removal that `ps` finishes
+    // while its owner still works on it): what vanished meanwhile is done.
+    match remove_entry(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+fn remove_entry(path: &Path) -> io::Result<()> {
     let meta = fs::symlink_metadata(path)?;
     if !meta.is_dir() {
-        return match fs::remove_file(path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            other => other,
-        };
+        return fs::remove_file(path);
     }
     if meta.permissions().mode() & 0o700 != 0o700 {
         fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
@@ -65,10 +71,7 @@ fn remove_tree_inner(path: &Path) -> io::Result<()> {
     for entry in fs::read_dir(path)? {
         remove_tree_inner(&entry?.path())?;
     }
-    match fs::remove_dir(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        other => other,
-    }
+    fs::remove_dir(path)
 }
 
 #[cfg(test)]

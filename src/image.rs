@@ -139,7 +139,7 @@ impl ImageStore {
         let (meta, found) = self.build(name, idmap, source, |tmp| {
             let rootfs = tmp.join("rootfs");
             match &source_path {
-                Some(dir) if dir.is_dir() && !dir.join("index.json").is_file() => {
+                Some(dir) if dir.is_dir() && !crate::archive::is_image_archive_dir(dir) => {
                     let skipped = copy_directory(dir, &rootfs, idmap)?;
                     Ok(Built {
                         found: Found {
@@ -246,7 +246,14 @@ impl ImageStore {
         }
     }
 
-    pub fn remove(&self, image: &Image) -> Result<()> {
+    /// Removes the image unless `users` (asked once the image is out of sight, so that no new
+    /// container can start from it) names containers made from it meanwhile: then the image
+    /// is put back and the error names them.
+    pub fn remove_unless_used(
+        &self,
+        image: &Image,
+        users: impl FnOnce() -> Result<Vec<String>>,
+    ) -> Result<()> {
         let trash = self.root.join(format!(
             ".removing-{}-{}",
             image.meta.name.replace(':', "_"),
@@ -254,7 +261,25 @@ impl ImageStore {
         ));
         fs::rename(&image.dir, &trash)
             .with_context(|| format!("removing {}", image.dir.display()))?;
-        remove_owned_tree(&trash, Some(&image.meta.idmap))
+        let late = match users() {
+            Ok(late) if late.is_empty() => {
+                return remove_owned_tree(&trash, Some(&image.meta.idmap));
+            }
+            Ok(late) => anyhow::anyhow!(
+                "container(s) {} started from image {} while it was being removed; it is kept",
+                late.join(", "),
+                image.meta.name
+            ),
+            Err(e) => e.context(format!("image {} is kept", image.meta.name)),
+        };
+        fs::rename(&trash, &image.dir).with_context(|| {
+            format!(
+                "putting image {} back from {}",
+                image.meta.name,
+                trash.display()
+            )
+        })?;
+        Err(late)
     }
 }
 

@@ -111,6 +111,13 @@ impl Applier {
         Ok(archive.into_inner())
     }
 
+    /// Whether nothing has been written into the image yet.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(list_dir(self.root.as_fd())
+            .context("listing the image's root")?
+            .is_empty())
+    }
+
     /// Sets directory times and reports what was left out.
     pub fn finish(self) -> Result<Summary> {
         for (path, mtime) in &self.dir_times {

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::io::Read;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -104,15 +104,79 @@ impl Volume {
         if !destination.starts_with('/') {
             bail!("volume {arg:?}: the container path {destination:?} must be absolute");
         }
+        let normal = normalize_container_path(Path::new(destination));
+        if let Some(why) = replaces_kernel_filesystem(&normal) {
+            bail!(
+                "volume {arg:?}: {} is {why}; a bind mount there would replace it, so nook \
+                 refuses it (as runc does). Mount the directory elsewhere, e.g. /mnt{}",
+                normal.display(),
+                if normal == Path::new("/") {
+                    "/host".to_string()
+                } else {
+                    normal.display().to_string()
+                }
+            );
+        }
         let source = std::fs::canonicalize(source).with_context(|| {
             format!("volume source {source}: cannot use it (does it exist, and can you read it?)")
         })?;
         Ok(Volume {
             source,
-            destination: PathBuf::from(destination),
+            destination: normal,
             readonly,
         })
     }
+}
+
+/// An absolute container path with `.`, `..` and repeated slashes resolved as the container's
+/// root would (`..` of `/` is `/`).
+pub fn normalize_container_path(path: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for component in path.components() {
+        match component {
+            std::path::Component::Normal(name) => out.push(name),
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Files under /proc that runc lets a bind mount cover (lxcfs provides them).
+const PROC_FILES_BINDABLE: [&str; 10] = [
+    "/proc/cpuinfo",
+    "/proc/diskstats",
+    "/proc/meminfo",
+    "/proc/stat",
+    "/proc/swaps",
+    "/proc/uptime",
+    "/proc/loadavg",
+    "/proc/slabinfo",
+    "/proc/net/dev",
+    "/proc/sys/kernel/ns_last_pid",
+];
+
+/// Why a bind mount over `path` (normalized) would take away a filesystem the container's
+/// kernel interfaces depend on, if it would.
+pub fn replaces_kernel_filesystem(path: &Path) -> Option<&'static str> {
+    if path == Path::new("/") {
+        return Some("the container's root filesystem (its image and writable layer)");
+    }
+    if path.starts_with("/proc") && !PROC_FILES_BINDABLE.iter().any(|f| path == Path::new(f)) {
+        return Some(
+            "inside the container's /proc, the kernel's view of its processes (/proc/self, \
+             /proc/sys)",
+        );
+    }
+    if path == Path::new("/dev") || path == Path::new("/dev/pts") {
+        return Some("the container's device directory (/dev/null, its terminals)");
+    }
+    if path == Path::new("/sys") {
+        return Some("the container's sysfs");
+    }
+    None
 }
 
 /// A user inside the container, as numbers.
@@ -186,6 +250,26 @@ pub fn read_image_file(image: &Path, path: &str) -> String {
             .read_to_string(&mut text);
     }
     text
+}
+
+/// Where `path` leads inside the image, its symbolic links followed as the container's root
+/// will follow them (the part that does not exist yet is kept as given); `None` when the image
+/// cannot be read.
+pub fn resolve_in_image(image: &Path, path: &Path) -> Option<PathBuf> {
+    let root = std::fs::File::open(image).ok()?;
+    let real_root = std::fs::canonicalize(image).ok()?;
+    let mut existing = normalize_container_path(path);
+    let mut missing = Vec::new();
+    loop {
+        if let Ok(fd) = crate::sys::open_in_root(root.as_fd(), &existing, libc::O_PATH) {
+            let real = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+            let mut inside = Path::new("/").join(real.strip_prefix(&real_root).ok()?);
+            inside.extend(missing.iter().rev());
+            return Some(inside);
+        }
+        missing.push(existing.file_name()?.to_owned());
+        existing.pop();
+    }
 }
 
 /// Everything `nook run` decides about a container, before it becomes a spec.
@@ -472,6 +556,42 @@ mod tests {
         assert!(Volume::parse("/tmp").is_err());
         let err = Volume::parse("/no/such/dir:/data").unwrap_err();
         assert!(format!("{err:#}").contains("/no/such/dir"));
+    }
+
+    #[test]
+    fn volumes_over_kernel_filesystems_are_refused() {
+        for dest in [
+            "/",
+            "/proc",
+            "/proc/",
+            "//proc",
+            "/proc/sys",
+            "/proc/./sys",
+            "/x/../proc",
+            "/proc/self",
+            "/dev",
+            "/dev/",
+            "/dev/pts",
+            "/sys",
+            "/..",
+        ] {
+            let err = Volume::parse(&format!("/tmp:{dest}")).unwrap_err();
+            assert!(format!("{err:#}").contains("refuses"), "{dest}: {err:#}");
+        }
+        for dest in [
+            "/proc/meminfo",
+            "/dev/shm",
+            "/procfs",
+            "/devices",
+            "/sys2",
+            "/mnt/proc",
+        ] {
+            assert!(Volume::parse(&format!("/tmp:{dest}")).is_ok(), "{dest}");
+        }
+        assert_eq!(
+            Volume::parse("/tmp:/a/./b//c/../d").unwrap().destination,
+            Path::new("/a/b/d")
+        );
     }
 
     #[test]

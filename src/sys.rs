@@ -221,6 +221,15 @@ pub fn set_personality(persona: libc::c_ulong) -> io::Result<()> {
     check(unsafe { libc::personality(persona) } as libc::c_long).map(drop)
 }
 
+/// Whether `SIGHUP` is ignored in this process, as `nohup` leaves it.
+pub fn hangup_ignored() -> bool {
+    // SAFETY: a zeroed sigaction is a valid out-parameter; a null new action only queries.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: `old` is a live sigaction the call writes into.
+    let ret = unsafe { libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut old) };
+    ret == 0 && old.sa_sigaction == libc::SIG_IGN
+}
+
 /// Ends the process at once, without running destructors or flushing stdio buffers that the
 /// parent may also hold copies of.
 pub fn exit_now(code: i32) -> ! {

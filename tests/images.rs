@@ -1555,3 +1555,164 @@ fn diff_and_commit_read_every_backend_alike() {
         t.nook(&["rm", &name]).assert_ok();
     }
 }
+
+/// Ends the pause process podman leaves holding its user namespace, and its runroot.
+fn end_podman(t: &Nook) {
+    let pause = t.runtime.join("libpod/tmp/pause.pid");
+    if let Some(pid) = fs::read_to_string(pause)
+        .ok()
+        .and_then(|p| p.trim().parse().ok())
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    common::force_remove(&podman_runroot());
+}
+
+fn ok_or_show(what: &str, out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn image_archives_of_podman_skopeo_and_docker_import_as_images_by_their_content() {
+    let Some(t) = Nook::new() else { return };
+    if !have("podman") || !have("skopeo") {
+        return;
+    }
+    let img = t.image_copy("base-dir");
+    fs::write(Path::new(&img).join("marker"), "from nook\n").unwrap();
+    t.nook(&["import", "-q", &img, "base"]).assert_ok();
+    let oci = t.dir.join("base-oci.tar");
+    t.nook(&[
+        "export",
+        "--format",
+        "oci",
+        "base",
+        "-o",
+        oci.to_str().unwrap(),
+    ])
+    .assert_ok();
+    let at = |name: &str| t.dir.join(name).to_str().unwrap().to_string();
+    let oci_src = format!("oci-archive:{}", oci.display());
+    let copies = [
+        (
+            "skopeo-docker.tar",
+            "docker-archive",
+            ":localhost/base:latest",
+        ),
+        ("skopeo-oci.tar", "oci-archive", ":latest"),
+    ];
+    for (file, transport, tag) in copies {
+        let dest = format!("{transport}:{}{tag}", at(file));
+        ok_or_show(&dest, &skopeo(&t, &["copy", &oci_src, &dest]));
+    }
+    let loaded = podman(&t, &["load", "-i", oci.to_str().unwrap()]);
+    let saves = loaded.status.success().then(|| {
+        [
+            podman(
+                &t,
+                &[
+                    "save",
+                    "-o",
+                    &at("podman-docker.tar"),
+                    "localhost/base:latest",
+                ],
+            ),
+            podman(
+                &t,
+                &[
+                    "save",
+                    "--format",
+                    "oci-archive",
+                    "-o",
+                    &at("podman-oci.tar"),
+                    "localhost/base:latest",
+                ],
+            ),
+        ]
+    });
+    end_podman(&t);
+    ok_or_show("podman load", &loaded);
+    for save in saves.iter().flatten() {
+        ok_or_show("podman save", save);
+    }
+
+    for (i, file) in [
+        "skopeo-docker.tar",
+        "skopeo-oci.tar",
+        "podman-docker.tar",
+        "podman-oci.tar",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let name = format!("img{i}");
+        import(&t, &t.dir.join(file), &name).assert_ok();
+        t.nook(&["run", "--rm", &name, "sh", "-c", "cat /marker; ls /"])
+            .assert_ok();
+        let root = rootfs(&t, &name);
+        assert_eq!(
+            fs::read_to_string(root.join("marker")).unwrap_or_default(),
+            "from nook\n",
+            "{file}"
+        );
+        assert!(
+            !root.join("manifest.json").exists(),
+            "{file} imported as a root filesystem"
+        );
+        assert!(root.join("bin/busybox").exists(), "{file}");
+    }
+    // Unpacked into a directory: the same by content.
+    let unpacked = t.dir.join("unpacked-docker-archive");
+    fs::create_dir(&unpacked).unwrap();
+    tar::Archive::new(fs::File::open(t.dir.join("podman-docker.tar")).unwrap())
+        .unpack(&unpacked)
+        .unwrap();
+    import(&t, &unpacked, "from-dir").assert_ok();
+    assert!(rootfs(&t, "from-dir").join("marker").exists());
+    assert!(!rootfs(&t, "from-dir").join("manifest.json").exists());
+    // Compressed, through stdin: the same by content.
+    let bytes = fs::read(t.dir.join("skopeo-docker.tar")).unwrap();
+    t.cmd(&["import", "-q", "-", "from-stdin"])
+        .stdin(&gzip(&bytes))
+        .run()
+        .assert_ok();
+    assert!(rootfs(&t, "from-stdin").join("marker").exists());
+
+    // The layers of a docker-archive without its manifest are no image and no root filesystem.
+    let mut archive = tar::Archive::new(&bytes[..]);
+    let mut builder = tar::Builder::new(Vec::new());
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().into_owned();
+        let top = path.to_string_lossy().into_owned();
+        if top == "manifest.json" || top == "repositories" {
+            continue;
+        }
+        let header = entry.header().clone();
+        builder.append(&header, &mut entry).unwrap();
+    }
+    let incomplete = t.dir.join("incomplete.tar");
+    fs::write(&incomplete, builder.into_inner().unwrap()).unwrap();
+    let before = store_entries(&t);
+    let out = import(&t, &incomplete, "broken");
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stderr.contains("manifest.json"), "{out}");
+    let out = t
+        .cmd(&["import", "-", "broken"])
+        .stdin(&gzip(&fs::read(&incomplete).unwrap()))
+        .run();
+    assert_eq!(out.code, Some(1), "{out}");
+    let empty = t.dir.join("empty.tar");
+    fs::write(&empty, tar::Builder::new(Vec::new()).into_inner().unwrap()).unwrap();
+    let out = import(&t, &empty, "broken");
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stderr.contains("no files"), "{out}");
+    assert_eq!(store_entries(&t), before);
+}

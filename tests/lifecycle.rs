@@ -220,3 +220,316 @@ fn rm_refuses_a_running_container_unless_forced() {
     assert_eq!(t.container_dirs(), Vec::<String>::new());
     t.assert_no_processes_left();
 }
+
+/// Starts `nook run [--rm] --name NAME IMG sleep 1000` in the foreground and waits until
+/// `nook ps` lists it as running.
+fn foreground(t: &Nook, name: &str, rm: bool) -> common::Running {
+    let mut args = vec!["run"];
+    if rm {
+        args.push("--rm");
+    }
+    args.extend(["--name", name, t.image(), "sleep", "1000"]);
+    let running = t.cmd(&args).spawn();
+    let listed = wait_until(Duration::from_secs(20), || {
+        t.container(name)
+            .is_some_and(|c| c["status"].as_str() == Some("running"))
+    });
+    assert!(
+        listed,
+        "foreground {name} (--rm: {rm}) not listed as running: {:?}\n{:?}",
+        t.container(name),
+        running.output_so_far()
+    );
+    running
+}
+
+/// Every verb reaches a foreground container, `--rm` or not, as it reaches a detached one.
+fn foreground_containers_are_reachable(t: Nook) {
+    for rm in [true, false] {
+        let tag = if rm { "rm" } else { "kept" };
+
+        let name = format!("stop-{tag}");
+        let running = foreground(&t, &name, rm);
+        t.nook(&["exec", &name, "echo", "inside"])
+            .assert_ok()
+            .assert_stdout("inside");
+        let logs = t.nook(&["logs", &name]);
+        assert_ne!(logs.code, Some(0), "{logs}");
+        assert!(logs.stderr.contains("terminal"), "{logs}");
+        t.nook(&["stop", "-t", "1", &name])
+            .assert_ok()
+            .assert_stdout(&name);
+        // sleep as pid 1 ignores SIGTERM: stop had to kill it.
+        running.wait().assert_code(137);
+        match t.container(&name) {
+            None => assert!(rm, "{name} vanished without --rm"),
+            Some(c) => {
+                assert!(!rm, "{name} still listed after it exited with --rm: {c}");
+                assert_eq!(c["status"].as_str(), Some("exited"), "{c}");
+                assert_eq!(c["exit_code"].as_i64(), Some(137), "{c}");
+            }
+        }
+        t.assert_no_processes_left();
+
+        let name = format!("kill-{tag}");
+        let running = foreground(&t, &name, rm);
+        // As podman: SIGKILL unless told otherwise.
+        t.nook(&["kill", &name]).assert_ok().assert_stdout(&name);
+        running.wait().assert_code(137);
+        t.assert_no_processes_left();
+        let name = format!("term-{tag}");
+        let running = foreground(&t, &name, rm);
+        t.nook(&["exec", "-d", &name, "sh", "-c", QUIET_SLEEP])
+            .assert_ok();
+        t.nook(&["kill", "--all", "-s", "TERM", &name])
+            .assert_ok()
+            .assert_stdout(&name);
+        let out = t.nook(&["kill", "-s", "NOSUCH", &name]);
+        assert_ne!(out.code, Some(0), "{out}");
+        t.nook(&["kill", "-s", "KILL", &name]).assert_ok();
+        running.wait().assert_code(137);
+        t.assert_no_processes_left();
+
+        let name = format!("rmf-{tag}");
+        let running = foreground(&t, &name, rm);
+        t.nook(&["exec", "-d", &name, "sh", "-c", QUIET_SLEEP])
+            .assert_ok();
+        let id = t.container(&name).expect("listed")["id"]
+            .as_str()
+            .expect("id")
+            .to_string();
+        t.nook(&["rm", "-f", &name])
+            .assert_ok()
+            .assert_stdout(&name);
+        // rm -f returns once the container's processes and its nook process are gone.
+        assert!(
+            t.processes().is_empty(),
+            "rm -f of {name} returned with processes running:\n{:?}",
+            t.processes()
+        );
+        running.wait().assert_code(137);
+        assert!(
+            t.container(&name).is_none(),
+            "{name} still listed after rm -f"
+        );
+        assert!(
+            !t.container_dirs().contains(&id),
+            "{name}'s directory is still there"
+        );
+        let out = t.nook(&["kill", &name]);
+        assert_ne!(out.code, Some(0), "{out}");
+    }
+    assert_eq!(t.container_dirs().len(), 3, "{:?}", t.container_dirs());
+}
+
+#[test]
+fn foreground_containers_are_reachable_by_every_verb() {
+    let Some(t) = Nook::new() else { return };
+    foreground_containers_are_reachable(t);
+}
+
+#[test]
+fn foreground_containers_are_reachable_by_every_verb_without_subordinate_ids() {
+    let Some(t) = Nook::new_without_subids() else {
+        return;
+    };
+    foreground_containers_are_reachable(t);
+}
+
+#[test]
+fn a_foreground_container_ends_with_its_terminal_unless_nohup() {
+    let Some(t) = Nook::new() else { return };
+    foreground_container_ends_with_its_terminal(t);
+}
+
+#[test]
+fn a_foreground_container_ends_with_its_terminal_without_subordinate_ids() {
+    let Some(t) = Nook::new_without_subids() else {
+        return;
+    };
+    foreground_container_ends_with_its_terminal(t);
+}
+
+fn foreground_container_ends_with_its_terminal(t: Nook) {
+    for rm in [true, false] {
+        let name = format!("hup-{rm}");
+        let running = foreground(&t, &name, rm);
+        let hung_up = Instant::now();
+        running.signal(nix::sys::signal::Signal::SIGHUP);
+        running.wait().assert_code(137);
+        assert!(
+            hung_up.elapsed() < Duration::from_secs(10),
+            "{name} took {:?} to end after the hangup",
+            hung_up.elapsed()
+        );
+        t.assert_no_processes_left();
+        if rm {
+            assert!(t.container(&name).is_none());
+        } else {
+            let c = t.container(&name).expect("kept container listed");
+            assert_eq!(c["status"].as_str(), Some("exited"), "{c}");
+        }
+    }
+
+    // A container that ends by itself on SIGHUP is not killed.
+    let running = t
+        .cmd(&[
+            "run",
+            "--rm",
+            "--init",
+            t.image(),
+            "sh",
+            "-c",
+            "trap 'echo hangup; exit 7' HUP; echo ready; while :; do sleep 1; done",
+        ])
+        .spawn();
+    running.wait_for_stdout("ready", Duration::from_secs(20));
+    running.signal(nix::sys::signal::Signal::SIGHUP);
+    let out = running.wait();
+    out.assert_code(7).assert_stdout("ready\nhangup");
+
+    // Under nohup the hangup changes nothing: the container stays listed and stoppable.
+    let script = format!(
+        "trap '' HUP; exec {} run --rm --name kept {} sleep 1000",
+        t.bin().display(),
+        t.image()
+    );
+    let running = t
+        .cmd(&["-c", &script])
+        .bin(std::path::Path::new("/bin/sh"))
+        .spawn();
+    assert!(wait_until(Duration::from_secs(20), || t
+        .container("kept")
+        .is_some_and(|c| c["status"].as_str() == Some("running"))));
+    running.signal(nix::sys::signal::Signal::SIGHUP);
+    std::thread::sleep(common_grace());
+    let c = t
+        .container("kept")
+        .expect("kept still listed after SIGHUP under nohup");
+    assert_eq!(c["status"].as_str(), Some("running"), "{c}");
+    t.nook(&["stop", "-t", "1", "kept"]).assert_ok();
+    running.wait().assert_code(137);
+    t.assert_no_processes_left();
+}
+
+/// Longer than nook's hangup grace (3 s).
+fn common_grace() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn rmi_never_leaves_a_container_without_its_image(t: Nook) {
+    t.nook(&["import", "-q", t.image(), "base"]).assert_ok();
+    t.nook(&["run", "--name", "stopped", "base", "true"])
+        .assert_ok();
+    t.nook(&["run", "-d", "--name", "live", "base", "sleep", "1000"])
+        .assert_ok();
+    let fg = foreground_of(&t, "fg", "base");
+    let out = t.nook(&["rmi", "base"]);
+    assert_ne!(out.code, Some(0), "rmi of an image in use succeeded\n{out}");
+    for name in ["stopped", "live", "fg"] {
+        assert!(out.stderr.contains(name), "{name} not named\n{out}");
+        assert!(
+            t.container(name).is_some(),
+            "{name} gone after a refused rmi"
+        );
+    }
+    t.nook(&["exec", "live", "ls", "/bin/busybox"]).assert_ok();
+    t.nook(&["images", "-q"]).assert_ok().assert_stdout("base");
+
+    // As podman: -f removes the containers (stopping the running ones), then the image.
+    let out = t.nook(&["rmi", "-f", "base"]);
+    out.assert_ok().assert_stdout("base");
+    fg.wait().assert_code(137);
+    assert!(t.ps().is_empty(), "{:?}", t.ps());
+    assert_eq!(t.container_dirs(), Vec::<String>::new());
+    t.nook(&["images", "-q"]).assert_ok().assert_stdout("");
+    t.assert_no_processes_left();
+}
+
+fn foreground_of(t: &Nook, name: &str, image: &str) -> common::Running {
+    let running = t
+        .cmd(&["run", "--rm", "--name", name, image, "sleep", "1000"])
+        .spawn();
+    assert!(
+        wait_until(Duration::from_secs(20), || t
+            .container(name)
+            .is_some_and(|c| c["status"].as_str() == Some("running"))),
+        "{name} not running: {:?}",
+        running.output_so_far()
+    );
+    running
+}
+
+#[test]
+fn rmi_never_leaves_a_container_without_its_image_with_subordinate_ids() {
+    let Some(t) = Nook::new() else { return };
+    rmi_never_leaves_a_container_without_its_image(t);
+}
+
+#[test]
+fn rmi_never_leaves_a_container_without_its_image_without_subordinate_ids() {
+    let Some(t) = Nook::new_without_subids() else {
+        return;
+    };
+    rmi_never_leaves_a_container_without_its_image(t);
+}
+
+fn nothing_nook_writes_for_itself_lands_in_a_container(t: Nook) {
+    t.nook(&["run", "-d", "--name", "ct", t.image(), "sleep", "1000"])
+        .assert_ok();
+    t.nook(&["exec", "ct", "true"]).assert_ok();
+    t.nook(&["exec", "-u", "1000", "ct", "true"]);
+    let out = t.nook(&["diff", "ct"]);
+    out.assert_ok();
+    let home = t.home.display().to_string();
+    assert!(
+        !out.stdout.contains(".cache") && !out.stdout.contains(&home),
+        "nook's own files in the container's layer:\n{out}"
+    );
+    t.nook(&["rm", "-f", "ct"]).assert_ok();
+}
+
+#[test]
+fn exec_writes_nothing_of_nook_into_the_container() {
+    let Some(t) = Nook::new() else { return };
+    nothing_nook_writes_for_itself_lands_in_a_container(t);
+}
+
+#[test]
+fn exec_writes_nothing_of_nook_into_the_container_without_subordinate_ids() {
+    let Some(t) = Nook::new_without_subids() else {
+        return;
+    };
+    nothing_nook_writes_for_itself_lands_in_a_container(t);
+}
+
+/// A second process for `exec -d`, which must not hold the test's output pipes.
+const QUIET_SLEEP: &str = "exec >/dev/null 2>&1 </dev/null; exec sleep 1000";
+
+#[test]
+fn rmi_racing_runs_never_takes_an_image_from_under_a_container() {
+    let Some(t) = Nook::new() else { return };
+    t.nook(&["import", "-q", t.image(), "base"]).assert_ok();
+    let script = "sleep 1; test -x /bin/busybox && echo intact";
+    let mut runs = Vec::new();
+    for _ in 0..4 {
+        runs.push(t.cmd(&["run", "--rm", "base", "sh", "-c", script]).spawn());
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let removed = wait_until(Duration::from_secs(30), || {
+        t.nook(&["rmi", "base"]).code == Some(0)
+    });
+    assert!(removed, "rmi never succeeded");
+    for run in runs {
+        let out = run.wait();
+        match out.code {
+            Some(0) => assert_eq!(out.stdout.trim(), "intact", "{out}"),
+            _ => assert!(
+                out.stderr.contains("base"),
+                "a run that lost the race must name the image\n{out}"
+            ),
+        }
+    }
+    assert!(t.ps().is_empty(), "{:?}", t.ps());
+    assert_eq!(t.container_dirs(), Vec::<String>::new());
+}

@@ -344,3 +344,26 @@ fn a_user_without_subordinate_ids_can_run_containers() {
         .assert_ok()
         .assert_stdout("written\n0");
 }
+
+#[test]
+fn podman_spellings_mean_what_they_mean_in_podman() {
+    let Some(t) = Nook::new() else { return };
+    let img = t.image();
+    // -h is --hostname; --help stays help.
+    t.nook(&["run", "--rm", "-h", "myhost", img, "hostname"])
+        .assert_ok()
+        .assert_stdout("myhost");
+    let help = t.nook(&["run", "--help"]);
+    help.assert_ok();
+    assert!(help.stdout.contains("-h, --hostname"), "{help}");
+    // Everything after the image is the command, options of nook's included.
+    t.nook(&[
+        "run", "--rm", img, "printf", "%s\\n", "-e", "X", "--rm", "-h",
+    ])
+    .assert_ok()
+    .assert_stdout("-e\nX\n--rm\n-h");
+    t.nook(&["run", "--rm", img, "sh", "-c", "echo \"$X\"", "-e", "X=1"])
+        .assert_ok()
+        .assert_stdout("");
+    assert!(t.ps().is_empty(), "{:?}", t.ps());
+}

@@ -160,3 +160,47 @@ fn volume_target_missing_from_the_image_is_created_without_writing_the_image() {
         "the image was written"
     );
 }
+
+#[test]
+fn volumes_over_the_kernel_filesystems_are_refused_and_leave_nothing() {
+    let Some(t) = Nook::new() else { return };
+    let vol = t.mkdir("vol");
+    let img = t.image_copy("image");
+    // A symbolic link in the image that leads to /proc counts as /proc.
+    std::os::unix::fs::symlink("/proc", Path::new(&img).join("myproc")).unwrap();
+    std::os::unix::fs::symlink("../dev", Path::new(&img).join("etc/devices")).unwrap();
+    for dest in [
+        "/",
+        "/proc",
+        "/proc/",
+        "/proc/sys",
+        "//proc/./sys",
+        "/tmp/../proc",
+        "/dev",
+        "/dev/pts",
+        "/sys",
+        "/myproc",
+        "/myproc/sys",
+        "/etc/devices",
+    ] {
+        let out = t.nook(&["run", "--rm", "-v", &volume_arg(&vol, dest), &img, "true"]);
+        assert_eq!(out.code, Some(125), "-v {dest} accepted\n{out}");
+        assert!(out.stderr.contains("refuses"), "-v {dest}\n{out}");
+    }
+    assert!(t.ps().is_empty(), "{:?}", t.ps());
+    assert_eq!(t.container_dirs(), Vec::<String>::new());
+    // What lies beside or below them stays possible.
+    let out = t.nook(&[
+        "run",
+        "--rm",
+        "-v",
+        &volume_arg(&vol, "/dev/shm/data"),
+        "-v",
+        &volume_arg(&vol, "/procfiles"),
+        &img,
+        "sh",
+        "-c",
+        "test -d /dev/shm/data && test -d /procfiles && test -e /proc/self/status && echo ok",
+    ]);
+    out.assert_ok().assert_stdout("ok");
+}

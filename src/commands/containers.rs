@@ -143,10 +143,28 @@ fn wait_until_stopped(container: &Container, timeout: Duration) -> bool {
     }
 }
 
-/// SIGTERM, a grace period, then SIGKILL; returns once the container's monitor has recorded
+/// The container's state once any nook process that is still setting it up is done: a
+/// container is `created` only while its creator prepares the root and starts it (or after that
+/// creator died), and a verb arriving then must act on what it becomes, not on a passing stage.
+fn settled_state(container: &Container) -> State {
+    let deadline = Instant::now() + SETUP_WAIT;
+    loop {
+        let state = container.state();
+        if state.status.is_some() || !container.meta.creator_alive() || Instant::now() >= deadline {
+            return state;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// How long a verb waits for a container that another nook process is still starting (the
+/// copy backend copies the whole image first).
+const SETUP_WAIT: Duration = Duration::from_secs(60);
+
+/// SIGTERM, a grace period, then SIGKILL; returns once the container's runner has recorded
 /// the end.
 fn stop_container(container: &Container, grace: Duration) -> Result<()> {
-    signal_container(&container.state(), Signal::SIGTERM)?;
+    signal_container(&settled_state(container), Signal::SIGTERM)?;
     if wait_until_stopped(container, grace) {
         return Ok(());
     }
@@ -156,6 +174,26 @@ fn stop_container(container: &Container, grace: Duration) -> Result<()> {
             "container {} did not stop after SIGKILL",
             container.meta.name
         );
+    }
+    Ok(())
+}
+
+/// Waits until the nook process that ran the container has exited, so that whatever it does
+/// last (removing a `--rm` container) is over.
+fn wait_for_runner(container: &Container, state: &State) -> Result<()> {
+    let (Some(pid), Some(start)) = (state.runner_pid, state.runner_start) else {
+        return Ok(());
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while crate::container::process_start_time(pid) == Some(start) {
+        if Instant::now() >= deadline {
+            bail!(
+                "nook process {pid}, which ran container {}, did not exit after its container \
+                 stopped",
+                container.meta.name
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
     Ok(())
 }
@@ -179,20 +217,40 @@ fn for_each(
 
 pub fn rm(args: &RmArgs) -> Result<i32> {
     for_each(&args.containers, |store, c| {
-        if c.state().effective_status() == Status::Running {
-            if !args.force {
-                bail!(
-                    "container {} is running: stop it first (`nook stop {}`) or use `nook rm -f`",
-                    c.meta.name,
-                    c.meta.name
-                );
-            }
-            stop_container(&c, Duration::ZERO)?;
-        }
-        store.remove(&c)?;
+        remove_container(store, &c, args.force)?;
         println!("{}", c.meta.name);
         Ok(())
     })
+}
+
+/// Removes a container; with `force` a running one is stopped first, its processes ended before
+/// anything of it is removed.
+pub fn remove_container(store: &Store, c: &Container, force: bool) -> Result<()> {
+    let state = if force { settled_state(c) } else { c.state() };
+    if state.status.is_none() && c.meta.creator_alive() {
+        let advice = if force {
+            "try again once it runs"
+        } else {
+            "wait for it, or use `nook rm -f` to stop it once it runs"
+        };
+        bail!(
+            "container {} is still being started by nook process {}: {advice}",
+            c.meta.name,
+            c.meta.creator_pid.unwrap_or_default()
+        );
+    }
+    if state.effective_status() == Status::Running {
+        if !force {
+            bail!(
+                "container {} is running: stop it first (`nook stop {}`) or use `nook rm -f`",
+                c.meta.name,
+                c.meta.name
+            );
+        }
+        stop_container(c, Duration::ZERO)?;
+        wait_for_runner(c, &state)?;
+    }
+    store.remove(c)
 }
 
 pub fn stop(args: &StopArgs) -> Result<i32> {
@@ -210,7 +268,8 @@ pub fn logs(args: &LogsArgs) -> Result<i32> {
     let mut file = match std::fs::File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
-            "container {} has no log: only detached containers (`nook run -d`) keep one",
+            "container {} has no log: its output goes to the terminal of its `nook run`; only \
+             detached containers (`nook run -d`) keep one",
             container.meta.name
         ),
         Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),

@@ -138,23 +138,44 @@ pub fn images(args: &ImagesArgs) -> Result<i32> {
 
 pub fn rmi(args: &RmiArgs) -> Result<i32> {
     let store = ImageStore::open()?;
-    let containers = Store::open()?.list()?;
+    let containers = Store::open()?;
     let mut failed = false;
     for name in &args.images {
         let result = store.get(name).and_then(|image| {
-            let users: Vec<&str> = containers
-                .iter()
+            // Every container made from the image, running or not: none may lose its image.
+            let users: Vec<Container> = containers
+                .list()?
+                .into_iter()
                 .filter(|c| c.meta.image == image.rootfs())
-                .map(|c| c.meta.name.as_str())
                 .collect();
             if !users.is_empty() && !args.force {
+                let names: Vec<&str> = users.iter().map(|c| c.meta.name.as_str()).collect();
                 bail!(
-                    "image {name} is used by container(s) {}: remove them first, or use \
-                     `nook rmi -f`",
-                    users.join(", ")
+                    "image {name} is used by container(s) {}: remove them first (`nook rm`), or \
+                     use `nook rmi -f` to remove them with the image",
+                    names.join(", ")
                 );
             }
-            store.remove(&image)
+            // As podman's `rmi -f`: the containers go first (running ones are stopped), so that
+            // no container is left without its image.
+            for c in &users {
+                super::containers::remove_container(&containers, c, true).with_context(|| {
+                    format!("removing container {} of image {name}", c.meta.name)
+                })?;
+                eprintln!(
+                    "nook: removed container {} (it used image {name})",
+                    c.meta.name
+                );
+            }
+            let rootfs = image.rootfs();
+            store.remove_unless_used(&image, || {
+                Ok(containers
+                    .list()?
+                    .into_iter()
+                    .filter(|c| c.meta.image == rootfs)
+                    .map(|c| c.meta.name)
+                    .collect())
+            })
         });
         match result {
             Ok(()) => println!("{name}"),

@@ -584,8 +584,26 @@ fn container_pids(pid1: i32) -> Vec<i32> {
 }
 
 pub fn kill_container(global: &GlobalArgs, args: &KillArgs) -> Result<i32> {
-    let signal = parse_signal(&args.signal)?;
-    let entry = state_root(global)?.get(&args.id)?;
+    let given = args.signal.as_deref().or(args.signal_flag.as_deref());
+    let root = state_root(global)?;
+    let is_oci = crate::oci_state::validate_id(&args.id).is_ok() && root.ids()?.contains(&args.id);
+    if !is_oci {
+        // An engine's kill of a container it already deleted must not create a store.
+        let has_store =
+            crate::container::storage_root().is_ok_and(|root| root.join("containers").is_dir());
+        let human = has_store
+            .then(|| crate::container::Store::open().and_then(|store| store.get(&args.id)))
+            .and_then(Result::ok);
+        if let Some(container) = human {
+            return kill_human(
+                &container,
+                parse_signal(given.unwrap_or("SIGKILL"))?,
+                args.all,
+            );
+        }
+    }
+    let signal = parse_signal(given.unwrap_or("SIGTERM"))?;
+    let entry = root.get(&args.id)?;
     let record = entry.record()?;
     if entry.status(&record) == ContainerState::Stopped {
         bail!("container {} is not running", args.id);
@@ -602,6 +620,32 @@ pub fn kill_container(global: &GlobalArgs, args: &KillArgs) -> Result<i32> {
             Err(e) => return Err(e).with_context(|| format!("kill -{signal} {pid}")),
         }
     }
+    Ok(0)
+}
+
+/// `kill` of a container of `nook ps`: its runner records the end, as after `nook stop`.
+fn kill_human(
+    container: &crate::container::Container,
+    signal: libc::c_int,
+    all: bool,
+) -> Result<i32> {
+    let state = container.state();
+    let pid = match (state.effective_status(), state.pid) {
+        (crate::container::Status::Running, Some(pid)) => pid,
+        _ => bail!(
+            "container {} is not running (see `nook ps`)",
+            container.meta.name
+        ),
+    };
+    let targets = if all { container_pids(pid) } else { vec![pid] };
+    for pid in targets {
+        match crate::sys::send_signal(pid, signal) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(e) => return Err(e).with_context(|| format!("kill -{signal} {pid}")),
+        }
+    }
+    println!("{}", container.meta.name);
     Ok(0)
 }
 
@@ -787,7 +831,7 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> Result<i32> {
     Ok(code)
 }
 
-/// Where `exec` goes: an OCI container under `--root`, else a `nook run -d` container.
+/// Where `exec` goes: an OCI container under `--root`, else a container of `nook ps`.
 fn exec_target(global: &GlobalArgs, name: &str) -> Result<(Spec, i32)> {
     let root = state_root(global)?;
     if crate::oci_state::validate_id(name).is_ok() && root.ids()?.iter().any(|id| id == name) {

@@ -35,6 +35,8 @@ struct Checked {
     workdir: Option<String>,
     network: NetworkMode,
     root_emulation: root_emulation::Verdict,
+    /// A stored image's name and metadata file, checked again once the container is on disk.
+    stored: Option<(String, PathBuf)>,
 }
 
 fn check(args: &RunArgs) -> Result<Checked> {
@@ -75,6 +77,22 @@ fn check(args: &RunArgs) -> Result<Checked> {
         .iter()
         .map(|v| Volume::parse(v))
         .collect::<Result<Vec<_>>>()?;
+    for volume in &volumes {
+        let Some(real) = spec::resolve_in_image(&image, &volume.destination) else {
+            continue;
+        };
+        if let Some(why) = spec::replaces_kernel_filesystem(&real) {
+            bail!(
+                "volume {}:{}: in the image, {} leads to {} (a symbolic link), which is {why}; \
+                 a bind mount there would replace it, so nook refuses it. Mount the directory \
+                 elsewhere",
+                volume.source.display(),
+                volume.destination.display(),
+                volume.destination.display(),
+                real.display()
+            );
+        }
+    }
     let user = match (&args.user, args.userns) {
         (None, UsernsArg::KeepId) => spec::ContainerUser {
             uid: caller.uid,
@@ -152,7 +170,19 @@ fn check(args: &RunArgs) -> Result<Checked> {
         workdir,
         network,
         root_emulation,
+        stored: stored.map(|i| (i.meta.name.clone(), i.dir.join("image.json"))),
     })
+}
+
+/// `nook rmi` takes an image out of sight before it looks for containers using it: a container
+/// that got on disk after that look finds its image gone here, and is not started.
+fn image_kept(checked: &Checked) -> Result<()> {
+    match &checked.stored {
+        Some((name, meta)) if !meta.exists() => {
+            bail!("image {name} was removed (`nook rmi`) while this container was being created")
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The command a container runs, as docker makes it: the entrypoint (the image's, or
@@ -260,6 +290,10 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     let deferred = decision.backend == Backend::Overlay && !args.detach;
     if !deferred {
         store.materialize(&container)?;
+        if let Err(e) = image_kept(&checked) {
+            let _ = store.remove(&container);
+            return Err(e);
+        }
     }
     let prepared = match prepare(args, &checked, &container, decision.backend) {
         Ok(p) => p,
@@ -270,6 +304,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     };
     let materialize = || -> Result<()> {
         store.materialize(&container)?;
+        image_kept(&checked)?;
         save_spec(&prepared.spec, &container)
     };
     if !deferred {
@@ -303,15 +338,19 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             return Err(e);
         }
     };
-    if !args.rm {
-        record_running(&container, started.pid.as_raw())?;
+    // Recorded whatever `--rm` says: a container that runs is one `ps`, `exec`, `stop` and
+    // `rm -f` must find.
+    if let Err(e) = record_running(&container, started.pid.as_raw()) {
+        let _ = started.kill();
+        let _ = store.remove(&container);
+        return Err(e);
     }
     let stdin = if args.interactive {
         StdinMode::Relay
     } else {
         StdinMode::Ignore
     };
-    let code = started.wait(stdin)?;
+    let code = started.wait_foreground(stdin)?;
     finish(&store, &container, code)?;
     Ok(code)
 }

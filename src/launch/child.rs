@@ -31,6 +31,8 @@ pub(super) struct Context<'a> {
     pub gate: Option<OwnedFd>,
     /// The fifo held open for reading while the child waits at the gate (`O_PATH` here).
     pub waiting: Option<OwnedFd>,
+    /// An `exec`'s seccomp program, compiled before it entered the container.
+    pub seccomp: Option<security::SeccompProgram>,
 }
 
 /// Runs in the cloned child; never returns. Any failure goes to the parent as a message.
@@ -84,7 +86,7 @@ fn fail(chan: &Channel, err: anyhow::Error, parent_gone: bool) -> ! {
 /// the process that runs the command as a sibling (so the parent waits for it directly), tells
 /// the parent its pid and exits. Both stay non-dumpable until `execve`: the container's root
 /// must never get at nook's binary through `/proc/PID/exe` or at its memory.
-pub(super) fn join_then_run(ctx: Context<'_>, target: Pid) -> ! {
+pub(super) fn join_then_run(mut ctx: Context<'_>, target: Pid) -> ! {
     let joined = (|| -> Result<sys::CloneResult> {
         // The container's score, for the command that joins it too (before /proc/self is
         // handed to the host's root).
@@ -93,6 +95,10 @@ pub(super) fn join_then_run(ctx: Context<'_>, target: Pid) -> ! {
             security::set_oom_score_adj(value)?;
         }
         sys::set_not_dumpable().context("prctl(PR_SET_DUMPABLE)")?;
+        // Compiled (and its cache read and written) while the paths are still the host's: past
+        // the mount namespace they would be the container's, and the cache would land in its
+        // layer.
+        ctx.seccomp = seccomp_of(ctx.launch.spec)?;
         join_namespaces(target)?;
         sys::clone_process(libc::CLONE_PARENT)
             .context("clone(CLONE_PARENT) of the process that joins the container")
@@ -108,6 +114,12 @@ pub(super) fn join_then_run(ctx: Context<'_>, target: Pid) -> ! {
         }
         Err(e) => fail(&ctx.chan, e, false),
     }
+}
+
+/// The seccomp program of the spec's profile, if it has one.
+fn seccomp_of(spec: &oci_spec::runtime::Spec) -> Result<Option<security::SeccompProgram>> {
+    let profile = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
+    profile.map(security::seccomp_program).transpose()
 }
 
 /// Makes the kernel kill this process when nook (its parent) dies. A parent that died before
@@ -202,10 +214,11 @@ fn become_container(ctx: &mut Context<'_>, gate_passed: &Cell<bool>) -> Result<I
     if launch.die_with_parent {
         stay_with_parent(chan)?;
     }
-    // Compiled while the parent writes the id maps.
-    let mut seccomp = match linux.and_then(|l| l.seccomp().as_ref()) {
-        Some(profile) => Some(security::seccomp_program(profile)?),
-        None => None,
+    // A new container's is compiled while the parent writes the id maps, before the root
+    // changes.
+    let mut seccomp = match launch.target {
+        Target::New { .. } => seccomp_of(spec)?,
+        Target::Join { .. } => ctx.seccomp.take(),
     };
     let mut host_pid = None;
     let gate = ctx.gate.take();

@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -68,12 +69,15 @@ pub(super) fn forward_until_exit(
     signals: &SignalFd,
     pty: Option<OwnedFd>,
     stdin_mode: StdinMode,
+    hangup_grace: Option<Duration>,
 ) -> Result<i32> {
     let relay_stdin = pty.is_some() && stdin_mode == StdinMode::Relay;
     let _raw = relay_stdin.then(RawTerminal::enter).flatten();
     let mut master = pty.map(std::fs::File::from);
     let mut stdin_open = relay_stdin;
     let mut exit = None;
+    // Set at a hangup when the container must end with its terminal.
+    let mut kill_at: Option<Instant> = None;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         if exit.is_some() && master.is_none() {
@@ -88,18 +92,25 @@ pub(super) fn forward_until_exit(
             fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
         }
         // Once the command is gone, drain what its terminal still holds, then stop.
-        let timeout = if exit.is_some() {
-            PollTimeout::from(100u16)
-        } else {
-            PollTimeout::NONE
+        let timeout = match (exit, kill_at) {
+            (Some(_), _) => PollTimeout::from(100u16),
+            (None, Some(at)) => {
+                let left = at.saturating_duration_since(Instant::now()).as_millis();
+                PollTimeout::from(left.min(u16::MAX as u128) as u16)
+            }
+            (None, None) => PollTimeout::NONE,
         };
         let ready = match poll(&mut fds, timeout) {
             Ok(n) => n,
             Err(nix::Error::EINTR) => continue,
             Err(e) => return Err(e).context("poll"),
         };
-        if ready == 0 {
+        if ready == 0 && exit.is_some() {
             break;
+        }
+        if exit.is_none() && kill_at.is_some_and(|at| Instant::now() >= at) {
+            let _ = kill(pid, Signal::SIGKILL);
+            kill_at = None;
         }
         let revents: Vec<bool> = fds
             .iter()
@@ -122,6 +133,12 @@ pub(super) fn forward_until_exit(
                     }
                     Signal::SIGWINCH if master.is_some() => {
                         copy_window_size(master.as_ref().expect("checked").as_fd());
+                    }
+                    Signal::SIGHUP => {
+                        let _ = kill(pid, Signal::SIGHUP);
+                        if let (Some(grace), None) = (hangup_grace, kill_at) {
+                            kill_at = Some(Instant::now() + grace);
+                        }
                     }
                     other => {
                         let _ = kill(pid, other);

@@ -21,6 +21,7 @@ mod userns;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
@@ -104,6 +105,9 @@ const FORWARDED: [Signal; 7] = [
     Signal::SIGUSR2,
     Signal::SIGWINCH,
 ];
+
+/// How long a foreground container has to end by itself after its terminal hangs up.
+pub const HANGUP_GRACE: Duration = Duration::from_secs(3);
 
 /// A container whose command is running.
 pub struct Started {
@@ -213,6 +217,7 @@ pub fn start(launch: &Launch<'_>) -> Result<Started> {
         may_setgroups,
         gate,
         waiting,
+        seccomp: None,
     };
     let cloned = if fuse {
         // Off the fast path: a helper in the user and mount namespaces holds fuse-overlayfs.
@@ -427,7 +432,28 @@ impl Started {
     /// Forwards signals (and the terminal) until the container's command ends; returns the status
     /// nook should exit with: its exit code, or 128+N when signal N killed it.
     pub fn wait(self, stdin: StdinMode) -> Result<i32> {
-        let status = io::forward_until_exit(self.pid, &self.signals, self.pty, stdin);
+        self.wait_with(stdin, None)
+    }
+
+    /// Like [`Started::wait`], for a container that belongs to its terminal (a foreground
+    /// `nook run`): a hangup is passed on, and a container still running [`HANGUP_GRACE`]
+    /// later is killed, as a foreground process dies with its terminal. Its first process is
+    /// the init of a pid namespace, which the kernel shields from signals it has no handler
+    /// for, so the forwarded SIGHUP alone would not end it. Under `nohup` the hangup is
+    /// only passed on.
+    pub fn wait_foreground(self, stdin: StdinMode) -> Result<i32> {
+        let grace = (!sys::hangup_ignored()).then_some(HANGUP_GRACE);
+        self.wait_with(stdin, grace)
+    }
+
+    /// Kills the container and collects it, for a start whose bookkeeping failed.
+    pub fn kill(self) -> Result<i32> {
+        let _ = nix::sys::signal::kill(self.pid, Signal::SIGKILL);
+        self.wait(StdinMode::Ignore)
+    }
+
+    fn wait_with(self, stdin: StdinMode, hangup_grace: Option<Duration>) -> Result<i32> {
+        let status = io::forward_until_exit(self.pid, &self.signals, self.pty, stdin, hangup_grace);
         if let Some(helper) = self.helper {
             helper.finish();
         }
