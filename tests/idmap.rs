@@ -207,9 +207,24 @@ fn user_without_subordinate_ids_gets_a_clear_error_where_only_a_range_can_work()
     );
     assert!(out.stderr.contains("usermod --add-subuids"), "{out}");
     assert!(t.container_dirs().is_empty());
-    // chown to an unmapped id fails inside, and the container still reports it normally.
-    let out = t.nook(&["run", "--rm", "-q", t.image(), "chown", "1000", "/tmp"]);
+    // chown to an unmapped id fails inside without root emulation, and the container still
+    // reports it normally; with it (the default here) the chown succeeds without acting.
+    let chown = |emulation: &str| {
+        t.nook(&[
+            "run",
+            "--rm",
+            "-q",
+            "--root-emulation",
+            emulation,
+            t.image(),
+            "chown",
+            "1000",
+            "/tmp",
+        ])
+    };
+    let out = chown("off");
     assert_ne!(out.code, Some(0), "{out}");
+    chown("auto").assert_ok();
 }
 
 /// A tar archive with entries owned by root, uid 42 and uid 1000, as real images have.
