@@ -93,6 +93,7 @@ pub fn info(args: &InfoArgs) -> Result<i32> {
     checks.push(backend_check);
     checks.push(cgroup_delegation());
     checks.push(seccomp());
+    checks.extend(kernel_calls());
 
     match args.format {
         InfoFormat::Json => {
@@ -139,6 +140,25 @@ fn kernel() -> Check {
         ),
         Err(e) => bad("kernel", format!("uname: {e}"), "check /proc is mounted"),
     }
+}
+
+/// Each newer system call nook uses: present, or missing and what nook does instead. A missing
+/// call is no failure: each has a fallback for kernels down to 4.18.
+fn kernel_calls() -> Vec<Check> {
+    crate::sys::kernel_calls()
+        .into_iter()
+        .map(|call| {
+            let value = if call.present {
+                format!("yes (Linux {}+)", call.since)
+            } else {
+                format!(
+                    "no (fallback; the kernel predates Linux {}): {}",
+                    call.since, call.without
+                )
+            };
+            good(call.name, value)
+        })
+        .collect()
 }
 
 fn user_namespaces(mapping: &IdMapping) -> Check {
