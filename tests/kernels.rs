@@ -56,6 +56,11 @@ fn info_tells_which_newer_calls_the_kernel_has() {
             assert_eq!(value(&real, name), format!("yes (Linux {since}+)"));
         }
     }
+    if old_kernel().is_some() {
+        // The suite's own mode is in force for every invocation.
+        let suite = info(&t, None);
+        assert!(value(&suite, "openat2").starts_with("no (fallback"));
+    }
     let no_openat2 = info(&t, Some(OldKernel::NoOpenat2));
     let v = value(&no_openat2, "openat2");
     assert!(v.starts_with("no (fallback") && v.contains("5.6"), "{v}");
