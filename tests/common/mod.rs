@@ -809,36 +809,15 @@ impl Nook {
 
     /// `program ARGS...` as the runner, with the test's environment (HOME, XDG_RUNTIME_DIR,
     /// NOOK_STORAGE, PATH) and working directory: for the tools driven beside nook (crun,
-    /// podman) and for nook runs whose output a detached container inherits.
+    /// podman) and for nook runs whose output a detached container inherits. With
+    /// `NOOK_TEST_OLD_KERNEL` set, on that simulated kernel (see [`OldKernel`]).
     pub fn command_for(
         &self,
         program: &Path,
         args: &[String],
         env: &[(String, String)],
     ) -> Command {
-        let r = &self.setup.runner;
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .env_clear()
-            .env("HOME", &self.home)
-            .env("PATH", HOST_PATH)
-            .env("USER", &r.name)
-            .env("NOOK_STORAGE", &self.storage)
-            .env("XDG_RUNTIME_DIR", &self.runtime)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&self.dir);
-        match (old_kernel(), r.switch) {
-            (Some(kernel), true) => switch_user_on(&mut cmd, kernel, r.uid, r.gid),
-            (Some(kernel), false) => panic!(
-                "NOOK_TEST_OLD_KERNEL={kernel:?} needs the tests to run as root: the filter \
-                 must be installed without no_new_privs, or newuidmap stops working"
-            ),
-            (None, true) => {
-                cmd.uid(r.uid).gid(r.gid);
-            }
-            (None, false) => {}
-        }
-        cmd
+        self.command_with(old_kernel(), program, args, env)
     }
 
     /// Like [`Nook::command_for`], on a simulated old kernel whatever `NOOK_TEST_OLD_KERNEL` says.
@@ -849,11 +828,17 @@ impl Nook {
         args: &[String],
         env: &[(String, String)],
     ) -> Command {
+        self.command_with(Some(kernel), program, args, env)
+    }
+
+    fn command_with(
+        &self,
+        kernel: Option<OldKernel>,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Command {
         let r = &self.setup.runner;
-        assert!(
-            r.switch,
-            "the old-kernel simulation needs the tests to run as root (see OldKernel)"
-        );
         let mut cmd = Command::new(program);
         cmd.args(args)
             .env_clear()
@@ -864,7 +849,17 @@ impl Nook {
             .env("XDG_RUNTIME_DIR", &self.runtime)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.dir);
-        switch_user_on(&mut cmd, kernel, r.uid, r.gid);
+        match (kernel, r.switch) {
+            (Some(kernel), true) => switch_user_on(&mut cmd, kernel, r.uid, r.gid),
+            (Some(kernel), false) => panic!(
+                "the old-kernel simulation ({kernel:?}) needs the tests to run as root: the \
+                 filter must be installed without no_new_privs, or newuidmap stops working"
+            ),
+            (None, true) => {
+                cmd.uid(r.uid).gid(r.gid);
+            }
+            (None, false) => {}
+        }
         cmd
     }
 
