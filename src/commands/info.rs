@@ -142,21 +142,27 @@ fn kernel() -> Check {
     }
 }
 
-/// Each newer system call nook uses: present, or missing and what nook does instead. A missing
-/// call is no failure: each has a fallback for kernels down to 4.18.
+/// Each newer system call nook uses: present, or missing (a warning) and what nook does
+/// instead. None is a failure: each has a fallback for kernels down to 4.18.
 fn kernel_calls() -> Vec<Check> {
     crate::sys::kernel_calls()
         .into_iter()
         .map(|call| {
-            let value = if call.present {
-                format!("yes (Linux {}+)", call.since)
+            if call.present {
+                good(call.name, format!("yes (Linux {}+)", call.since))
             } else {
-                format!(
-                    "no (fallback; the kernel predates Linux {}): {}",
-                    call.since, call.without
+                warn(
+                    call.name,
+                    format!(
+                        "no (fallback; the kernel predates Linux {}): {}",
+                        call.since, call.without
+                    ),
+                    format!(
+                        "none needed; on Linux {} or later nook uses the call itself",
+                        call.since
+                    ),
                 )
-            };
-            good(call.name, value)
+            }
         })
         .collect()
 }
