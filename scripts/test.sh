@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build nook and run its whole test suite.
 #
-#   usage: scripts/test.sh [--fresh] [--setup] [CARGO TEST ARGS...]
+#   usage: scripts/test.sh [--fresh] [--setup] [--old-kernel] [CARGO TEST ARGS...]
 #
 # As root (CI): installs what the tests need, makes /dev/fuse usable, creates the unprivileged
 # test users and runs the suite; the tests then run nook as `nooktest` (with a subordinate id
@@ -13,6 +13,10 @@
 #          the installed test binaries and leftover test directories under /tmp, the test users
 #          with their homes and storage (as root), and target/. Installed packages stay.
 # --setup  prepares the host (packages, users, fixtures, loop filesystems) and stops.
+# --old-kernel  runs the suite with the system calls of Linux 4.18 (RHEL 8): the harness makes
+#          every call added since answer ENOSYS (tests/common/mod.rs, OldKernel), so nook's
+#          fallbacks are what runs (issue 19). Needs root: the filter is installed before the
+#          harness drops to the test user.
 # Other arguments go to `cargo test`.
 set -euo pipefail
 
@@ -28,6 +32,7 @@ while [ $# -gt 0 ]; do
     case $1 in
     --fresh) fresh=true ;;
     --setup) setup_only=true ;;
+    --old-kernel) export NOOK_TEST_OLD_KERNEL=4.18 ;;
     *) break ;;
     esac
     shift

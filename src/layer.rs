@@ -4,8 +4,9 @@
 //! earlier layers put there; device nodes are counted and skipped.
 //!
 //! Nothing an archive says can reach outside the directory: entry names with `..` or a leading
-//! `/` are refused, and every parent directory is opened with `openat2(RESOLVE_IN_ROOT)`, so a
-//! symlink from this or an earlier layer resolves as if the image were `/`. The final component
+//! `/` are refused, and every parent directory is opened with `sys::open_in_root` (openat2's
+//! `RESOLVE_IN_ROOT`, or its walk on older kernels), so a symlink from this or an earlier layer
+//! resolves as if the image were `/`. The final component
 //! is never followed: whatever is there is removed first and the new entry created with
 //! `O_EXCL`.
 

@@ -2,7 +2,8 @@
 //! `/dev`, `pivot_root`, then masked and read-only paths.
 //!
 //! Everything here runs in the child, inside its new user and mount namespaces, so every mount
-//! vanishes with the container. Mount targets are resolved with `openat2(RESOLVE_IN_ROOT)`: a
+//! vanishes with the container. Mount targets are resolved inside the root by
+//! [`sys::open_in_root`] (`openat2(RESOLVE_IN_ROOT)`, or its walk on kernels without it): a
 //! symlink in the image can never send a mount outside the container's root.
 
 use std::fs;
@@ -288,16 +289,13 @@ fn open_or_create(root: BorrowedFd<'_>, path: &Path, kind: Kind) -> Result<Owned
     open_or_create_following(root, path, kind, 0)
 }
 
-/// Symlinks followed before giving up, as the kernel's own limit.
-const MAX_SYMLINKS: u32 = 40;
-
 fn open_or_create_following(
     root: BorrowedFd<'_>,
     path: &Path,
     kind: Kind,
     followed: u32,
 ) -> Result<OwnedFd> {
-    if followed > MAX_SYMLINKS {
+    if followed > sys::MAX_SYMLINKS {
         bail!("too many symbolic links resolving {}", path.display());
     }
     match sys::open_in_root(root, path, libc::O_PATH) {
@@ -313,7 +311,7 @@ fn open_or_create_following(
             Component::Normal(name) => *name,
             Component::ParentDir => {
                 // `walked` holds only real directories, so its lexical parent is the real one;
-                // at the root it stays the root, as with RESOLVE_IN_ROOT.
+                // at the root it stays the root, as `open_in_root` does.
                 walked.pop();
                 parent = sys::open_in_root(root, &walked, libc::O_PATH)?;
                 continue;

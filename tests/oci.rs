@@ -812,11 +812,14 @@ fn crun_and_nook_make_the_same_container() {
             diff.join("\n")
         );
         let expected_seccomp = if seccomp { "Seccomp: 2" } else { "Seccomp: 0" };
-        assert!(
-            n.contains(&expected_seccomp.to_string()),
-            "{}",
-            n.join("\n")
-        );
+        // On the simulated old kernel every process already runs under the harness's filter.
+        if seccomp || common::old_kernel().is_none() {
+            assert!(
+                n.contains(&expected_seccomp.to_string()),
+                "{}",
+                n.join("\n")
+            );
+        }
     }
 }
 

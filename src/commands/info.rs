@@ -93,6 +93,7 @@ pub fn info(args: &InfoArgs) -> Result<i32> {
     checks.push(backend_check);
     checks.push(cgroup_delegation());
     checks.push(seccomp());
+    checks.extend(kernel_calls());
 
     match args.format {
         InfoFormat::Json => {
@@ -139,6 +140,31 @@ fn kernel() -> Check {
         ),
         Err(e) => bad("kernel", format!("uname: {e}"), "check /proc is mounted"),
     }
+}
+
+/// Each newer system call nook uses: present, or missing (a warning) and what nook does
+/// instead. None is a failure: each has a fallback for kernels down to 4.18.
+fn kernel_calls() -> Vec<Check> {
+    crate::sys::kernel_calls()
+        .into_iter()
+        .map(|call| {
+            if call.present {
+                good(call.name, format!("yes (Linux {}+)", call.since))
+            } else {
+                warn(
+                    call.name,
+                    format!(
+                        "no (fallback; the kernel predates Linux {}): {}",
+                        call.since, call.without
+                    ),
+                    format!(
+                        "none needed; on Linux {} or later nook uses the call itself",
+                        call.since
+                    ),
+                )
+            }
+        })
+        .collect()
 }
 
 fn user_namespaces(mapping: &IdMapping) -> Check {

@@ -448,6 +448,141 @@ pub fn force_remove(path: &Path) {
 }
 
 // ---------------------------------------------------------------------------
+// The old-kernel simulation.
+// ---------------------------------------------------------------------------
+
+/// A kernel older than the test machine's, simulated by a seccomp filter the harness installs
+/// in the child before it execs nook (or a tool that runs nook): the system calls that kernel
+/// lacks answer `ENOSYS`, as they would there, so nook's own fallbacks are what runs.
+///
+/// The filter is installed while the child is still root (CAP_SYS_ADMIN lets it do without
+/// no_new_privs, which would disable the setuid newuidmap/newgidmap), then the child becomes the
+/// test user and execs. The whole suite runs in a mode with `NOOK_TEST_OLD_KERNEL`; a test can
+/// ask for one invocation with [`NookCmd::on_kernel`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OldKernel {
+    /// `NOOK_TEST_OLD_KERNEL=openat2` (or `1`): only `openat2` is missing (Linux 5.5 and older).
+    NoOpenat2,
+    /// `NOOK_TEST_OLD_KERNEL=4.18`: the system calls of RHEL 8's kernel. Every call added after
+    /// 4.18 (on x86_64 and aarch64 the numbers from 424 on: pidfd_*, clone3, close_range,
+    /// openat2, mount_setattr, the new mount API, ...) is missing.
+    Calls4_18,
+    /// `Calls4_18`, and overlayfs cannot be mounted in a user namespace either (before 5.11 the
+    /// kernel answers `EPERM`), so the suite's overlay tests cannot run in it: for single
+    /// invocations ([`NookCmd::on_kernel`]) that show what nook chooses instead.
+    Linux4_18,
+}
+
+/// The suite's mode, from `NOOK_TEST_OLD_KERNEL` (unset, empty or `0`: the real kernel).
+pub fn old_kernel() -> Option<OldKernel> {
+    match std::env::var("NOOK_TEST_OLD_KERNEL").as_deref() {
+        Err(_) | Ok("") | Ok("0") => None,
+        Ok("1") | Ok("openat2") => Some(OldKernel::NoOpenat2),
+        Ok("4.18") => Some(OldKernel::Calls4_18),
+        Ok(other) => panic!("NOOK_TEST_OLD_KERNEL={other:?}: use openat2 (or 1), 4.18, or 0"),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH: u32 = 0xc000_003e;
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH: u32 = 0xc000_00b7;
+/// The first system call number after Linux 4.18's (pidfd_send_signal, 5.1), on both arches.
+const FIRST_AFTER_4_18: u32 = 424;
+
+/// Offsets in `struct seccomp_data`: nr, arch, then args[] (u64 each) from byte 16; little endian.
+const NR: u32 = 0;
+const ARCH: u32 = 4;
+const fn arg_low(i: u32) -> u32 {
+    16 + 8 * i
+}
+
+fn stmt(code: u16, k: u32) -> libc::sock_filter {
+    libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
+/// The BPF program of `kernel`. Built in the parent: the child only hands it to the kernel.
+fn old_kernel_filter(kernel: OldKernel) -> Vec<libc::sock_filter> {
+    const LD: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const JGE: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
+    const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    let allow = stmt(RET, libc::SECCOMP_RET_ALLOW);
+    let fail = |errno: i32| stmt(RET, libc::SECCOMP_RET_ERRNO | errno as u32);
+    let mut p = vec![
+        stmt(LD, ARCH),
+        jump(JEQ, AUDIT_ARCH, 1, 0),
+        allow,
+        stmt(LD, NR),
+    ];
+    match kernel {
+        OldKernel::NoOpenat2 => {
+            p.push(jump(JEQ, libc::SYS_openat2 as u32, 0, 1));
+            p.push(fail(libc::ENOSYS));
+        }
+        OldKernel::Calls4_18 | OldKernel::Linux4_18 => {
+            p.push(jump(JGE, FIRST_AFTER_4_18, 0, 1));
+            p.push(fail(libc::ENOSYS));
+        }
+    }
+    if kernel == OldKernel::Linux4_18 {
+        // An overlay mount passes its layers as data and no flags; every other mount nook makes
+        // has flags, or no data (a bare proc). Those alone are refused.
+        p.extend([
+            jump(JEQ, libc::SYS_mount as u32, 0, 7),
+            stmt(LD, arg_low(3)),
+            jump(JEQ, 0, 0, 5),
+            stmt(LD, arg_low(4)),
+            jump(JEQ, 0, 0, 2),
+            stmt(LD, arg_low(4) + 4),
+            jump(JEQ, 0, 1, 0),
+            fail(libc::EPERM),
+        ]);
+    }
+    p.push(allow);
+    p
+}
+
+/// Makes `cmd`'s child install the filter of `kernel` as root, then become `uid`/`gid`.
+fn switch_user_on(cmd: &mut Command, kernel: OldKernel, uid: u32, gid: u32) {
+    let program = old_kernel_filter(kernel);
+    // SAFETY: the closure runs between fork and exec and makes only async-signal-safe system
+    // calls (seccomp, setgroups, setgid, setuid) on memory prepared before the fork; it
+    // allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fprog = libc::sock_fprog {
+                len: program.len() as u16,
+                filter: program.as_ptr() as *mut libc::sock_filter,
+            };
+            let installed = libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                &fprog as *const libc::sock_fprog,
+            );
+            if installed != 0
+                || libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------
 // The per-test context.
 // ---------------------------------------------------------------------------
 
@@ -635,6 +770,7 @@ impl Nook {
             timeout: NOOK_TIMEOUT,
             inherit_fd: None,
             bin: None,
+            kernel: None,
         }
     }
 
@@ -673,9 +809,31 @@ impl Nook {
 
     /// `program ARGS...` as the runner, with the test's environment (HOME, XDG_RUNTIME_DIR,
     /// NOOK_STORAGE, PATH) and working directory: for the tools driven beside nook (crun,
-    /// podman) and for nook runs whose output a detached container inherits.
+    /// podman) and for nook runs whose output a detached container inherits. With
+    /// `NOOK_TEST_OLD_KERNEL` set, on that simulated kernel (see [`OldKernel`]).
     pub fn command_for(
         &self,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Command {
+        self.command_with(old_kernel(), program, args, env)
+    }
+
+    /// Like [`Nook::command_for`], on a simulated old kernel whatever `NOOK_TEST_OLD_KERNEL` says.
+    pub fn command_on(
+        &self,
+        kernel: OldKernel,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Command {
+        self.command_with(Some(kernel), program, args, env)
+    }
+
+    fn command_with(
+        &self,
+        kernel: Option<OldKernel>,
         program: &Path,
         args: &[String],
         env: &[(String, String)],
@@ -691,8 +849,16 @@ impl Nook {
             .env("XDG_RUNTIME_DIR", &self.runtime)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.dir);
-        if r.switch {
-            cmd.uid(r.uid).gid(r.gid);
+        match (kernel, r.switch) {
+            (Some(kernel), true) => switch_user_on(&mut cmd, kernel, r.uid, r.gid),
+            (Some(kernel), false) => panic!(
+                "the old-kernel simulation ({kernel:?}) needs the tests to run as root: the \
+                 filter must be installed without no_new_privs, or newuidmap stops working"
+            ),
+            (None, true) => {
+                cmd.uid(r.uid).gid(r.gid);
+            }
+            (None, false) => {}
         }
         cmd
     }
@@ -954,9 +1120,16 @@ pub struct NookCmd<'a> {
     timeout: Duration,
     inherit_fd: Option<(i32, PathBuf)>,
     bin: Option<PathBuf>,
+    kernel: Option<OldKernel>,
 }
 
 impl NookCmd<'_> {
+    /// Runs nook on a simulated old kernel (see [`OldKernel`]), whatever the suite's mode.
+    pub fn on_kernel(mut self, kernel: OldKernel) -> Self {
+        self.kernel = Some(kernel);
+        self
+    }
+
     /// Adds a variable to nook's environment.
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.into(), value.into()));
@@ -1000,7 +1173,10 @@ impl NookCmd<'_> {
     /// Starts nook and returns while it runs.
     pub fn spawn(self) -> Running {
         let bin = self.bin.as_deref().unwrap_or(&self.nook.setup.bin);
-        let mut cmd = self.nook.command_for(bin, &self.args, &self.env);
+        let mut cmd = match self.kernel {
+            Some(kernel) => self.nook.command_on(kernel, bin, &self.args, &self.env),
+            None => self.nook.command_for(bin, &self.args, &self.env),
+        };
         let (stdout_r, stdout_w) = self.nook.pipe();
         let (stderr_r, stderr_w) = self.nook.pipe();
         let (stdin_r, stdin_w) = match self.stdin {
