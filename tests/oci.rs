@@ -1396,24 +1396,28 @@ fn conformance_tmpcopyup_and_the_runtimes_own_mount_options() {
     };
     // Each runtime on its own copy: each makes its own mount points.
     let (crun_root, nook_root) = (t.image_copy("crun-root"), t.image_copy("nook-root"));
-    let under_crun = run_under(
-        &t,
-        &crun,
-        &bundle(&t, "c", &crun_root, &["sh", "-c", script], mounts),
-        "crun-tmp",
-    );
     let under_nook = run_under(
         &t,
         t.bin(),
         &bundle(&t, "n", &nook_root, &["sh", "-c", script], mounts),
         "nook-tmp",
     );
-    under_crun.assert_ok();
     under_nook.assert_ok();
-    assert_eq!(
-        under_nook.stdout, under_crun.stdout,
-        "{under_crun}\n{under_nook}"
-    );
+    // crun 1.8.1 has no fallback for a kernel without mount_setattr (`rro`): under the
+    // old-kernel simulation it cannot be the reference, and nook is checked on its own.
+    if common::old_kernel().is_none() {
+        let under_crun = run_under(
+            &t,
+            &crun,
+            &bundle(&t, "c", &crun_root, &["sh", "-c", script], mounts),
+            "crun-tmp",
+        );
+        under_crun.assert_ok();
+        assert_eq!(
+            under_nook.stdout, under_crun.stdout,
+            "{under_crun}\n{under_nook}"
+        );
+    }
     assert!(
         under_nook.stdout.contains("writable\n1\nv-read-only"),
         "{under_nook}"
