@@ -74,6 +74,8 @@ prepare_host() {
 # podman drives nook (--runtime) as the test user; crun runs the same bundles for the
 # parity tests.
 PACKAGES+=(crun)
+# tests/engines.rs starts a private containerd (as root) whose runc v2 shim runs nook and crun.
+PACKAGES+=(containerd)
 
 # --- end of the OCI runtime part -------------------------------------------------
 
