@@ -9,6 +9,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -443,4 +444,450 @@ fn containerd_runs_nook_as_it_runs_crun() {
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
+}
+
+// ---------------------------------------------------------------------------
+// Slurm
+// ---------------------------------------------------------------------------
+
+/// The example in configs/; the test puts its runtime and state directory in place of the
+/// example's.
+const OCI_CONF: &str = include_str!("../configs/slurm-oci.conf");
+const OCI_CONF_RUNTIME: &str = "/usr/local/bin/nook";
+const OCI_CONF_STATE: &str = "/run/nook-slurm";
+
+/// A free TCP port on 127.0.0.1 (free when asked; nothing else here binds ports at random).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A daemon started as root in the foreground, stopped (SIGTERM, then SIGKILL) on drop.
+struct Daemon {
+    child: Child,
+    name: &'static str,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(
+        name: &'static str,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: PathBuf,
+    ) -> Daemon {
+        let out = fs::File::create(&log).expect("create daemon log");
+        let child = Command::new(program)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup log"))
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+        Daemon { child, name, log }
+    }
+
+    fn log(&self) -> String {
+        format!(
+            "--- {} ---\n{}",
+            self.name,
+            fs::read_to_string(&self.log).unwrap_or_default()
+        )
+    }
+
+    fn stop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().ok().flatten().is_none() {
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A one-node Slurm cluster on 127.0.0.1: munged with its own key and socket, slurmctld and
+/// slurmd in the foreground, all state and configuration in the test's directory.
+struct Slurm {
+    dir: PathBuf,
+    conf: PathBuf,
+    // Stopped in reverse order of starting: slurmd, slurmctld, munged.
+    daemons: Vec<Daemon>,
+}
+
+impl Slurm {
+    fn start(t: &Nook, programs: &SlurmPrograms) -> Slurm {
+        let dir = t.dir.join("slurm");
+        for sub in ["", "munge", "state", "spool", "log"] {
+            fs::create_dir_all(dir.join(sub)).expect("mkdir slurm dir");
+        }
+        // The runner's srun reaches munged's socket and reads slurm.conf.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod");
+        let munge = dir.join("munge");
+        fs::set_permissions(&munge, fs::Permissions::from_mode(0o755)).expect("chmod");
+        let key = munge.join("munge.key");
+        let mut bytes = vec![0u8; 1024];
+        std::io::Read::read_exact(
+            &mut fs::File::open("/dev/urandom").expect("open /dev/urandom"),
+            &mut bytes,
+        )
+        .expect("read /dev/urandom");
+        fs::write(&key, bytes).expect("write munge key");
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).expect("chmod key");
+        let socket = munge.join("munge.sock");
+
+        let d = dir.display().to_string();
+        let host = nix::unistd::gethostname()
+            .expect("gethostname")
+            .to_string_lossy()
+            .split('.')
+            .next()
+            .unwrap_or("localhost")
+            .to_string();
+        let conf = dir.join("slurm.conf");
+        fs::write(
+            &conf,
+            format!(
+                "ClusterName=nooktest\n\
+                 SlurmctldHost={host}(127.0.0.1)\n\
+                 SlurmUser=root\n\
+                 SlurmctldPort={ctld}\n\
+                 SlurmdPort={slurmd}\n\
+                 AuthType=auth/munge\n\
+                 CredType=cred/munge\n\
+                 AuthInfo=socket={socket}\n\
+                 StateSaveLocation={d}/state\n\
+                 SlurmdSpoolDir={d}/spool\n\
+                 SlurmctldPidFile={d}/slurmctld.pid\n\
+                 SlurmdPidFile={d}/slurmd.pid\n\
+                 SlurmctldLogFile={d}/log/slurmctld.log\n\
+                 SlurmdLogFile={d}/log/slurmd.log\n\
+                 SlurmdDebug=debug\n\
+                 ProctrackType=proctrack/linuxproc\n\
+                 TaskPlugin=task/none\n\
+                 SwitchType=switch/none\n\
+                 MpiDefault=none\n\
+                 SchedulerType=sched/builtin\n\
+                 SelectType=select/linear\n\
+                 JobCompType=jobcomp/none\n\
+                 AccountingStorageType=accounting_storage/none\n\
+                 JobAcctGatherType=jobacct_gather/none\n\
+                 ReturnToService=2\n\
+                 KillWait=5\n\
+                 NodeName={host} NodeAddr=127.0.0.1 CPUs=1 State=UNKNOWN\n\
+                 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP\n",
+                ctld = free_port(),
+                slurmd = free_port(),
+                socket = socket.display(),
+            ),
+        )
+        .expect("write slurm.conf");
+
+        let conf_s = conf.display().to_string();
+        let env = [
+            ("SLURM_CONF", conf_s.as_str()),
+            ("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        ];
+        let mut daemons = vec![Daemon::start(
+            "munged",
+            &programs.munged,
+            &[
+                "--foreground",
+                // The socket's directory belongs to the test, not to root.
+                "--force",
+                &format!("--socket={}", socket.display()),
+                &format!("--key-file={}", key.display()),
+                &format!("--pid-file={}/munged.pid", munge.display()),
+                &format!("--seed-file={}/munged.seed", munge.display()),
+                &format!("--log-file={}/munged.log", munge.display()),
+            ],
+            &env,
+            dir.join("log/munged.out"),
+        )];
+        if !wait_until(Duration::from_secs(20), || socket.exists()) {
+            panic!("munged did not come up\n{}", daemons[0].log());
+        }
+        daemons.push(Daemon::start(
+            "slurmctld",
+            &programs.slurmctld,
+            &["-D", "-f", &conf_s],
+            &env,
+            dir.join("log/slurmctld.out"),
+        ));
+        daemons.push(Daemon::start(
+            "slurmd",
+            &programs.slurmd,
+            &["-D", "-f", &conf_s],
+            &env,
+            dir.join("log/slurmd.out"),
+        ));
+        let s = Slurm { dir, conf, daemons };
+        let ready = wait_until(Duration::from_secs(30), || {
+            let out = s.root(&programs.sinfo, &["-h", "-o", "%T"]);
+            out.code == Some(0) && out.stdout.trim() == "idle"
+        });
+        if !ready {
+            panic!("the Slurm node never became idle\n{}", s.logs());
+        }
+        s
+    }
+
+    fn logs(&self) -> String {
+        let mut all: Vec<String> = self.daemons.iter().map(Daemon::log).collect();
+        for f in ["slurmctld.log", "slurmd.log"] {
+            all.push(format!(
+                "--- {f} ---\n{}",
+                fs::read_to_string(self.dir.join("log").join(f)).unwrap_or_default()
+            ));
+        }
+        all.join("\n")
+    }
+
+    /// A Slurm client as root (sinfo, squeue, scancel), told where the configuration is.
+    fn root(&self, program: &Path, args: &[&str]) -> Out {
+        let out = Command::new(program)
+            .args(args)
+            .env("SLURM_CONF", &self.conf)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", program.display()));
+        Out {
+            code: out.status.code(),
+            signal: out.status.signal(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Points oci.conf (next to slurm.conf, where Slurm reads it for every step) at `runtime`.
+    fn use_runtime(&self, runtime: &Path, state: &Path) {
+        let conf = OCI_CONF
+            .replace(OCI_CONF_RUNTIME, &runtime.display().to_string())
+            .replace(OCI_CONF_STATE, &state.display().to_string());
+        fs::write(self.dir.join("oci.conf"), conf).expect("write oci.conf");
+    }
+
+    fn stop(&mut self) {
+        while let Some(mut d) = self.daemons.pop() {
+            d.stop();
+        }
+    }
+}
+
+struct SlurmPrograms {
+    munged: PathBuf,
+    slurmctld: PathBuf,
+    slurmd: PathBuf,
+    srun: PathBuf,
+    sinfo: PathBuf,
+    squeue: PathBuf,
+    scancel: PathBuf,
+}
+
+impl SlurmPrograms {
+    fn find() -> Option<SlurmPrograms> {
+        Some(SlurmPrograms {
+            munged: required_tool("munged", "munge")?,
+            slurmctld: required_tool("slurmctld", "slurm-wlm")?,
+            slurmd: required_tool("slurmd", "slurm-wlm")?,
+            srun: required_tool("srun", "slurm-wlm")?,
+            sinfo: required_tool("sinfo", "slurm-wlm")?,
+            squeue: required_tool("squeue", "slurm-wlm")?,
+            scancel: required_tool("scancel", "slurm-wlm")?,
+        })
+    }
+}
+
+/// Processes of the runner whose command line is exactly `cmdline` (NUL-separated words).
+fn runner_processes(t: &Nook, cmdline: &str) -> Vec<u32> {
+    let uid = t.runner().uid;
+    let want = format!("{}\0", cmdline.replace(' ', "\0"));
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let owner = fs::metadata(entry.path()).map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+        if owner.ok() != Some(uid) {
+            continue;
+        }
+        if fs::read(entry.path().join("cmdline")).ok().as_deref() == Some(want.as_bytes()) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Lines of `env` output that do not change from one job to the next.
+fn stable_env(output: &str) -> Vec<String> {
+    const PER_JOB: [&str; 5] = [
+        "SLURM_JOBID=",
+        "SLURM_JOB_ID=",
+        "SLURM_SRUN_COMM_PORT=",
+        "SLURM_STEP_LAUNCHER_PORT=",
+        "SLURM_TASK_PID=",
+    ];
+    output
+        .lines()
+        .filter(|l| !PER_JOB.iter().any(|p| l.starts_with(p)))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn slurm_runs_nook_as_it_runs_crun() {
+    let Some(t) = Nook::new() else { return };
+    if !nix::unistd::geteuid().is_root() {
+        missing("slurmd runs as root: run this test as root");
+        return;
+    }
+    let Some(programs) = SlurmPrograms::find() else {
+        return;
+    };
+    let Some(crun) = required_tool("crun", "crun") else {
+        return;
+    };
+
+    // The user's bundle, as `nook spec --rootless` writes it (crun spec --rootless is alike).
+    let bundle = t.mkdir("bundle");
+    t.image_copy("bundle/rootfs");
+    t.cmd(&["spec", "--rootless", "--bundle", s(&bundle)])
+        .run()
+        .assert_ok();
+    let config_path = bundle.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&config_path).expect("read config.json"))
+            .expect("parse config.json");
+    config["process"]["terminal"] = serde_json::Value::Bool(false);
+    fs::write(&config_path, config.to_string()).expect("write config.json");
+    t.give(&config_path);
+
+    let mut slurm = Slurm::start(&t, &programs);
+    let conf = slurm.conf.display().to_string();
+    let container = format!("--container={}", bundle.display());
+    let srun = |args: &[&str]| -> Command {
+        let mut all = vec![container.clone()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        t.command_for(&programs.srun, &all, &[("SLURM_CONF".into(), conf.clone())])
+    };
+    let output = |mut cmd: Command| -> Out {
+        let out = cmd.stdin(Stdio::null()).output().expect("run srun");
+        Out {
+            code: out.status.code(),
+            signal: out.status.signal(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+
+    let mut seen = Vec::new();
+    for (runtime, label) in [(crun.as_path(), "crun"), (t.bin(), "nook")] {
+        let state = t.mkdir(&format!("oci-state-{label}"));
+        slurm.use_runtime(runtime, &state);
+
+        // Output, exit status and the environment Slurm gives the step.
+        let run = output(srun(&[
+            "sh",
+            "-c",
+            "echo hello from $(id -u) in $(cat /proc/1/comm); env | sort; exit 5",
+        ]));
+        assert_eq!(
+            run.code,
+            Some(5),
+            "{label}: srun --container\n{run}\n{}",
+            slurm.logs()
+        );
+        let lines = run.lines();
+        assert_eq!(
+            lines.first().copied(),
+            Some("hello from 0 in sh"),
+            "{label}\n{run}"
+        );
+        let user = format!("SLURM_JOB_USER={}", t.runner().name);
+        assert!(lines.contains(&user.as_str()), "{label}: no {user}\n{run}");
+        assert!(lines.contains(&"SLURM_STEP_ID=0"), "{label}\n{run}");
+        seen.push((label, stable_env(&run.stdout)));
+
+        // scancel of a running step: the container's init ignores SIGTERM (pid 1 without a
+        // handler), so Slurm's SIGKILL after KillWait has to reach it.
+        let mut sleeper = srun(&["sleep", "300"]);
+        let mut child = sleeper
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn srun");
+        let started = wait_until(Duration::from_secs(30), || {
+            !runner_processes(&t, "sleep 300").is_empty()
+        });
+        if !started {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{label}: the step's container never ran\n{}", slurm.logs());
+        }
+        let jobs = slurm.root(&programs.squeue, &["-h", "-o", "%i"]);
+        let job = jobs
+            .stdout
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        assert!(!job.is_empty(), "{label}: squeue lists no job\n{jobs}");
+        slurm.root(&programs.scancel, &[&job]).assert_ok();
+        let ended = wait_until(Duration::from_secs(40), || {
+            child.try_wait().ok().flatten().is_some()
+        });
+        if !ended {
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+        assert!(
+            ended,
+            "{label}: srun still running after scancel\n{}",
+            slurm.logs()
+        );
+        let gone = wait_until(Duration::from_secs(10), || {
+            runner_processes(&t, "sleep 300").is_empty()
+        });
+        assert!(
+            gone,
+            "{label}: the cancelled step's container is still running"
+        );
+        let user_state = state.join(&t.runner().name);
+        let clean = wait_until(Duration::from_secs(10), || {
+            common::entry_names(&user_state).is_empty()
+        });
+        assert!(
+            clean,
+            "{label}: RunTimeDelete left state: {:?}",
+            common::entry_names(&user_state)
+        );
+    }
+    let (_, under_crun) = &seen[0];
+    let (_, under_nook) = &seen[1];
+    assert_eq!(
+        under_nook, under_crun,
+        "the step's environment: nook (right), crun (left)"
+    );
+
+    slurm.stop();
+    let left = processes_naming(&t.dir);
+    assert!(
+        left.is_empty(),
+        "processes left after Slurm stopped:\n{}",
+        left.join("\n")
+    );
 }
