@@ -79,6 +79,11 @@ prepare_host() {
 # podman drives nook (--runtime) as the test user; crun runs the same bundles for the
 # parity tests.
 PACKAGES+=(crun)
+# tests/engines.rs starts a private containerd (as root) whose runc v2 shim runs nook and crun.
+PACKAGES+=(containerd)
+# tests/engines.rs starts a one-node Slurm (munged, slurmctld, slurmd as root) whose oci.conf
+# (configs/slurm-oci.conf) runs nook and crun for `srun --container` as the test user.
+PACKAGES+=(slurm-wlm munge)
 
 # --- end of the OCI runtime part -------------------------------------------------
 
