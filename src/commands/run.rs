@@ -219,7 +219,7 @@ fn check(args: &RunArgs) -> Result<Checked> {
             }
             let no_route = !net::host_has_default_route();
             let reason = if no_route {
-                format!("{reason}; the host has no default route, so pasta is given 10.0.2.100/24 on lo")
+                format!("{reason}; the host has no default route")
             } else {
                 reason
             };

@@ -40,7 +40,7 @@ pub struct Plan {
     pub program: PathBuf,
     pub reason: String,
     pub ports: Vec<PortMap>,
-    /// No default route on the host: pasta is given addresses of its own (see `pasta::args`).
+    /// No default route on the host, which the pasta of Debian bookworm cannot start without.
     pub no_route: bool,
 }
 

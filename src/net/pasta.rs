@@ -48,22 +48,6 @@ fn args(plan: &Plan, pid: i32, pid_fd: i32) -> Vec<String> {
     .to_vec();
     args.push("--pid".into());
     args.push(format!("/proc/self/fd/{pid_fd}"));
-    if plan.no_route {
-        // Without a routable interface pasta has nothing to copy addresses from: give it
-        // the ones slirp4netns uses, on loopback, so published ports still work.
-        for a in [
-            "--address",
-            "10.0.2.100",
-            "--netmask",
-            "24",
-            "--gateway",
-            "10.0.2.2",
-            "--interface",
-            "lo",
-        ] {
-            args.push(a.into());
-        }
-    }
     for (proto, flag) in [(Proto::Tcp, "-t"), (Proto::Udp, "-u")] {
         let specs: Vec<String> = plan
             .ports
@@ -129,8 +113,17 @@ pub fn start(plan: &Plan, pid: i32) -> Result<Running> {
             ),
             Ok(()) => String::new(),
         };
+        // Measured with Debian bookworm's pasta (2023-03): no -a/-g/-i/--outbound-if4
+        // combination starts it on a host without a route ("External interface not usable").
+        let route_hint = if plan.no_route {
+            "; the host has no default route, and this pasta cannot start without one: add a \
+             route (`ip route add default dev eth0`), install a newer passt, or use --network \
+             host"
+        } else {
+            ""
+        };
         bail!(
-            "pasta could not set up the container's network: {}{tun_hint}",
+            "pasta could not set up the container's network: {}{tun_hint}{route_hint}",
             message.trim()
         );
     }
