@@ -253,3 +253,18 @@ fn pasta_ends_after_a_normal_exit_and_a_sigkill_of_nook() {
         .collect();
     assert!(left.is_empty(), "pasta left after a normal exit: {left:?}");
 }
+
+#[test]
+fn without_pasta_or_slirp4netns_the_error_names_the_packages() {
+    let Some(t) = Nook::new() else { return };
+    let out = t
+        .cmd(&["run", "--rm", "-p", "80", t.image(), "true"])
+        .env("PATH", "/nonexistent")
+        .run();
+    out.assert_code(125);
+    assert!(
+        out.stderr.contains("apt-get install passt") && out.stderr.contains("slirp4netns"),
+        "{out}"
+    );
+    assert!(t.ps().is_empty(), "{:?}", t.ps());
+}

@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::idmap::find_in_path;
 pub use pasta::{start, Running};
 pub use ports::PortMap;
 
@@ -46,8 +45,8 @@ pub struct Plan {
 
 /// Chooses the helper, with the reason shown by `nook info` and kept in the metadata.
 pub fn choose(want: Want) -> Result<(Helper, PathBuf, String)> {
-    let pasta = find_in_path("pasta");
-    let slirp = find_in_path("slirp4netns");
+    let pasta = on_path("pasta");
+    let slirp = on_path("slirp4netns");
     match (want, pasta, slirp) {
         (Want::Any | Want::Exactly(Helper::Pasta), Some(p), _) => {
             Ok((Helper::Pasta, p, "pasta found on PATH".to_string()))
@@ -66,6 +65,14 @@ pub fn choose(want: Want) -> Result<(Helper, PathBuf, String)> {
              slirp4netns`), or use --network host"
         ),
     }
+}
+
+/// PATH alone decides, as for podman, so a user can hide or replace the helper.
+fn on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
 }
 
 /// Whether the host has a default route (IPv4 or IPv6). Without one pasta finds no
