@@ -51,6 +51,8 @@ DEBIAN_IMAGE=$FIXTURES/debian-bookworm.tar
 # skopeo read it and write it back (as the test user).
 # umoci: scripts/bench.d/images.sh compares `nook import` with `umoci unpack --rootless`.
 PACKAGES+=(podman skopeo umoci)
+# passt: pasta joins --network private containers (tests/network.rs).
+PACKAGES+=(passt)
 # ---------------------------------------------------------------------------------------------
 
 log() {
@@ -67,6 +69,8 @@ prepare_host() {
     if [ -e /dev/fuse ]; then
         chmod 0666 /dev/fuse
     fi
+    # pasta (tests/network.rs) opens /dev/net/tun as the test user.
+    [ -e /dev/net/tun ] && chmod 0666 /dev/net/tun
     ensure_users
     log "building the Debian test image (once): $DEBIAN_IMAGE"
     ./scripts/mkimage-debian.sh "$DEBIAN_IMAGE"

@@ -288,6 +288,12 @@ pub enum NetworkArg {
     Host,
     /// A network namespace of its own with only the loopback interface
     None,
+    /// A network namespace of its own joined by pasta, else slirp4netns (for -p)
+    Private,
+    /// Like private, with pasta only
+    Pasta,
+    /// Like private, with slirp4netns only
+    Slirp4netns,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -369,9 +375,18 @@ pub struct RunArgs {
     /// Give the container a terminal
     #[arg(short = 't', long, conflicts_with = "bundle")]
     pub tty: bool,
-    /// Network mode
-    #[arg(long, value_enum, default_value_t = NetworkArg::Host)]
-    pub network: NetworkArg,
+    /// Network mode (default: host; private when -p is given)
+    #[arg(long, value_enum)]
+    pub network: Option<NetworkArg>,
+    /// Publish a container port: [IP:]HOST:CTR[/tcp|udp], or CTR for a free host port
+    #[arg(short = 'p', long = "publish", conflicts_with = "bundle")]
+    pub publish: Vec<String>,
+    /// DNS server for the container's resolv.conf (repeatable)
+    #[arg(long, conflicts_with = "bundle")]
+    pub dns: Vec<String>,
+    /// An /etc/hosts entry, NAME:IP (repeatable)
+    #[arg(long = "add-host", conflicts_with = "bundle")]
+    pub add_host: Vec<String>,
     /// Run a tiny init as pid 1 that forwards signals and reaps zombies
     #[arg(long, conflicts_with = "bundle")]
     pub init: bool,

@@ -55,6 +55,16 @@ pub struct Meta {
     pub creator_pid: Option<i32>,
     #[serde(default)]
     pub creator_start: Option<u64>,
+    /// A private network: its helper, why, and the published ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkMeta>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NetworkMeta {
+    pub helper: crate::net::Helper,
+    pub reason: String,
+    pub ports: Vec<String>,
 }
 
 impl Meta {
@@ -244,6 +254,7 @@ impl Store {
             idmap: Some(new.idmap.clone()),
             creator_pid: Some(std::process::id() as i32),
             creator_start: process_start_time(std::process::id() as i32),
+            network: None,
         };
         Ok(Container { dir, meta })
     }

@@ -18,6 +18,7 @@ pub mod idmap;
 pub mod image;
 pub mod launch;
 pub mod layer;
+pub mod net;
 pub mod oci_state;
 pub mod rootfs;
 pub mod security;

@@ -66,6 +66,8 @@ pub enum NetworkMode {
     Host,
     /// A network namespace of its own with only `lo`, up.
     None,
+    /// A network namespace of its own joined by a user-mode helper (see `net`).
+    Private,
 }
 
 impl std::str::FromStr for NetworkMode {
@@ -74,7 +76,8 @@ impl std::str::FromStr for NetworkMode {
         match s {
             "host" => Ok(NetworkMode::Host),
             "none" => Ok(NetworkMode::None),
-            other => bail!("unknown network mode {other:?}: use `host` or `none`"),
+            "private" | "pasta" => Ok(NetworkMode::Private),
+            other => bail!("unknown network mode {other:?}: use `host`, `none` or `private`"),
         }
     }
 }
@@ -342,7 +345,7 @@ pub fn build_run_spec(req: &RunRequest<'_>) -> Result<Spec> {
     .into_iter()
     .map(namespace)
     .collect::<Result<_>>()?;
-    if req.network == NetworkMode::None {
+    if req.network != NetworkMode::Host {
         namespaces.push(namespace(LinuxNamespaceType::Network)?);
     }
 
@@ -451,7 +454,7 @@ fn run_mounts(req: &RunRequest<'_>) -> Result<Vec<Mount>> {
     // A new sysfs instance needs a network namespace of our own; otherwise show the host's,
     // read-only, as every rootless runtime does.
     mounts.push(match req.network {
-        NetworkMode::None => mount(
+        NetworkMode::None | NetworkMode::Private => mount(
             "/sys",
             "sysfs",
             "sysfs",
@@ -524,7 +527,7 @@ pub fn validate_env_arg(arg: &str) -> Result<()> {
 pub fn hosts_file(hostname: &str, network: NetworkMode) -> String {
     let host_entries = match network {
         NetworkMode::Host => std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
-        NetworkMode::None => String::new(),
+        NetworkMode::None | NetworkMode::Private => String::new(),
     };
     let mut out = String::new();
     if !host_entries

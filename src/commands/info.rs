@@ -84,6 +84,8 @@ pub fn info(args: &InfoArgs) -> Result<i32> {
         root_emulation(&mapping),
         fuse_device(),
         fuse_program(),
+        network_helper(),
+        tun_device(),
     ];
     let storage = storage_root();
     let (storage_check, storage_fs) = storage_dir(storage.as_ref().ok());
@@ -268,6 +270,32 @@ fn id_map_helper(program: &'static str) -> Check {
             ),
             format!("sudo chmod u+s {}", path.display()),
         )
+    }
+}
+
+/// The helper `--network private` would use, and why.
+fn network_helper() -> Check {
+    match crate::net::choose(crate::net::Want::Any) {
+        Ok((_, program, reason)) => good(
+            "network helper",
+            format!("{} ({reason})", program.display()),
+        ),
+        Err(e) => warn(
+            "network helper",
+            format!("{e:#}"),
+            "sudo apt-get install passt (for --network private and -p)",
+        ),
+    }
+}
+
+fn tun_device() -> Check {
+    match crate::net::tun_usable() {
+        Ok(()) => good("/dev/net/tun", "readable and writable"),
+        Err(e) => warn(
+            "/dev/net/tun",
+            format!("{e} (--network private and -p need it)"),
+            "sudo chmod 0666 /dev/net/tun",
+        ),
     }
 }
 

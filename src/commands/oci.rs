@@ -330,6 +330,7 @@ fn create_in(
         keep_stdin: true,
         die_with_parent: false,
         meanwhile: None,
+        network: None,
     };
     let mut started = launch::start(&launch)?;
     let pid = started.pid;
@@ -986,6 +987,7 @@ pub fn exec(global: &GlobalArgs, args: &ExecArgs) -> Result<i32> {
         // `--detach` hands the command over on purpose.
         die_with_parent: !args.detach,
         meanwhile: None,
+        network: None,
     };
     let mut started = launch::start(&launch)?;
     let child = started.pid;

@@ -21,7 +21,7 @@ use crate::rootfs::GeneratedFile;
 use crate::rootfs::RootfsPlan;
 use crate::security::root_emulation;
 use crate::spec::{self, NetworkMode, RunRequest, Volume};
-use crate::{config, copy, sys};
+use crate::{config, copy, net, sys};
 
 /// Everything checked before anything is created, so that bad input leaves nothing behind.
 struct Checked {
@@ -34,6 +34,10 @@ struct Checked {
     env: Vec<String>,
     workdir: Option<String>,
     network: NetworkMode,
+    /// The private network's helper and ports, when the network is private.
+    net: Option<net::Plan>,
+    /// `--add-host` lines for /etc/hosts.
+    extra_hosts: String,
     root_emulation: root_emulation::Verdict,
     /// A stored image's name and metadata file, checked again once the container is on disk.
     stored: Option<(String, PathBuf)>,
@@ -152,9 +156,81 @@ fn check(args: &RunArgs) -> Result<Checked> {
         .workdir
         .clone()
         .or_else(|| config.working_dir.clone().filter(|w| !w.is_empty()));
-    let network = match args.network {
-        NetworkArg::Host => NetworkMode::Host,
-        NetworkArg::None => NetworkMode::None,
+    // Publishing a port needs a network of its own, as podman gives it.
+    let network_arg = args.network.unwrap_or(if args.publish.is_empty() {
+        NetworkArg::Host
+    } else {
+        NetworkArg::Private
+    });
+    let want = match network_arg {
+        NetworkArg::Host => None,
+        NetworkArg::None => None,
+        NetworkArg::Private => Some(net::Want::Any),
+        NetworkArg::Pasta => Some(net::Want::Exactly(net::Helper::Pasta)),
+        NetworkArg::Slirp4netns => Some(net::Want::Exactly(net::Helper::Slirp4netns)),
+    };
+    let network = match (network_arg, want) {
+        (NetworkArg::Host, _) => NetworkMode::Host,
+        (_, None) => NetworkMode::None,
+        (_, Some(_)) => NetworkMode::Private,
+    };
+    if want.is_none() && !args.publish.is_empty() {
+        bail!(
+            "-p needs a network of its own: drop --network {} (or use --network private)",
+            if network == NetworkMode::Host {
+                "host"
+            } else {
+                "none"
+            }
+        );
+    }
+    let mut extra_hosts = String::new();
+    for entry in &args.add_host {
+        let Some((name, ip)) = entry.split_once(':') else {
+            bail!("--add-host {entry:?}: use NAME:IP");
+        };
+        if ip.parse::<std::net::IpAddr>().is_err() {
+            bail!("--add-host {entry:?}: {ip:?} is not an IP address");
+        }
+        spec::validate_hostname(name).with_context(|| format!("--add-host {entry:?}"))?;
+        extra_hosts.push_str(&format!("{ip}\t{name}\n"));
+    }
+    for server in &args.dns {
+        if server.parse::<std::net::IpAddr>().is_err() {
+            bail!("--dns {server:?}: give the IP address of a DNS server");
+        }
+    }
+    let net = match want {
+        None => None,
+        Some(want) => {
+            let (helper, program, reason) = net::choose(want)?;
+            let mut ports = args
+                .publish
+                .iter()
+                .map(|p| net::PortMap::parse(p))
+                .collect::<Result<Vec<_>>>()?;
+            for port in &mut ports {
+                if port.host_port.is_none() {
+                    port.pick_host_port()?;
+                    if !args.quiet {
+                        eprintln!("nook: published {}", port.describe());
+                    }
+                }
+            }
+            let no_route = !net::host_has_default_route();
+            let reason = if no_route {
+                format!("{reason}; the host has no default route")
+            } else {
+                reason
+            };
+            Some(net::Plan {
+                helper,
+                program,
+                reason,
+                ports,
+                no_route,
+            })
+        }
     };
     if let Some(h) = &args.hostname {
         spec::validate_hostname(h).context("--hostname")?;
@@ -169,6 +245,8 @@ fn check(args: &RunArgs) -> Result<Checked> {
         env,
         workdir,
         network,
+        net,
+        extra_hosts,
         root_emulation,
         stored: stored.map(|i| (i.meta.name.clone(), i.dir.join("image.json"))),
     })
@@ -275,7 +353,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     let checked = check(args)?;
     let store = Store::open()?;
     let decision = choose_backend(args.backend, &store, &checked.idmap)?;
-    let container = store.plan(NewContainer {
+    let mut container = store.plan(NewContainer {
         name: args.name.as_deref(),
         image: &checked.image,
         backend: decision.backend.name(),
@@ -285,6 +363,14 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         auto_remove: args.rm,
         idmap: &checked.idmap,
     })?;
+    container.meta.network = checked
+        .net
+        .as_ref()
+        .map(|plan| crate::container::NetworkMeta {
+            helper: plan.helper,
+            reason: plan.reason.clone(),
+            ports: plan.ports.iter().map(|p| p.describe()).collect(),
+        });
     // The overlay's directories are needed only once the id maps are written, so they are made
     // while newuidmap and newgidmap run; fuse-overlayfs and the copy need them before.
     let deferred = decision.backend == Backend::Overlay && !args.detach;
@@ -327,6 +413,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         keep_stdin: args.interactive,
         die_with_parent: true,
         meanwhile: deferred.then_some(&materialize as &dyn Fn() -> Result<()>),
+        network: checked.net.as_ref(),
     };
     if args.detach {
         return run_detached(&store, &container, &launch);
@@ -380,11 +467,14 @@ fn prepare(
         file("/etc/hostname", format!("{hostname}\n").into_bytes()),
         file(
             "/etc/hosts",
-            spec::hosts_file(&hostname, checked.network).into_bytes(),
+            (spec::hosts_file(&hostname, checked.network) + &checked.extra_hosts).into_bytes(),
         ),
         file(
             "/etc/resolv.conf",
-            fs::read("/etc/resolv.conf").unwrap_or_default(),
+            match (&checked.net, args.dns.is_empty()) {
+                (None, true) => fs::read("/etc/resolv.conf").unwrap_or_default(),
+                _ => net::resolv_conf(&args.dns).into_bytes(),
+            },
         ),
     ];
     if args.userns == UsernsArg::KeepId && args.user.is_none() {

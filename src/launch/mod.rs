@@ -83,6 +83,9 @@ pub struct Launch<'a> {
     /// Work for the parent while the id maps are written, done before the child goes on to
     /// build the root (`nook run` makes the container's directory then).
     pub meanwhile: Option<&'a dyn Fn() -> Result<()>>,
+    /// A private network: its helper joins the container's namespaces once they are mapped,
+    /// before the container goes on, and ends with it.
+    pub network: Option<&'a crate::net::Plan>,
 }
 
 /// The fifos of an OCI `create`.
@@ -119,6 +122,8 @@ pub struct Started {
     helper: Option<helper::Helper>,
     /// With a start gate: the sync channel, until [`Started::adopt`].
     chan: Option<Channel>,
+    /// The private network's helper, ended when the container is collected.
+    network: Option<crate::net::Running>,
 }
 
 /// The namespaces the clone creates: those of the spec without a `path` (a namespace with a
@@ -266,10 +271,12 @@ pub fn start(launch: &Launch<'_>) -> Result<Started> {
         old_mask,
         helper,
         chan: None,
+        network: None,
     };
     match handshake(launch, &parent_chan, pid, maps_written, early) {
-        Ok(pty) => Ok(Started {
+        Ok((pty, network)) => Ok(Started {
             pty,
+            network,
             chan: launch.start_gate.map(|_| parent_chan),
             ..started
         }),
@@ -364,7 +371,8 @@ fn handshake(
     pid: Pid,
     maps_written: bool,
     mut early: Option<Received>,
-) -> Result<Option<OwnedFd>> {
+) -> Result<(Option<OwnedFd>, Option<crate::net::Running>)> {
+    let mut network = None;
     if let Target::New { idmap, .. } = launch.target {
         // With the fuse helper the container lives in the helper's user namespace, mapped
         // already.
@@ -376,6 +384,9 @@ fn handshake(
         } else {
             meanwhile()?;
         }
+        if let Some(plan) = launch.network {
+            network = Some(crate::net::start(plan, pid.as_raw())?);
+        }
         chan.send(&Msg::MapsWritten)?;
     }
     let mut pty = None;
@@ -385,8 +396,8 @@ fn handshake(
             None => chan.recv()?,
         };
         match received {
-            None => return Ok(pty),
-            Some((Msg::Ready, _)) => return Ok(pty),
+            None => return Ok((pty, network)),
+            Some((Msg::Ready, _)) => return Ok((pty, network)),
             Some((Msg::RuntimeHooks, _)) => {
                 if let Some(hooks) = launch.hooks {
                     hooks.run_create_runtime(pid.as_raw())?;
@@ -454,6 +465,7 @@ impl Started {
 
     fn wait_with(self, stdin: StdinMode, hangup_grace: Option<Duration>) -> Result<i32> {
         let status = io::forward_until_exit(self.pid, &self.signals, self.pty, stdin, hangup_grace);
+        drop(self.network);
         if let Some(helper) = self.helper {
             helper.finish();
         }
