@@ -417,6 +417,9 @@ pub enum Format {
 
 #[derive(Args, Debug)]
 pub struct PsArgs {
+    /// Accepted for podman's habit: stopped containers are always listed
+    #[arg(short = 'a', long)]
+    pub all: bool,
     /// Output format
     #[arg(short, long, value_enum, default_value_t = Format::Table)]
     pub format: Format,

@@ -8,7 +8,25 @@ use nook::launch::ChildFailed;
 /// do for `run`, so that it never collides with the command's own statuses).
 const NOOK_FAILED: i32 = 125;
 
+/// What a shell shows for a program that SIGPIPE ended: `nook export -o - | head` ends as
+/// `tar cf - | head` would, without a word.
+const BROKEN_PIPE: i32 = 128 + libc::SIGPIPE;
+
 fn main() {
+    // println! panics when the reader of stdout has gone (`nook ps | head`): that is no failure.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(BROKEN_PIPE);
+        }
+        default_hook(info);
+    }));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -51,6 +69,7 @@ fn main() {
     };
     let code = match result {
         Ok(code) => code,
+        Err(e) if nook::fsutil::is_broken_pipe(&e) => BROKEN_PIPE,
         Err(e) => {
             log::error(&format!("{e:#}"));
             match e.downcast_ref::<ChildFailed>() {
