@@ -5,6 +5,7 @@ mod images;
 mod info;
 pub mod log;
 pub mod oci;
+mod podman;
 mod run;
 
 pub use containers::{logs, ps, rm, stop};
