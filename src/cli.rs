@@ -10,7 +10,7 @@ const VERSION: &str = concat!("version ", env!("CARGO_PKG_VERSION"), "\nspec: ",
 const AFTER_HELP: &str = "\
 Two faces, one binary:
   Human:  nook run [OPTIONS] IMAGE|DIR [CMD...]   ps   rm   logs   stop   exec NAME CMD...
-          import   images   rmi
+          import   images   rmi   inspect   version   container ls|rm   image ls|rm
   OCI runtime (runc-compatible, for podman/conmon and other engines):
           create start state kill delete list features spec, run --bundle/-b, exec, ps ID
 Which face a verb shows is decided by its arguments only:
@@ -120,6 +120,55 @@ pub enum Command {
     Spec(SpecArgs),
     /// OCI: print the features this runtime supports, as JSON
     Features,
+    /// Print nook's version and the OCI runtime-spec version it implements
+    Version,
+    /// Print containers or images as JSON (a name is looked up as a container, then an image)
+    Inspect(InspectArgs),
+    /// Container verbs as podman groups them: ls (ps), rm, inspect
+    #[command(subcommand)]
+    Container(ContainerCommand),
+    /// Image verbs as podman groups them: ls (images), rm (rmi), import, inspect
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum InspectType {
+    Container,
+    Image,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// Look only among containers or only among images
+    #[arg(long = "type", value_enum, value_name = "container|image")]
+    pub kind: Option<InspectType>,
+    #[arg(required = true, value_name = "NAME")]
+    pub names: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ContainerCommand {
+    /// List containers (as `nook ps`)
+    #[command(visible_aliases = ["list", "ps"])]
+    Ls(PsArgs),
+    /// Remove containers (as `nook rm`)
+    Rm(RmArgs),
+    /// Print containers as JSON
+    Inspect(InspectArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// List images (as `nook images`)
+    #[command(visible_alias = "list")]
+    Ls(ImagesArgs),
+    /// Remove images (as `nook rmi`)
+    Rm(RmiArgs),
+    /// Import an image (as `nook import`)
+    Import(ImportArgs),
+    /// Print images as JSON
+    Inspect(InspectArgs),
 }
 
 #[derive(Args, Debug)]
@@ -547,7 +596,7 @@ pub struct ImportArgs {
 #[derive(Args, Debug)]
 pub struct ImagesArgs {
     /// Output format
-    #[arg(long, value_enum, default_value_t = Format::Table)]
+    #[arg(short, long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
     /// Print only names
     #[arg(short, long)]

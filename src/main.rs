@@ -1,12 +1,15 @@
 use clap::Parser;
 
-use nook::cli::{Cli, Command};
+use nook::cli::{Cli, Command, ContainerCommand, ImageCommand, InspectType};
 use nook::commands::{self, log, oci};
 use nook::launch::ChildFailed;
 
 /// Status for nook's own failures when the verb has nothing more specific (as docker and podman
 /// do for `run`, so that it never collides with the command's own statuses).
 const NOOK_FAILED: i32 = 125;
+
+/// `nook version`, worded as `--version`.
+const VERSION_TEXT: &str = concat!("version ", env!("CARGO_PKG_VERSION"), "\nspec: 1.2.0");
 
 /// What a shell shows for a program that SIGPIPE ended: `nook export -o - | head` ends as
 /// `tar cf - | head` would, without a word.
@@ -66,6 +69,24 @@ fn main() {
         Command::Spec(args) => oci::spec(args),
         Command::Features => oci::features(),
         Command::Info(args) => commands::info(args),
+        Command::Version => {
+            println!("nook {VERSION_TEXT}");
+            Ok(0)
+        }
+        Command::Inspect(args) => commands::inspect(args, args.kind),
+        Command::Container(verb) => match verb {
+            ContainerCommand::Ls(args) => commands::ps(args),
+            ContainerCommand::Rm(args) => commands::rm(args),
+            ContainerCommand::Inspect(args) => {
+                commands::inspect(args, Some(InspectType::Container))
+            }
+        },
+        Command::Image(verb) => match verb {
+            ImageCommand::Ls(args) => commands::images(args),
+            ImageCommand::Rm(args) => commands::rmi(args),
+            ImageCommand::Import(args) => commands::import(args),
+            ImageCommand::Inspect(args) => commands::inspect(args, Some(InspectType::Image)),
+        },
     };
     let code = match result {
         Ok(code) => code,

@@ -255,3 +255,39 @@ fn ps_exec_and_logs_flags_as_podman() {
     t.nook(&["rm", "-f", "lg"]).assert_ok();
     t.assert_no_processes_left();
 }
+
+#[test]
+fn podman_verbs_version_inspect_and_groups() {
+    let Some(t) = Nook::new() else { return };
+    let out = t.nook(&["version"]);
+    out.assert_ok();
+    assert!(out.stdout.starts_with("nook version "), "{out}");
+    t.nook(&["import", "-q", t.image(), "img"]).assert_ok();
+    t.nook(&["run", "-q", "--name", "ct", "img", "true"])
+        .assert_ok();
+    let out = t.nook(&["inspect", "ct", "img"]);
+    out.assert_ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(v[0]["Kind"], "container", "{v}");
+    assert_eq!(v[0]["Name"], "ct", "{v}");
+    assert_eq!(v[0]["Status"], "exited", "{v}");
+    assert_eq!(v[1]["Kind"], "image", "{v}");
+    assert_eq!(v[1]["Name"], "img", "{v}");
+    let out = t.nook(&["image", "inspect", "ct"]);
+    assert_ne!(out.code, Some(0), "{out}");
+    assert!(out.stderr.contains("no image named ct"), "{out}");
+    t.nook(&["inspect", "nosuch"]).assert_code(1);
+    t.nook(&["container", "ls", "-q"])
+        .assert_ok()
+        .assert_stdout("ct\n");
+    t.nook(&["image", "ls", "-q"])
+        .assert_ok()
+        .assert_stdout("img\n");
+    let out = t.nook(&["images", "-f", "json"]);
+    out.assert_ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert!(v.is_array(), "{v}");
+    t.nook(&["container", "rm", "ct"]).assert_ok();
+    t.nook(&["image", "rm", "img"]).assert_ok();
+    assert_eq!(t.container_dirs(), Vec::<String>::new());
+}

@@ -8,7 +8,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::json;
 
-use crate::cli::{Format, LogsArgs, PsArgs, RmArgs, StopArgs};
+use crate::cli::{Format, InspectArgs, InspectType, LogsArgs, PsArgs, RmArgs, StopArgs};
 use crate::container::{Container, State, Status, Store};
 
 fn status_text(state: &State) -> String {
@@ -338,4 +338,49 @@ pub fn logs(args: &LogsArgs) -> Result<i32> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `nook inspect`: a JSON array, one object per name, as podman prints; a name is a container
+/// first, then an image, unless `kind` says which. A name found nowhere fails the whole call.
+pub fn inspect(args: &InspectArgs, kind: Option<InspectType>) -> Result<i32> {
+    let containers = Store::open()?;
+    let images = crate::image::ImageStore::open()?;
+    let mut found = Vec::new();
+    for name in &args.names {
+        let container = match kind {
+            Some(InspectType::Image) => None,
+            _ => containers.get(name).ok(),
+        };
+        if let Some(c) = container {
+            let state = c.state();
+            found.push(json!({
+                "Kind": "container",
+                "Id": c.meta.id,
+                "Name": c.meta.name,
+                "Status": state.effective_status(),
+                "Meta": c.meta,
+                "State": state,
+                "Dir": c.dir,
+            }));
+            continue;
+        }
+        if kind != Some(InspectType::Container) && images.exists(name) {
+            let image = images.get(name)?;
+            found.push(json!({
+                "Kind": "image",
+                "Name": image.meta.name,
+                "Meta": image.meta,
+                "Dir": image.dir,
+            }));
+            continue;
+        }
+        let among = match kind {
+            Some(InspectType::Container) => "no container",
+            Some(InspectType::Image) => "no image",
+            None => "no container or image",
+        };
+        bail!("{among} named {name} (see `nook ps` and `nook images`)");
+    }
+    println!("{}", serde_json::to_string_pretty(&found)?);
+    Ok(0)
 }

@@ -309,6 +309,9 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     let prepared = match prepare(args, &checked, &container, decision.backend) {
         Ok(p) => p,
         Err(e) => {
+            if let Some(file) = &checked.podman.cidfile {
+                let _ = fs::remove_file(file);
+            }
             let _ = store.remove(&container);
             return Err(e);
         }
