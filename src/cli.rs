@@ -10,7 +10,7 @@ const VERSION: &str = concat!("version ", env!("CARGO_PKG_VERSION"), "\nspec: ",
 const AFTER_HELP: &str = "\
 Two faces, one binary:
   Human:  nook run [OPTIONS] IMAGE|DIR [CMD...]   ps   rm   logs   stop   exec NAME CMD...
-          import   images   rmi
+          import   images   rmi   inspect   version   container ls|rm   image ls|rm
   OCI runtime (runc-compatible, for podman/conmon and other engines):
           create start state kill delete list features spec, run --bundle/-b, exec, ps ID
 Which face a verb shows is decided by its arguments only:
@@ -79,7 +79,7 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Run a command in a new container made from a root filesystem directory (or, with
     /// --bundle, run an OCI bundle: create + start, and wait unless --detach)
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List containers (with a container id: the processes of that OCI container)
     Ps(PsArgs),
     /// Remove containers and their writable layers
@@ -103,7 +103,7 @@ pub enum Command {
     /// Check what this machine offers nook (namespaces, ids, fuse, storage, backend choice)
     Info(InfoArgs),
     /// Run a command in a running container (OCI, or one of `nook ps`)
-    Exec(ExecArgs),
+    Exec(Box<ExecArgs>),
     /// OCI: create a container from a bundle; its process waits for `start`
     Create(CreateArgs),
     /// OCI: start the process of a created container
@@ -120,6 +120,55 @@ pub enum Command {
     Spec(SpecArgs),
     /// OCI: print the features this runtime supports, as JSON
     Features,
+    /// Print nook's version and the OCI runtime-spec version it implements
+    Version,
+    /// Print containers or images as JSON (a name is looked up as a container, then an image)
+    Inspect(InspectArgs),
+    /// Container verbs as podman groups them: ls (ps), rm, inspect
+    #[command(subcommand)]
+    Container(ContainerCommand),
+    /// Image verbs as podman groups them: ls (images), rm (rmi), import, inspect
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum InspectType {
+    Container,
+    Image,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// Look only among containers or only among images
+    #[arg(long = "type", value_enum, value_name = "container|image")]
+    pub kind: Option<InspectType>,
+    #[arg(required = true, value_name = "NAME")]
+    pub names: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ContainerCommand {
+    /// List containers (as `nook ps`)
+    #[command(visible_aliases = ["list", "ps"])]
+    Ls(PsArgs),
+    /// Remove containers (as `nook rm`)
+    Rm(RmArgs),
+    /// Print containers as JSON
+    Inspect(InspectArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// List images (as `nook images`)
+    #[command(visible_alias = "list")]
+    Ls(ImagesArgs),
+    /// Remove images (as `nook rmi`)
+    Rm(RmiArgs),
+    /// Import an image (as `nook import`)
+    Import(ImportArgs),
+    /// Print images as JSON
+    Inspect(InspectArgs),
 }
 
 #[derive(Args, Debug)]
@@ -228,7 +277,7 @@ pub struct ExecArgs {
     #[arg(short, long)]
     pub interactive: bool,
     /// Working directory inside the container
-    #[arg(long, value_name = "DIR")]
+    #[arg(short = 'w', long, visible_alias = "workdir", value_name = "DIR")]
     pub cwd: Option<String>,
     /// Set an environment variable
     #[arg(short, long = "env", value_name = "KEY=VALUE")]
@@ -410,6 +459,65 @@ pub struct RunArgs {
     /// default command); "" for none
     #[arg(long, value_name = "PROGRAM", conflicts_with = "bundle")]
     pub entrypoint: Option<String>,
+    /// Read environment variables from a file: KEY=VALUE lines (or KEY, to pass nook's own
+    /// value); `#` starts a comment line
+    #[arg(long, value_name = "FILE", conflicts_with = "bundle")]
+    pub env_file: Vec<PathBuf>,
+    /// A mount, as podman writes it: type=bind,source=HOST,target=PATH[,readonly] or
+    /// type=tmpfs,target=PATH[,tmpfs-size=SIZE][,tmpfs-mode=OCTAL]
+    #[arg(long, value_name = "type=…,target=…", conflicts_with = "bundle")]
+    pub mount: Vec<String>,
+    /// Mount the container's root filesystem read-only (its /tmp, /var/tmp and /run, where the
+    /// image has them, get a tmpfs, as in podman)
+    #[arg(long, conflicts_with = "bundle")]
+    pub read_only: bool,
+    /// Mount a tmpfs: PATH[:OPTIONS], options as mount(8) takes them (size=64m,mode=1777)
+    #[arg(long, value_name = "PATH[:OPTIONS]", conflicts_with = "bundle")]
+    pub tmpfs: Vec<String>,
+    /// Add a capability (NET_RAW, CAP_NET_RAW or ALL); it exists only inside the container's
+    /// user namespace
+    #[arg(long, value_name = "CAP", conflicts_with = "bundle")]
+    pub cap_add: Vec<String>,
+    /// Drop a capability (NET_RAW, CAP_NET_RAW or ALL)
+    #[arg(long, value_name = "CAP", conflicts_with = "bundle")]
+    pub cap_drop: Vec<String>,
+    /// seccomp=unconfined, seccomp=PROFILE.json, no-new-privileges (always on), label=disable
+    /// and apparmor=unconfined (no LSM is used)
+    #[arg(long, value_name = "OPTION", conflicts_with = "bundle")]
+    pub security_opt: Vec<String>,
+    /// All capabilities inside the user namespace, no seccomp filter, /proc and /sys not
+    /// masked; host devices are not added (use --device) and no privilege outside is gained
+    #[arg(long, conflicts_with = "bundle")]
+    pub privileged: bool,
+    /// Make a host device available: HOST[:CONTAINER] (bind-mounted; you must be able to open
+    /// it on the host)
+    #[arg(long, value_name = "HOST[:CONTAINER]", conflicts_with = "bundle")]
+    pub device: Vec<String>,
+    /// A resource limit: NAME=SOFT[:HARD] (nofile, nproc, core, memlock, stack, …)
+    #[arg(long, value_name = "NAME=SOFT[:HARD]", conflicts_with = "bundle")]
+    pub ulimit: Vec<String>,
+    /// Size of /dev/shm (bytes, or with k, m or g)
+    #[arg(long, value_name = "SIZE", conflicts_with = "bundle")]
+    pub shm_size: Option<String>,
+    /// Write the container's id to this file (which must not exist)
+    #[arg(long, value_name = "FILE", conflicts_with = "bundle")]
+    pub cidfile: Option<PathBuf>,
+    /// Only `never` (or `missing` for an image already imported): nook has no registry
+    /// client; import images with `nook import`
+    #[arg(long, value_name = "POLICY", conflicts_with = "bundle")]
+    pub pull: Option<String>,
+    /// Pass the signals nook receives to the container (only true: nook always does)
+    #[arg(long, value_name = "BOOL", conflicts_with = "bundle")]
+    pub sig_proxy: Option<bool>,
+    /// Not supported yet (nook keeps no labels): an error says so
+    #[arg(short = 'l', long, value_name = "KEY=VALUE", conflicts_with = "bundle")]
+    pub label: Vec<String>,
+    /// Not supported yet (`nook stop` sends SIGTERM): an error says so
+    #[arg(long, value_name = "SIGNAL", conflicts_with = "bundle")]
+    pub stop_signal: Option<String>,
+    /// Not supported yet (give `nook stop -t SECONDS`): an error says so
+    #[arg(long, value_name = "SECONDS", conflicts_with = "bundle")]
+    pub stop_timeout: Option<u64>,
     /// Image name (see `nook images`) or root filesystem directory (with --bundle: the
     /// container id)
     #[arg(value_name = "IMAGE|DIR|ID")]
@@ -432,6 +540,9 @@ pub enum Format {
 
 #[derive(Args, Debug)]
 pub struct PsArgs {
+    /// Accepted for podman's habit: stopped containers are always listed
+    #[arg(short = 'a', long)]
+    pub all: bool,
     /// Output format
     #[arg(short, long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
@@ -461,6 +572,12 @@ pub struct LogsArgs {
     /// Keep printing new output until the container stops
     #[arg(short, long)]
     pub follow: bool,
+    /// Print only the last N lines (then follow, with -f)
+    #[arg(long, value_name = "N")]
+    pub tail: Option<usize>,
+    /// Not supported: nook's log keeps no times; an error says so
+    #[arg(short = 't', long)]
+    pub timestamps: bool,
     #[arg(value_name = "CONTAINER")]
     pub container: String,
 }
@@ -494,7 +611,7 @@ pub struct ImportArgs {
 #[derive(Args, Debug)]
 pub struct ImagesArgs {
     /// Output format
-    #[arg(long, value_enum, default_value_t = Format::Table)]
+    #[arg(short, long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
     /// Print only names
     #[arg(short, long)]

@@ -74,6 +74,17 @@ fn remove_entry(path: &Path) -> io::Result<()> {
     fs::remove_dir(path)
 }
 
+/// Whether the error is only that the reader of our output went away (`nook export -o - |
+/// head`): no failure of nook's, and nothing to print.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+            || cause.downcast_ref::<nix::Error>() == Some(&nix::Error::EPIPE)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -100,14 +100,19 @@ impl Applier {
         archive.set_unpack_xattrs(false);
         archive.set_overwrite(false);
         let mut added: HashSet<PathBuf> = HashSet::new();
-        for entry in archive
+        let mut last: Option<PathBuf> = None;
+        let entries = archive
             .entries()
-            .with_context(|| format!("{what}: reading the tar stream"))?
-        {
-            let mut entry = entry.with_context(|| format!("{what}: reading the tar stream"))?;
-            let raw = entry.path()?.into_owned();
+            .map_err(|e| stream_error(what, &e, None))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| stream_error(what, &e, last.as_deref()))?;
+            let raw = entry
+                .path()
+                .map_err(|e| stream_error(what, &e, last.as_deref()))?
+                .into_owned();
             self.apply_entry(&mut entry, &raw, &mut added)
                 .with_context(|| format!("{what}: entry {}", raw.display()))?;
+            last = Some(raw);
         }
         Ok(archive.into_inner())
     }
@@ -261,7 +266,7 @@ impl Applier {
                 // The tar crate writes the data (keeping the holes of sparse entries) into a
                 // file it creates with O_EXCL through this directory descriptor.
                 let dest = fd_path(parent.as_fd()).join(&name);
-                let file = match entry.unpack(&dest)? {
+                let file = match entry.unpack(&dest).map_err(unpack_error)? {
                     tar::Unpacked::File(f) => f,
                     _ => bail!("the tar reader did not create a regular file"),
                 };
@@ -411,6 +416,50 @@ fn is_errno(e: &anyhow::Error, code: i32) -> bool {
     e.downcast_ref::<io::Error>()
         .and_then(io::Error::raw_os_error)
         == Some(code)
+}
+
+/// A tar stream that cannot be read, said as the user sees it: before the first entry it is not
+/// an archive at all; later it is damaged or cut short. The tar crate's own words are kept only
+/// when they are plain text (on a non-archive they quote the garbage it read).
+fn stream_error(what: &str, e: &io::Error, after: Option<&Path>) -> anyhow::Error {
+    let cause = e.to_string();
+    // Before the first entry the tar crate's words ("failed to read entire block") add nothing.
+    let cause = if after.is_some() && cause.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
+        format!(" ({cause})")
+    } else {
+        String::new()
+    };
+    match after {
+        None => anyhow::anyhow!(
+            "{what} is not a tar archive (plain, gzip, zstd or xz), an OCI image layout nor a \
+             docker save archive{cause}"
+        ),
+        Some(last) => anyhow::anyhow!(
+            "{what}: the archive is damaged or truncated after entry {}{cause}",
+            last.display()
+        ),
+    }
+}
+
+/// The tar crate names the file it failed to write by the `/proc/self/fd/N` path nook gave
+/// it, which means nothing to the user: keep only the cause (the caller names the entry).
+fn unpack_error(e: io::Error) -> anyhow::Error {
+    let cause = e
+        .get_ref()
+        .and_then(|inner| inner.source())
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| e.kind().to_string());
+    let truncated = matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::WriteZero
+    ) || cause.contains("entire");
+    if truncated {
+        anyhow::anyhow!("the archive ends inside this file's data: it is truncated")
+    } else if cause.contains("/proc/self/fd/") {
+        anyhow::anyhow!("writing its data: {}", e.kind())
+    } else {
+        anyhow::anyhow!("writing its data: {cause}")
+    }
 }
 
 /// `/proc/self/fd/N`: the directory open at `fd`, as a path the tar crate can use.

@@ -1,6 +1,6 @@
 use clap::Parser;
 
-use nook::cli::{Cli, Command};
+use nook::cli::{Cli, Command, ContainerCommand, ImageCommand, InspectType};
 use nook::commands::{self, log, oci};
 use nook::launch::ChildFailed;
 
@@ -8,7 +8,28 @@ use nook::launch::ChildFailed;
 /// do for `run`, so that it never collides with the command's own statuses).
 const NOOK_FAILED: i32 = 125;
 
+/// `nook version`, worded as `--version`.
+const VERSION_TEXT: &str = concat!("version ", env!("CARGO_PKG_VERSION"), "\nspec: 1.2.0");
+
+/// What a shell shows for a program that SIGPIPE ended: `nook export -o - | head` ends as
+/// `tar cf - | head` would, without a word.
+const BROKEN_PIPE: i32 = 128 + libc::SIGPIPE;
+
 fn main() {
+    // println! panics when the reader of stdout has gone (`nook ps | head`): that is no failure.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(BROKEN_PIPE);
+        }
+        default_hook(info);
+    }));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -48,9 +69,28 @@ fn main() {
         Command::Spec(args) => oci::spec(args),
         Command::Features => oci::features(),
         Command::Info(args) => commands::info(args),
+        Command::Version => {
+            println!("nook {VERSION_TEXT}");
+            Ok(0)
+        }
+        Command::Inspect(args) => commands::inspect(args, args.kind),
+        Command::Container(verb) => match verb {
+            ContainerCommand::Ls(args) => commands::ps(args),
+            ContainerCommand::Rm(args) => commands::rm(args),
+            ContainerCommand::Inspect(args) => {
+                commands::inspect(args, Some(InspectType::Container))
+            }
+        },
+        Command::Image(verb) => match verb {
+            ImageCommand::Ls(args) => commands::images(args),
+            ImageCommand::Rm(args) => commands::rmi(args),
+            ImageCommand::Import(args) => commands::import(args),
+            ImageCommand::Inspect(args) => commands::inspect(args, Some(InspectType::Image)),
+        },
     };
     let code = match result {
         Ok(code) => code,
+        Err(e) if nook::fsutil::is_broken_pipe(&e) => BROKEN_PIPE,
         Err(e) => {
             log::error(&format!("{e:#}"));
             match e.downcast_ref::<ChildFailed>() {

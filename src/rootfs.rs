@@ -570,11 +570,19 @@ fn mount_one(root: BorrowedFd<'_>, m: &Mount, destination: &Path) -> Result<()> 
         // `target` still names the directory under the new mount: the image's content.
         let mounted = sys::open_in_root(root, destination, libc::O_PATH | libc::O_DIRECTORY)
             .with_context(|| format!("resolving {}", destination.display()))?;
-        crate::copy::copy_contents(
-            Path::new(&fd_path(target.as_fd())),
-            Path::new(&fd_path(mounted.as_fd())),
-        )
-        .context("copying the image's content into the tmpfs (tmpcopyup)")?;
+        let (from, to) = (fd_path(target.as_fd()), fd_path(mounted.as_fd()));
+        crate::copy::copy_contents(Path::new(&from), Path::new(&to))
+            // Errors name the descriptors' paths, which mean nothing to the user.
+            .map_err(|e| {
+                let dest = destination.display().to_string();
+                anyhow::anyhow!(
+                    "{}",
+                    format!("{e:#}")
+                        .replace(&to, &dest)
+                        .replace(&from, &format!("{dest} in the image"))
+                )
+            })
+            .context("copying the image's content into the tmpfs (tmpcopyup)")?;
     }
     if result.is_ok() {
         set_propagation(root, destination, &options)?;

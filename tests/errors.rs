@@ -155,3 +155,145 @@ fn a_working_directory_that_is_a_file_is_named() {
         assert!(out.stderr.contains("is a file"), "{out}");
     }
 }
+
+#[test]
+fn a_command_that_is_a_directory_is_named_as_one() {
+    let Some(t) = Nook::new() else { return };
+    let out = t.nook(&["run", "--rm", t.image(), "/etc"]);
+    out.assert_code(126);
+    assert!(
+        out.stderr.contains("/etc") && out.stderr.contains("is a directory"),
+        "{out}"
+    );
+    assert!(!out.stderr.contains("ermission denied"), "{out}");
+    assert_eq!(t.container_dirs(), Vec::<String>::new());
+    t.assert_no_processes_left();
+}
+
+/// Entries of `$NOOK_STORAGE/images`, hidden ones included.
+fn image_entries(t: &Nook) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(t.storage.join("images"))
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn truncated_and_non_archives_are_named_without_internal_paths() {
+    let Some(t) = Nook::new() else { return };
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, size) in [("small", 10), ("big", 200_000)] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(size as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        builder
+            .append_data(&mut h, name, &vec![b'x'; size][..])
+            .unwrap();
+    }
+    let whole = builder.into_inner().unwrap();
+    let truncated = t.dir.join("truncated.tar");
+    std::fs::write(&truncated, &whole[..100_000]).unwrap();
+    t.give(&truncated);
+    let random: Vec<u8> = (0..50_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let garbage = t.dir.join("garbage.bin");
+    std::fs::write(&garbage, random).unwrap();
+    t.give(&garbage);
+    let text = t.write_file("notes.txt", "not an archive\n");
+    let before = image_entries(&t);
+    for (source, cause) in [
+        (&truncated, "truncated"),
+        (&garbage, "not a tar archive"),
+        (&text, "not a tar archive"),
+    ] {
+        let source = source.to_str().unwrap();
+        let out = t.nook(&["import", source, "bad"]);
+        assert_ne!(out.code, Some(0), "{out}");
+        assert!(out.stderr.contains(source), "{out}");
+        assert!(out.stderr.contains(cause), "{out}");
+        assert!(!out.stderr.contains("/proc/self/fd"), "{out}");
+        assert!(out.stderr.is_ascii(), "garbage quoted\n{out}");
+        assert_eq!(image_entries(&t), before, "{source} left something behind");
+    }
+}
+
+#[test]
+fn exec_resolves_user_names_in_the_container_as_run_does() {
+    let Some(t) = Nook::new() else { return };
+    if !t.has_subids() {
+        return;
+    }
+    let image = t.image_copy("named");
+    let passwd = std::path::Path::new(&image).join("etc/passwd");
+    let mut text = std::fs::read_to_string(&passwd).unwrap_or_default();
+    text.push_str("app:x:4321:4322:app:/home/app:/bin/sh\n");
+    std::fs::write(&passwd, text).unwrap();
+    t.give(&passwd);
+    t.nook(&["run", "-q", "-d", "--name", "users", &image, "sleep", "60"])
+        .assert_ok();
+    t.nook(&["run", "-q", "--rm", "-u", "app", &image, "id", "-u"])
+        .assert_ok()
+        .assert_stdout("4321\n");
+    t.nook(&["exec", "-u", "app", "users", "sh", "-c", "id -u; id -g"])
+        .assert_ok()
+        .assert_stdout("4321\n4322\n");
+    t.nook(&["exec", "-u", "1234:5", "users", "sh", "-c", "id -u; id -g"])
+        .assert_ok()
+        .assert_stdout("1234\n5\n");
+    let out = t.nook(&["exec", "-u", "nosuchuser", "users", "true"]);
+    assert_ne!(out.code, Some(0), "{out}");
+    assert!(
+        out.stderr.contains("nosuchuser") && out.stderr.contains("/etc/passwd"),
+        "{out}"
+    );
+    assert!(!out.stderr.contains("invalid digit"), "{out}");
+    t.nook(&["rm", "-f", "users"]).assert_ok();
+    t.assert_no_processes_left();
+}
+
+#[test]
+fn a_reader_that_goes_away_is_no_error() {
+    use std::io::Read;
+    let Some(t) = Nook::new() else { return };
+    t.nook(&["import", "-q", t.image(), "img"]).assert_ok();
+    t.nook(&["run", "-q", "--name", "ct", "img", "true"])
+        .assert_ok();
+    for args in [
+        &["export", "-o", "-", "img"][..],
+        &["export", "-o", "-", "ct"],
+        &["ps", "-a"],
+    ] {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut child = t
+            .command_for(t.bin(), &args, &[])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = [0u8; 1];
+        let _ = child.stdout.take().unwrap().read(&mut first);
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(stderr, "", "{args:?} printed an error for a closed pipe");
+        assert!(
+            matches!(status.code(), Some(0) | Some(141)),
+            "{args:?}: {status}"
+        );
+    }
+    assert_eq!(image_entries(&t), ["img"], "a temporary export was left");
+    t.assert_no_processes_left();
+}

@@ -8,7 +8,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::json;
 
-use crate::cli::{Format, LogsArgs, PsArgs, RmArgs, StopArgs};
+use crate::cli::{Format, InspectArgs, InspectType, LogsArgs, PsArgs, RmArgs, StopArgs};
 use crate::container::{Container, State, Status, Store};
 
 fn status_text(state: &State) -> String {
@@ -261,7 +261,46 @@ pub fn stop(args: &StopArgs) -> Result<i32> {
     })
 }
 
+/// Where the last `lines` lines of the file begin (a last line without its newline counts).
+fn tail_start(file: &mut std::fs::File, lines: usize) -> std::io::Result<u64> {
+    let mut end = file.seek(SeekFrom::End(0))?;
+    if lines == 0 {
+        return Ok(end);
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut seen = 0;
+    let mut first = true;
+    while end > 0 {
+        let len = buf.len().min(end as usize);
+        let start = end - len as u64;
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut buf[..len])?;
+        for i in (0..len).rev() {
+            if buf[i] != b'\n' {
+                continue;
+            }
+            // The newline that ends the file ends the last line: it starts none.
+            if first && start + i as u64 + 1 == end {
+                continue;
+            }
+            seen += 1;
+            if seen == lines {
+                return Ok(start + i as u64 + 1);
+            }
+        }
+        first = false;
+        end = start;
+    }
+    Ok(0)
+}
+
 pub fn logs(args: &LogsArgs) -> Result<i32> {
+    if args.timestamps {
+        bail!(
+            "--timestamps: nook's log keeps no times (it is the container's output as written); \
+             have the program print them, or pipe `nook logs -f` through `ts` (moreutils)"
+        );
+    }
     let store = Store::open()?;
     let container = store.get(&args.container)?;
     let path = container.log_path();
@@ -275,6 +314,11 @@ pub fn logs(args: &LogsArgs) -> Result<i32> {
         Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
     };
     let mut out = std::io::stdout().lock();
+    if let Some(n) = args.tail {
+        let start =
+            tail_start(&mut file, n).with_context(|| format!("reading {}", path.display()))?;
+        file.seek(SeekFrom::Start(start))?;
+    }
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = file
@@ -294,4 +338,49 @@ pub fn logs(args: &LogsArgs) -> Result<i32> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `nook inspect`: a JSON array, one object per name, as podman prints; a name is a container
+/// first, then an image, unless `kind` says which. A name found nowhere fails the whole call.
+pub fn inspect(args: &InspectArgs, kind: Option<InspectType>) -> Result<i32> {
+    let containers = Store::open()?;
+    let images = crate::image::ImageStore::open()?;
+    let mut found = Vec::new();
+    for name in &args.names {
+        let container = match kind {
+            Some(InspectType::Image) => None,
+            _ => containers.get(name).ok(),
+        };
+        if let Some(c) = container {
+            let state = c.state();
+            found.push(json!({
+                "Kind": "container",
+                "Id": c.meta.id,
+                "Name": c.meta.name,
+                "Status": state.effective_status(),
+                "Meta": c.meta,
+                "State": state,
+                "Dir": c.dir,
+            }));
+            continue;
+        }
+        if kind != Some(InspectType::Container) && images.exists(name) {
+            let image = images.get(name)?;
+            found.push(json!({
+                "Kind": "image",
+                "Name": image.meta.name,
+                "Meta": image.meta,
+                "Dir": image.dir,
+            }));
+            continue;
+        }
+        let among = match kind {
+            Some(InspectType::Container) => "no container",
+            Some(InspectType::Image) => "no image",
+            None => "no container or image",
+        };
+        bail!("{among} named {name} (see `nook ps` and `nook images`)");
+    }
+    println!("{}", serde_json::to_string_pretty(&found)?);
+    Ok(0)
 }

@@ -5,9 +5,10 @@ mod images;
 mod info;
 pub mod log;
 pub mod oci;
+mod podman;
 mod run;
 
-pub use containers::{logs, ps, rm, stop};
+pub use containers::{inspect, logs, ps, rm, stop};
 pub use images::{commit, diff, export, images, import, rmi};
 pub use info::info;
 pub use run::run;

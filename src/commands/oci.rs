@@ -874,23 +874,18 @@ fn root_display(global: &GlobalArgs) -> String {
         .unwrap_or_default()
 }
 
-fn parse_user(text: &str) -> Result<(u32, u32)> {
-    let (u, g) = text.split_once(':').unwrap_or((text, ""));
-    let uid = u
-        .parse()
-        .with_context(|| format!("--user {text:?}: give UID[:GID] as numbers"))?;
-    let gid = if g.is_empty() {
-        uid
-    } else {
-        g.parse()
-            .with_context(|| format!("--user {text:?}: give UID[:GID] as numbers"))?
-    };
-    Ok((uid, gid))
+/// `-u USER[:GROUP]` as `run` reads it, names looked up in the running container's own
+/// /etc/passwd and /etc/group (through its root, so its symbolic links stay inside).
+fn resolve_exec_user(text: &str, pid: i32) -> Result<(u32, u32)> {
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let user = crate::spec::resolve_user(&root, Some(text))
+        .with_context(|| format!("--user {text:?} in the container"))?;
+    Ok((user.uid, user.gid))
 }
 
 /// The process `exec` runs: `--process FILE`, else the container's process with the command
 /// line's changes.
-fn exec_process(args: &ExecArgs, base: &Process) -> Result<Process> {
+fn exec_process(args: &ExecArgs, base: &Process, pid: i32) -> Result<Process> {
     if let Some(path) = &args.process {
         let text = fs::read_to_string(path)
             .with_context(|| format!("reading --process {}", path.display()))?;
@@ -926,7 +921,7 @@ fn exec_process(args: &ExecArgs, base: &Process) -> Result<Process> {
     }
     let mut user = base.user().clone();
     if let Some(text) = &args.user {
-        let (uid, gid) = parse_user(text)?;
+        let (uid, gid) = resolve_exec_user(text, pid)?;
         user.set_uid(uid);
         user.set_gid(gid);
     }
@@ -966,7 +961,7 @@ fn exec_process(args: &ExecArgs, base: &Process) -> Result<Process> {
 pub fn exec(global: &GlobalArgs, args: &ExecArgs) -> Result<i32> {
     let (mut spec, pid) = exec_target(global, &args.container)?;
     let base = spec.process().clone().unwrap_or_default();
-    let process = exec_process(args, &base)?;
+    let process = exec_process(args, &base, pid)?;
     let tty = process.terminal() == Some(true);
     if tty && args.detach && args.console_socket.is_none() {
         bail!("--tty with --detach needs --console-socket to hand the terminal to");
@@ -1134,9 +1129,10 @@ mod tests {
 
     #[test]
     fn users_parse_as_numbers() {
-        assert_eq!(parse_user("1000").unwrap(), (1000, 1000));
-        assert_eq!(parse_user("0:5").unwrap(), (0, 5));
-        assert!(parse_user("alice").is_err());
+        // No such process: no /etc/passwd to read, so only numbers resolve.
+        assert_eq!(resolve_exec_user("1000", -1).unwrap(), (1000, 1000));
+        assert_eq!(resolve_exec_user("0:5", -1).unwrap(), (0, 5));
+        assert!(resolve_exec_user("alice", -1).is_err());
     }
 
     #[test]

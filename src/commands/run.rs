@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use super::mapping_and_notice;
+use super::{mapping_and_notice, podman};
 use crate::backend::{self, Backend, Choice, Decision};
 use crate::cli::{BackendArg, NetworkArg, RootEmulationArg, RunArgs, UsernsArg};
 use crate::container::{
@@ -41,6 +41,7 @@ struct Checked {
     root_emulation: root_emulation::Verdict,
     /// A stored image's name and metadata file, checked again once the container is on disk.
     stored: Option<(String, PathBuf)>,
+    podman: podman::Options,
 }
 
 fn check(args: &RunArgs) -> Result<Checked> {
@@ -53,6 +54,7 @@ fn check(args: &RunArgs) -> Result<Checked> {
             "-d cannot be combined with -i or -t: a detached container has no terminal to attach"
         );
     }
+    let podman = podman::check(args)?;
     let (image, stored) = resolve_image(&args.image)?;
     let config = stored
         .as_ref()
@@ -76,11 +78,12 @@ fn check(args: &RunArgs) -> Result<Checked> {
     } else if !args.quiet {
         warn_unmapped_owner(&image, &idmap);
     }
-    let volumes = args
+    let mut volumes = args
         .volumes
         .iter()
         .map(|v| Volume::parse(v))
         .collect::<Result<Vec<_>>>()?;
+    volumes.extend(podman.volumes.iter().cloned());
     for volume in &volumes {
         let Some(real) = spec::resolve_in_image(&image, &volume.destination) else {
             continue;
@@ -141,12 +144,13 @@ fn check(args: &RunArgs) -> Result<Checked> {
     for e in &args.env {
         spec::validate_env_arg(e)?;
     }
-    // The image's environment first: -e overrides it.
+    // The image's environment first, then --env-file: -e overrides both.
     let env = config
         .env
         .iter()
         .flatten()
         .cloned()
+        .chain(podman::env_file_vars(&args.env_file)?)
         .chain(args.env.iter().filter_map(|e| match e.split_once('=') {
             Some(_) => Some(e.clone()),
             None => std::env::var(e).ok().map(|v| format!("{e}={v}")),
@@ -249,6 +253,7 @@ fn check(args: &RunArgs) -> Result<Checked> {
         extra_hosts,
         root_emulation,
         stored: stored.map(|i| (i.meta.name.clone(), i.dir.join("image.json"))),
+        podman,
     })
 }
 
@@ -381,9 +386,18 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             return Err(e);
         }
     }
+    if let Some(file) = &checked.podman.cidfile {
+        if let Err(e) = write_cidfile(file, &container.meta.id) {
+            let _ = store.remove(&container);
+            return Err(e);
+        }
+    }
     let prepared = match prepare(args, &checked, &container, decision.backend) {
         Ok(p) => p,
         Err(e) => {
+            if let Some(file) = &checked.podman.cidfile {
+                let _ = fs::remove_file(file);
+            }
             let _ = store.remove(&container);
             return Err(e);
         }
@@ -486,7 +500,7 @@ fn prepare(
             root_emulation::APT_DROP_IN_TEXT.as_bytes().to_vec(),
         ));
     }
-    let spec = spec::build_run_spec(&RunRequest {
+    let mut spec = spec::build_run_spec(&RunRequest {
         // The overlay is mounted over the container's own directory, in the container's mount
         // namespace only; its layers are named by descriptor, so hiding them does no harm.
         rootfs: &container.dir,
@@ -501,6 +515,13 @@ fn prepare(
         idmap: &checked.idmap,
         root_emulation: checked.root_emulation.on,
     })?;
+    podman::apply(
+        &mut spec,
+        &checked.podman,
+        &checked.image,
+        checked.root_emulation.on,
+        checked.user.uid,
+    )?;
     let plan = match backend {
         Backend::Overlay => RootfsPlan::Overlay {
             lower: checked.image.clone(),
@@ -594,6 +615,17 @@ fn keep_id_identity(checked: &Checked) -> Vec<GeneratedFile> {
         });
     }
     files
+}
+
+/// `--cidfile`: created, never overwritten, as podman does.
+fn write_cidfile(file: &Path, id: &str) -> Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(file)
+        .with_context(|| format!("--cidfile {}: creating it", file.display()))?;
+    f.write_all(id.as_bytes())
+        .with_context(|| format!("--cidfile {}: writing it", file.display()))
 }
 
 fn record_running(container: &Container, pid: i32) -> Result<()> {

@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::ffi::CString;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
@@ -563,6 +564,21 @@ impl Program {
 
     /// 126; the error's text in lower case, as engines match `permission denied`.
     fn cannot_run(&self, path: &CString, err: nix::Error) -> ChildFailed {
+        // execve says EACCES for a directory, which reads as a permission problem.
+        let is_dir = err == nix::Error::EACCES
+            && std::fs::metadata(Path::new(std::ffi::OsStr::from_bytes(path.as_bytes())))
+                .is_ok_and(|m| m.is_dir());
+        if is_dir {
+            return ChildFailed {
+                code: 126,
+                message: format!(
+                    "{}: is a directory, not a program: cannot run it in the container (give \
+                     the program to run, e.g. {}/PROGRAM, or use -w to start there)",
+                    path.to_string_lossy(),
+                    path.to_string_lossy().trim_end_matches('/')
+                ),
+            };
+        }
         ChildFailed {
             code: 126,
             message: format!(

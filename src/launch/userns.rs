@@ -10,6 +10,9 @@ use super::sync::{Channel, Msg};
 use crate::idmap::IdMapping;
 use crate::sys;
 
+/// The code a helper reports when its only failure was a reader that went away.
+const BROKEN_PIPE: i32 = 128 + libc::SIGPIPE;
+
 /// Runs `work` in a child process inside a new user (and mount) namespace with `mapping`, as
 /// root there when the mapping has a root. Its error comes back as this function's error.
 pub fn run_in_userns(mapping: &IdMapping, work: impl FnOnce() -> Result<()>) -> Result<()> {
@@ -36,7 +39,11 @@ pub fn run_in_userns(mapping: &IdMapping, work: impl FnOnce() -> Result<()>) -> 
                 Ok(()) => 0,
                 Err(e) => {
                     let _ = child_chan.send(&Msg::Failed {
-                        code: 1,
+                        code: if crate::fsutil::is_broken_pipe(&e) {
+                            BROKEN_PIPE
+                        } else {
+                            1
+                        },
                         message: format!("{e:#}"),
                     });
                     1
@@ -61,6 +68,10 @@ pub fn run_in_userns(mapping: &IdMapping, work: impl FnOnce() -> Result<()>) -> 
         }
     };
     match outcome? {
+        // Kept as an io error, so that the caller can tell it from a failure.
+        Some((Msg::Failed { code, message }, _)) if code == BROKEN_PIPE => {
+            Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe)).context(message)
+        }
         Some((Msg::Failed { message, .. }, _)) => anyhow::bail!("{message}"),
         Some((other, _)) => anyhow::bail!("unexpected message {other:?}"),
         None if status == WaitStatus::Exited(pid, 0) => Ok(()),
