@@ -368,6 +368,19 @@ fn tree_digest(dir: &Path) -> String {
         .collect()
 }
 
+/// A test cannot run here for `reason`: a failure under `CI=true`, where scripts/test.sh
+/// provides every prerequisite, else a skip said past the output capture.
+pub fn prerequisite_missing(reason: &str) {
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("prerequisite missing under CI=true: {reason}");
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {}: {reason}",
+        thread::current().name().unwrap_or("test")
+    );
+}
+
 /// The Debian bookworm archive that `scripts/mkimage-debian.sh` builds (scripts/test.sh runs it
 /// as root; `NOOK_TEST_DEBIAN_IMAGE` names another), checked once per test process against the
 /// sha256 recorded beside it. `None` (after saying why) when it is missing or differs; under
@@ -403,14 +416,7 @@ pub fn debian_archive() -> Option<PathBuf> {
     match checked {
         Ok(path) => Some(path.clone()),
         Err(reason) => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("prerequisite missing under CI=true: {reason}");
-            }
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED {}: {reason}",
-                thread::current().name().unwrap_or("test")
-            );
+            prerequisite_missing(reason);
             None
         }
     }
@@ -669,14 +675,7 @@ impl Nook {
             "{} has no subordinate uid range in /etc/subuid",
             self.setup.runner.name
         );
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("prerequisite missing under CI=true: {reason}");
-        }
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED {}: {reason}",
-            thread::current().name().unwrap_or("test")
-        );
+        prerequisite_missing(&reason);
         false
     }
 
