@@ -17,30 +17,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{wait_until, Nook, Out};
+use common::{prerequisite_missing, required_tool, wait_until, Nook, Out};
 
 const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A program of an engine, or `None` after saying it is missing (a failure under `CI=true`).
-fn required_tool(program: &str, package: &str) -> Option<PathBuf> {
-    let found = ["/usr/bin", "/usr/sbin", "/usr/local/bin"]
-        .iter()
-        .map(|d| Path::new(d).join(program))
-        .find(|p| p.exists());
-    if found.is_none() {
-        missing(&format!(
-            "{program} is not installed (apt-get install {package})"
-        ));
-    }
-    found
-}
-
-fn missing(reason: &str) {
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("prerequisite missing under CI=true: {reason}");
-    }
-    eprintln!("SKIPPED: {reason}");
-}
 
 /// Runs `program ARGS` as the test process (root), output in files so that nothing it starts
 /// can hold a pipe of ours open, and kills it past the timeout.
@@ -377,7 +356,7 @@ fn pause_and_resume(c: &Containerd, id: &str, label: &str) {
 fn containerd_runs_nook_as_it_runs_crun() {
     let Some(t) = Nook::new() else { return };
     if !nix::unistd::geteuid().is_root() {
-        missing("containerd runs as root: run this test as root");
+        prerequisite_missing("containerd runs as root: run this test as root");
         return;
     }
     let (Some(containerd), Some(ctr)) = (
@@ -750,7 +729,7 @@ fn stable_env(output: &str) -> Vec<String> {
 fn slurm_runs_nook_as_it_runs_crun() {
     let Some(t) = Nook::new() else { return };
     if !nix::unistd::geteuid().is_root() {
-        missing("slurmd runs as root: run this test as root");
+        prerequisite_missing("slurmd runs as root: run this test as root");
         return;
     }
     let Some(programs) = SlurmPrograms::find() else {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::{exe_grabber, tree_listing, wait_until, Nook, Out};
+use common::{exe_grabber, required_tool, tree_listing, wait_until, Nook, Out};
 
 const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -687,23 +687,6 @@ fn a_created_containers_init_is_out_of_reach_through_proc_1_exe() {
 // ---------------------------------------------------------------------------
 // The same bundle under crun and nook.
 // ---------------------------------------------------------------------------
-
-/// `program` on PATH, or `None` after saying why (a failure under `CI=true`, where
-/// scripts/test.sh installs it).
-fn required_tool(program: &str, package: &str) -> Option<PathBuf> {
-    let found = ["/usr/bin", "/usr/sbin", "/usr/local/bin"]
-        .iter()
-        .map(|d| Path::new(d).join(program))
-        .find(|p| p.exists());
-    if found.is_none() {
-        let reason = format!("{program} is not installed (apt-get install {package})");
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("prerequisite missing under CI=true: {reason}");
-        }
-        eprintln!("SKIPPED: {reason}");
-    }
-    found
-}
 
 /// Lines where nook is knowingly different from crun, with the reason.
 const KNOWN_DIFFERENCES: [(&str, &str); 2] = [

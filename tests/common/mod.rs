@@ -381,6 +381,21 @@ pub fn prerequisite_missing(reason: &str) {
     );
 }
 
+/// A program of the host (an engine, a peer runtime), or `None` after saying it is missing (a
+/// failure under `CI=true`, where scripts/test.sh installs `package`).
+pub fn required_tool(program: &str, package: &str) -> Option<PathBuf> {
+    let found = ["/usr/bin", "/usr/sbin", "/usr/local/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.exists());
+    if found.is_none() {
+        prerequisite_missing(&format!(
+            "{program} is not installed (apt-get install {package})"
+        ));
+    }
+    found
+}
+
 /// The Debian bookworm archive that `scripts/mkimage-debian.sh` builds (scripts/test.sh runs it
 /// as root; `NOOK_TEST_DEBIAN_IMAGE` names another), checked once per test process against the
 /// sha256 recorded beside it. `None` (after saying why) when it is missing or differs; under
