@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::backend::{Backend, Choice};
+use crate::rootfs::backend::{Backend, Choice};
 use crate::security::root_emulation;
 
 #[derive(Clone, Debug, PartialEq, Eq)]

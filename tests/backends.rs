@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{debian_archive, tree_listing, wait_until, Nook};
 use nix::sys::signal::Signal;
-use nook::upper::{self, Change, ChangeKind, Layer, LayerKind};
+use nook::storage::upper::{self, Change, ChangeKind, Layer, LayerKind};
 
 /// Some tests here mount filesystems (a tmpfs for storage, a FUSE storage) and the harness checks
 /// after every nook call that the test process's mount table did not change: the tests of this
@@ -458,7 +458,7 @@ fn the_config_file_sets_the_default_and_mistakes_name_the_line() {
 /// A FUSE filesystem mounted by the runner (fuse-overlayfs through fusermount3), for storage that
 /// cannot hold an overlay upper layer.
 fn fuse_storage(t: &Nook) -> Option<Mounted> {
-    if !Path::new("/dev/fuse").exists() || nook::fuse::find_program().is_none() {
+    if !Path::new("/dev/fuse").exists() || nook::rootfs::fuse::find_program().is_none() {
         skip("fuse-overlayfs and /dev/fuse are needed to make a FUSE storage");
         return None;
     }
@@ -617,7 +617,7 @@ fn mounts_under(storage: &Path) -> Vec<String> {
 fn sigkill_of_nook_leaves_no_fuse_overlayfs_or_mount() {
     let _serial = serial();
     let Some(t) = Nook::new() else { return };
-    if nook::fuse::find_program().is_none() {
+    if nook::rootfs::fuse::find_program().is_none() {
         skip("fuse-overlayfs is not installed");
         return;
     }
@@ -663,7 +663,7 @@ fn sigkill_of_nook_leaves_no_fuse_overlayfs_or_mount() {
 fn a_fuse_container_that_ends_unmounts_and_stops_fuse_overlayfs() {
     let _serial = serial();
     let Some(t) = Nook::new() else { return };
-    if nook::fuse::find_program().is_none() {
+    if nook::rootfs::fuse::find_program().is_none() {
         skip("fuse-overlayfs is not installed");
         return;
     }
@@ -858,7 +858,7 @@ fn info_reports_every_check_and_the_fix_for_failures() {
 fn a_detached_fuse_container_runs_in_the_background() {
     let _serial = serial();
     let Some(t) = Nook::new() else { return };
-    if nook::fuse::find_program().is_none() {
+    if nook::rootfs::fuse::find_program().is_none() {
         skip("fuse-overlayfs is not installed");
         return;
     }

@@ -24,10 +24,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 
 use libfuzzer_sys::fuzz_target;
-use nook::archive::{host_architecture, import_source, sha256_of, RunConfig};
 use nook::fsutil::remove_tree;
 use nook::idmap::IdMapping;
-use nook::layer::Applier;
+use nook::storage::archive::{host_architecture, import_source, sha256_of, RunConfig};
+use nook::storage::layer::Applier;
 
 const SEPARATOR: &[u8] = b"\n--\n";
 const MAX_BLOBS: usize = 8;

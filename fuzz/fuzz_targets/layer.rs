@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use libfuzzer_sys::fuzz_target;
 use nook::fsutil::remove_tree;
 use nook::idmap::IdMapping;
-use nook::layer::Applier;
+use nook::storage::layer::Applier;
 
 fuzz_target!(|data: &[u8]| {
     let scratch = PathBuf::from(format!("/tmp/nook-fuzz-layer-{}", std::process::id()));
@@ -26,7 +26,11 @@ fuzz_target!(|data: &[u8]| {
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     outside.sort();
-    assert_eq!(outside, ["canary", "root"], "a layer wrote outside the image");
+    assert_eq!(
+        outside,
+        ["canary", "root"],
+        "a layer wrote outside the image"
+    );
     assert_eq!(fs::read_dir(scratch.join("canary")).unwrap().count(), 0);
     let _ = remove_tree(&scratch);
 });

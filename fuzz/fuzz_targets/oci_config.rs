@@ -27,8 +27,14 @@ fuzz_target!(|data: &[u8]| {
         gid: 1000,
         name: Some("fuzz".into()),
         home: None,
-        subuids: vec![SubRange { start: 100000, count: 65536 }],
-        subgids: vec![SubRange { start: 100000, count: 65536 }],
+        subuids: vec![SubRange {
+            start: 100000,
+            count: 65536,
+        }],
+        subgids: vec![SubRange {
+            start: 100000,
+            count: 65536,
+        }],
         helpers_unusable: None,
     };
     let uids = ranges(linux.uid_mappings());

@@ -4,8 +4,8 @@
 //! working directory and one `ENV` entry per key.
 
 use libfuzzer_sys::fuzz_target;
-use nook::image::{apply_changes, validate_image_name, ImageConfig};
 use nook::spec::Volume;
+use nook::storage::image::{apply_changes, validate_image_name, ImageConfig};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -9,7 +9,7 @@ use nix::unistd::Pid;
 use serde_json::json;
 
 use crate::cli::{Format, InspectArgs, InspectType, LogsArgs, PsArgs, RmArgs, StopArgs};
-use crate::container::{Container, State, Status, Store};
+use crate::storage::container::{Container, State, Status, Store};
 
 fn status_text(state: &State) -> String {
     match state.effective_status() {
@@ -185,7 +185,7 @@ fn wait_for_runner(container: &Container, state: &State) -> Result<()> {
         return Ok(());
     };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while crate::container::process_start_time(pid) == Some(start) {
+    while crate::storage::container::process_start_time(pid) == Some(start) {
         if Instant::now() >= deadline {
             bail!(
                 "nook process {pid}, which ran container {}, did not exit after its container \
@@ -344,7 +344,7 @@ pub fn logs(args: &LogsArgs) -> Result<i32> {
 /// first, then an image, unless `kind` says which. A name found nowhere fails the whole call.
 pub fn inspect(args: &InspectArgs, kind: Option<InspectType>) -> Result<i32> {
     let containers = Store::open()?;
-    let images = crate::image::ImageStore::open()?;
+    let images = crate::storage::image::ImageStore::open()?;
     let mut found = Vec::new();
     for name in &args.names {
         let container = match kind {

@@ -6,17 +6,17 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use super::mapping_for;
-use crate::archive::Found;
 use crate::cli::{
     CommitArgs, DiffArgs, ExportArgs, ExportFormatArg, Format, ImagesArgs, ImportArgs, RmiArgs,
 };
-use crate::container::{Container, Store};
 use crate::idmap::Caller;
-use crate::image::{
+use crate::storage::archive::Found;
+use crate::storage::container::{Container, Store};
+use crate::storage::image::{
     apply_changes, ContainerLayer, ExportFormat, Exportable, Image, ImageConfig, ImageMeta,
     ImageStore,
 };
-use crate::upper::{Layer, LayerKind};
+use crate::storage::upper::{Layer, LayerKind};
 
 pub fn import(args: &ImportArgs) -> Result<i32> {
     let idmap = mapping_for(args.userns, &Caller::current(), args.quiet);

@@ -8,13 +8,13 @@ use anyhow::Result;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::backend::{self, Choice, StorageFs};
 use crate::cli::{InfoArgs, InfoFormat};
-use crate::container::storage_root;
 use crate::idmap::{find_in_path, Caller, IdMapping, MapWriter, SubRange, UsernsMode};
 use crate::launch::run_in_userns;
+use crate::rootfs::backend::{self, Choice, StorageFs};
 use crate::security::root_emulation;
-use crate::{config, fuse};
+use crate::storage::container::storage_root;
+use crate::{config, rootfs::fuse};
 
 /// How a check came out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -34,10 +34,13 @@ fn write(level: &str, msg: &str) {
             LogFormat::Json => serde_json::json!({
                 "level": level,
                 "msg": msg,
-                "time": crate::container::now_rfc3339(),
+                "time": crate::storage::container::now_rfc3339(),
             })
             .to_string(),
-            LogFormat::Text => format!("{} {level}: {msg}", crate::container::now_rfc3339()),
+            LogFormat::Text => format!(
+                "{} {level}: {msg}",
+                crate::storage::container::now_rfc3339()
+            ),
         };
         if let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)

@@ -26,13 +26,13 @@ use crate::cli::{
     CreateArgs, DeleteArgs, ExecArgs, Format, GlobalArgs, IdArg, KillArgs, ListArgs, OciCreateArgs,
     RunArgs, SpecArgs,
 };
-use crate::container::{now_rfc3339, process_start_time};
 use crate::fsutil::write_atomic;
 use crate::hooks::{state_document, HookContext, OCI_VERSION};
 use crate::idmap::{IdMapping, IdRange, MapWriter};
 use crate::launch::{self, Launch, Started, StdinMode, Target};
-use crate::oci_state::{default_root, Entry, Record, StateRoot};
 use crate::rootfs::RootfsPlan;
+use crate::storage::container::{now_rfc3339, process_start_time};
+use crate::storage::oci_state::{default_root, Entry, Record, StateRoot};
 
 fn state_root(global: &GlobalArgs) -> Result<StateRoot> {
     let dir = match &global.root {
@@ -425,7 +425,7 @@ fn pass_gate(entry: &Entry, record: &Record) -> Result<()> {
         }
         // Before it opens the fifo, poll tells nothing: watch the process itself.
         if !passed {
-            if !crate::oci_state::process_alive(record.pid, record.pid_start) {
+            if !crate::storage::oci_state::process_alive(record.pid, record.pid_start) {
                 failed = true;
                 break;
             }
@@ -587,13 +587,14 @@ fn container_pids(pid1: i32) -> Vec<i32> {
 pub fn kill_container(global: &GlobalArgs, args: &KillArgs) -> Result<i32> {
     let given = args.signal.as_deref().or(args.signal_flag.as_deref());
     let root = state_root(global)?;
-    let is_oci = crate::oci_state::validate_id(&args.id).is_ok() && root.ids()?.contains(&args.id);
+    let is_oci =
+        crate::storage::oci_state::validate_id(&args.id).is_ok() && root.ids()?.contains(&args.id);
     if !is_oci {
         // An engine's kill of a container it already deleted must not create a store.
-        let has_store =
-            crate::container::storage_root().is_ok_and(|root| root.join("containers").is_dir());
+        let has_store = crate::storage::container::storage_root()
+            .is_ok_and(|root| root.join("containers").is_dir());
         let human = has_store
-            .then(|| crate::container::Store::open().and_then(|store| store.get(&args.id)))
+            .then(|| crate::storage::container::Store::open().and_then(|store| store.get(&args.id)))
             .and_then(Result::ok);
         if let Some(container) = human {
             return kill_human(
@@ -626,13 +627,13 @@ pub fn kill_container(global: &GlobalArgs, args: &KillArgs) -> Result<i32> {
 
 /// `kill` of a container of `nook ps`: its runner records the end, as after `nook stop`.
 fn kill_human(
-    container: &crate::container::Container,
+    container: &crate::storage::container::Container,
     signal: libc::c_int,
     all: bool,
 ) -> Result<i32> {
     let state = container.state();
     let pid = match (state.effective_status(), state.pid) {
-        (crate::container::Status::Running, Some(pid)) => pid,
+        (crate::storage::container::Status::Running, Some(pid)) => pid,
         _ => bail!(
             "container {} is not running (see `nook ps`)",
             container.meta.name
@@ -654,7 +655,7 @@ fn kill_human(
 fn kill_and_wait(entry: &Entry, record: &Record) -> Result<()> {
     let _ = kill(Pid::from_raw(record.pid), Signal::SIGKILL);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while crate::oci_state::process_alive(record.pid, record.pid_start) {
+    while crate::storage::oci_state::process_alive(record.pid, record.pid_start) {
         if Instant::now() >= deadline {
             bail!(
                 "container {} (pid {}) did not die after SIGKILL",
@@ -835,7 +836,9 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> Result<i32> {
 /// Where `exec` goes: an OCI container under `--root`, else a container of `nook ps`.
 fn exec_target(global: &GlobalArgs, name: &str) -> Result<(Spec, i32)> {
     let root = state_root(global)?;
-    if crate::oci_state::validate_id(name).is_ok() && root.ids()?.iter().any(|id| id == name) {
+    if crate::storage::oci_state::validate_id(name).is_ok()
+        && root.ids()?.iter().any(|id| id == name)
+    {
         let entry = root.get(name)?;
         let record = entry.record()?;
         if entry.status(&record) != ContainerState::Running {
@@ -843,7 +846,7 @@ fn exec_target(global: &GlobalArgs, name: &str) -> Result<(Spec, i32)> {
         }
         return Ok((entry.spec()?, record.pid));
     }
-    let store = crate::container::Store::open()?;
+    let store = crate::storage::container::Store::open()?;
     let container = store.get(name).with_context(|| {
         format!(
             "no container {name} under --root {} nor in nook's store",
@@ -852,7 +855,7 @@ fn exec_target(global: &GlobalArgs, name: &str) -> Result<(Spec, i32)> {
     })?;
     let state = container.state();
     let pid = match (state.effective_status(), state.pid) {
-        (crate::container::Status::Running, Some(pid)) => pid,
+        (crate::storage::container::Status::Running, Some(pid)) => pid,
         _ => bail!("container {name} is not running (see `nook ps`)"),
     };
     let path = container.dir.join("config.json");

@@ -9,19 +9,19 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use super::{mapping_and_notice, podman};
-use crate::backend::{self, Backend, Choice, Decision};
 use crate::cli::{BackendArg, NetworkArg, RootEmulationArg, RunArgs, UsernsArg};
-use crate::container::{
-    now_rfc3339, process_start_time, Container, NewContainer, State, Status, Store,
-};
 use crate::idmap::{Caller, IdMapping};
-use crate::image::{Image, ImageConfig, ImageStore};
 use crate::launch::{self, run_in_userns, ChildFailed, Launch, StdinMode, Target};
+use crate::rootfs::backend::{self, Backend, Choice, Decision};
 use crate::rootfs::GeneratedFile;
 use crate::rootfs::RootfsPlan;
 use crate::security::root_emulation;
 use crate::spec::{self, NetworkMode, RunRequest, Volume};
-use crate::{config, copy, net, sys};
+use crate::storage::container::{
+    now_rfc3339, process_start_time, Container, NewContainer, State, Status, Store,
+};
+use crate::storage::image::{Image, ImageConfig, ImageStore};
+use crate::{config, net, rootfs::copy, sys};
 
 /// Everything checked before anything is created, so that bad input leaves nothing behind.
 struct Checked {
@@ -368,14 +368,15 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         auto_remove: args.rm,
         idmap: &checked.idmap,
     })?;
-    container.meta.network = checked
-        .net
-        .as_ref()
-        .map(|plan| crate::container::NetworkMeta {
-            helper: plan.helper,
-            reason: plan.reason.clone(),
-            ports: plan.ports.iter().map(|p| p.describe()).collect(),
-        });
+    container.meta.network =
+        checked
+            .net
+            .as_ref()
+            .map(|plan| crate::storage::container::NetworkMeta {
+                helper: plan.helper,
+                reason: plan.reason.clone(),
+                ports: plan.ports.iter().map(|p| p.describe()).collect(),
+            });
     // The overlay's directories are needed only once the id maps are written, so they are made
     // while newuidmap and newgidmap run; fuse-overlayfs and the copy need them before.
     let deferred = decision.backend == Backend::Overlay && !args.detach;

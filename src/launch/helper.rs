@@ -24,7 +24,7 @@ use nix::unistd::Pid;
 use super::sync::{Channel, Msg};
 use super::{child, clone_refused, root_path, ChildFailed, Target};
 use crate::rootfs::RootfsPlan;
-use crate::{fuse, sys};
+use crate::{rootfs::fuse, sys};
 
 /// The helper process, as nook sees it.
 pub(super) struct Helper {

@@ -5,6 +5,13 @@
 //! vanishes with the container. Mount targets are resolved inside the root by
 //! [`sys::open_in_root`] (`openat2(RESOLVE_IN_ROOT)`, or its walk on kernels without it): a
 //! symlink in the image can never send a mount outside the container's root.
+//!
+//! The backends that make the writable layer live here too: `backend` (the choice and its probe),
+//! `fuse` (fuse-overlayfs) and `copy` (reflink or plain copy).
+
+pub mod backend;
+pub mod copy;
+pub mod fuse;
 
 use std::fs;
 use std::io;
@@ -571,7 +578,7 @@ fn mount_one(root: BorrowedFd<'_>, m: &Mount, destination: &Path) -> Result<()> 
         let mounted = sys::open_in_root(root, destination, libc::O_PATH | libc::O_DIRECTORY)
             .with_context(|| format!("resolving {}", destination.display()))?;
         let (from, to) = (fd_path(target.as_fd()), fd_path(mounted.as_fd()));
-        crate::copy::copy_contents(Path::new(&from), Path::new(&to))
+        crate::rootfs::copy::copy_contents(Path::new(&from), Path::new(&to))
             // Errors name the descriptors' paths, which mean nothing to the user.
             .map_err(|e| {
                 let dest = destination.display().to_string();

@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::layer::Applier;
+use crate::storage::layer::Applier;
 
 /// How a stream is compressed, from its first bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -399,7 +399,7 @@ mod tests {
     #[test]
     fn this_process_is_alive_only_with_its_start_time() {
         let me = std::process::id() as i32;
-        let start = crate::container::process_start_time(me).unwrap();
+        let start = crate::storage::container::process_start_time(me).unwrap();
         assert!(process_alive(me, start));
         assert!(!process_alive(me, start + 1));
         assert!(!process_alive(i32::MAX, start));

@@ -15,10 +15,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::{copy, fuse};
 use crate::fsutil::{remove_tree, write_atomic};
 use crate::idmap::IdMapping;
 use crate::launch::run_in_userns;
-use crate::{copy, fuse, rootfs, sys};
+use crate::{rootfs, sys};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::layer::{OPAQUE_MARKER, WHITEOUT_PREFIX};
+use crate::storage::layer::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 
 /// How a container's writable layer records changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

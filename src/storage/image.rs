@@ -9,17 +9,17 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::archive::{import_source, Found};
-use crate::container::{now_rfc3339, remove_owned_tree, storage_root};
 use crate::fsutil::{create_private_dir, write_atomic};
 use crate::idmap::IdMapping;
 use crate::launch::run_in_userns;
-use crate::layer::{Applier, Summary};
-use crate::tree::{Copier, Share};
-use crate::upper::{Change, ChangeKind, Layer};
+use crate::storage::archive::{import_source, Found};
+use crate::storage::container::{now_rfc3339, remove_owned_tree, storage_root};
+use crate::storage::layer::{Applier, Summary};
+use crate::storage::tree::{Copier, Share};
+use crate::storage::upper::{Change, ChangeKind, Layer};
 
 /// What the image asks of a container (the part of the OCI image config nook applies).
-pub type ImageConfig = crate::archive::RunConfig;
+pub type ImageConfig = crate::storage::archive::RunConfig;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ImageMeta {
@@ -139,7 +139,9 @@ impl ImageStore {
         let (meta, found) = self.build(name, idmap, source, |tmp| {
             let rootfs = tmp.join("rootfs");
             match &source_path {
-                Some(dir) if dir.is_dir() && !crate::archive::is_image_archive_dir(dir) => {
+                Some(dir)
+                    if dir.is_dir() && !crate::storage::archive::is_image_archive_dir(dir) =>
+                {
                     let skipped = copy_directory(dir, &rootfs, idmap)?;
                     Ok(Built {
                         found: Found {
@@ -327,7 +329,7 @@ impl ImageStore {
         let mut tx = fs::File::from(tx);
         let layer = from.layer.clone();
         run_in_userns(&from.idmap, move || {
-            let changes = crate::upper::changes(&layer)?;
+            let changes = crate::storage::upper::changes(&layer)?;
             serde_json::to_writer(&mut tx, &changes).context("reporting the changes")?;
             Ok(())
         })?;
@@ -399,14 +401,14 @@ fn flatten_in_userns(from: &ContainerLayer, rootfs: &Path) -> Result<usize> {
         Share::Copy
     };
     run_in_userns(&from.idmap, move || {
-        let changes = crate::upper::changes(&layer)?;
-        let bar = crate::archive::progress_bar(None, "committing");
+        let changes = crate::storage::upper::changes(&layer)?;
+        let bar = crate::storage::archive::progress_bar(None, "committing");
         let mut copier = Copier::default();
         copier.copy_tree(&layer.base, &rootfs, share)?;
         for change in &changes {
             let dest = rootfs.join(&change.path);
             match change.kind {
-                ChangeKind::Deleted => crate::tree::remove(&dest)?,
+                ChangeKind::Deleted => crate::storage::tree::remove(&dest)?,
                 ChangeKind::Added | ChangeKind::Changed => {
                     let src = layer.top.join(&change.path);
                     let meta = fs::symlink_metadata(&src)
@@ -449,25 +451,24 @@ fn write_export(
         ExportFormat::Tar => None,
     };
     run_in_userns(idmap, move || {
-        let bar = crate::archive::progress_bar(None, "exporting");
+        let bar = crate::storage::archive::progress_bar(None, "exporting");
         let out = io::BufWriter::with_capacity(1 << 20, out);
         match scratch {
             None => {
-                let mut out = crate::archive::write_tree(&rootfs, out, &bar)?;
+                let mut out = crate::storage::archive::write_tree(&rootfs, out, &bar)?;
                 io::Write::flush(&mut out).context("writing the archive")?;
             }
             Some(layer) => {
-                let writer = crate::archive::HashingWriter::new(io::BufWriter::with_capacity(
-                    1 << 20,
-                    layer,
-                ));
-                let writer = crate::archive::write_tree(&rootfs, writer, &bar)?;
+                let writer = crate::storage::archive::HashingWriter::new(
+                    io::BufWriter::with_capacity(1 << 20, layer),
+                );
+                let writer = crate::storage::archive::write_tree(&rootfs, writer, &bar)?;
                 let (layer, digest, size) = writer.finish().context("writing the layer")?;
                 let layer = layer
                     .into_inner()
                     .map_err(|e| e.into_error())
                     .context("writing the layer")?;
-                let mut out = crate::archive::write_oci_archive(
+                let mut out = crate::storage::archive::write_oci_archive(
                     out,
                     layer,
                     &digest,
