@@ -120,6 +120,12 @@ pub enum Command {
     Spec(SpecArgs),
     /// OCI: print the features this runtime supports, as JSON
     Features,
+    /// OCI: freeze every process of a container (needs its cgroup: a delegated cgroup v2)
+    Pause(IdArg),
+    /// OCI: thaw a paused container
+    Resume(IdArg),
+    /// OCI: change a container's cgroup limits (`--resources FILE|-` or the flags)
+    Update(UpdateArgs),
     /// Print nook's version and the OCI runtime-spec version it implements
     Version,
     /// Print containers or images as JSON (a name is looked up as a container, then an image)
@@ -233,6 +239,42 @@ pub struct DeleteArgs {
     /// Kill the container first if it still runs
     #[arg(short, long)]
     pub force: bool,
+    #[arg(value_name = "ID")]
+    pub id: String,
+}
+
+#[derive(Args, Debug)]
+pub struct UpdateArgs {
+    /// The new `linux.resources` as JSON (runtime-spec), from a file or `-` for stdin
+    #[arg(short, long, value_name = "FILE")]
+    pub resources: Option<PathBuf>,
+    /// Maximum number of processes (`pids.max`)
+    #[arg(long, value_name = "N")]
+    pub pids_limit: Option<i64>,
+    /// Memory limit in bytes (`memory.max`)
+    #[arg(short, long, value_name = "BYTES")]
+    pub memory: Option<i64>,
+    /// Memory plus swap limit in bytes, as runc counts it
+    #[arg(long, value_name = "BYTES")]
+    pub memory_swap: Option<i64>,
+    /// Memory soft limit in bytes (`memory.low`)
+    #[arg(long, value_name = "BYTES")]
+    pub memory_reservation: Option<i64>,
+    /// CPU time per period, in microseconds (`cpu.max`)
+    #[arg(long, value_name = "US")]
+    pub cpu_quota: Option<i64>,
+    /// CPU period, in microseconds
+    #[arg(long, value_name = "US")]
+    pub cpu_period: Option<u64>,
+    /// CPU shares (v1 scale, converted to `cpu.weight`)
+    #[arg(long, value_name = "N")]
+    pub cpu_share: Option<u64>,
+    /// CPUs the container may use (`cpuset.cpus`)
+    #[arg(long, value_name = "LIST")]
+    pub cpuset_cpus: Option<String>,
+    /// Memory nodes the container may use (`cpuset.mems`)
+    #[arg(long, value_name = "LIST")]
+    pub cpuset_mems: Option<String>,
     #[arg(value_name = "ID")]
     pub id: String,
 }

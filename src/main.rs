@@ -1,7 +1,7 @@
 use clap::Parser;
 
 use nook::cli::{Cli, Command, ContainerCommand, ImageCommand, InspectType};
-use nook::commands::{self, log, oci};
+use nook::commands::{self, cgroups, log, oci};
 use nook::launch::ChildFailed;
 
 /// Status for nook's own failures when the verb has nothing more specific (as docker and podman
@@ -68,6 +68,9 @@ fn main() {
         Command::List(args) => oci::list(g, args),
         Command::Spec(args) => oci::spec(args),
         Command::Features => oci::features(),
+        Command::Pause(args) => cgroups::pause(g, args, true),
+        Command::Resume(args) => cgroups::pause(g, args, false),
+        Command::Update(args) => cgroups::update(g, args),
         Command::Info(args) => commands::info(args),
         Command::Version => {
             println!("nook {VERSION_TEXT}");

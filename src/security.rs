@@ -331,6 +331,8 @@ fn compile_seccomp(profile: &LinuxSeccomp) -> Result<ScmpFilterContext> {
 /// A seccomp profile compiled to the kernel's BPF, ready to load.
 pub struct SeccompProgram {
     instructions: Vec<libc::sock_filter>,
+    /// `SECCOMP_FILTER_FLAG_*` from the profile's `flags`.
+    flags: libc::c_ulong,
 }
 
 impl SeccompProgram {
@@ -347,9 +349,36 @@ impl SeccompProgram {
                 k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
             })
             .collect();
-        Some(SeccompProgram { instructions })
+        Some(SeccompProgram {
+            instructions,
+            flags: 0,
+        })
     }
 }
+
+/// The profile's `flags`, as the kernel numbers them. TSYNC is accepted and changes nothing:
+/// the filter is loaded while the process has one thread.
+fn seccomp_flags(profile: &LinuxSeccomp) -> Result<libc::c_ulong> {
+    let mut bits = 0;
+    for flag in profile.flags().iter().flatten() {
+        let name = serde_json::to_value(flag)?;
+        let name = name.as_str().unwrap_or_default();
+        bits |= match name {
+            "SECCOMP_FILTER_FLAG_TSYNC" => 0,
+            "SECCOMP_FILTER_FLAG_LOG" => libc::SECCOMP_FILTER_FLAG_LOG,
+            "SECCOMP_FILTER_FLAG_SPEC_ALLOW" => libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW,
+            other => bail!("field `linux.seccomp.flags`: {other:?} is not a flag nook knows"),
+        };
+    }
+    Ok(bits)
+}
+
+/// The flags `nook features` lists as known and supported.
+pub const SECCOMP_FLAGS: [&str; 3] = [
+    "SECCOMP_FILTER_FLAG_TSYNC",
+    "SECCOMP_FILTER_FLAG_LOG",
+    "SECCOMP_FILTER_FLAG_SPEC_ALLOW",
+];
 
 /// FNV-1a: a stable hash for cache keys (std's hasher may change between releases).
 fn fnv1a(parts: &[&[u8]]) -> u64 {
@@ -379,6 +408,13 @@ fn seccomp_cache_dir() -> Option<std::path::PathBuf> {
 /// The BPF program of `profile`. Compiling a profile of several hundred rules costs
 /// milliseconds, so the result is cached per profile, libseccomp version and nook version.
 pub fn seccomp_program(profile: &LinuxSeccomp) -> Result<SeccompProgram> {
+    let flags = seccomp_flags(profile)?;
+    let mut program = compiled_program(profile)?;
+    program.flags = flags;
+    Ok(program)
+}
+
+fn compiled_program(profile: &LinuxSeccomp) -> Result<SeccompProgram> {
     let json = serde_json::to_vec(profile)?;
     let version = libseccomp::ScmpVersion::current()
         .map(|v| format!("{}.{}.{}", v.major, v.minor, v.micro))
@@ -424,7 +460,7 @@ pub fn seccomp_program(profile: &LinuxSeccomp) -> Result<SeccompProgram> {
 
 /// Loads the program into this process; everything it execs keeps it.
 pub fn load_seccomp(program: &SeccompProgram) -> Result<()> {
-    crate::sys::seccomp_set_filter(&program.instructions)
+    crate::sys::seccomp_set_filter(&program.instructions, program.flags)
         .context("loading the seccomp filter (seccomp(SECCOMP_SET_MODE_FILTER))")
 }
 

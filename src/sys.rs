@@ -722,7 +722,7 @@ pub fn xattrs(path: &Path) -> io::Result<Vec<(std::ffi::OsString, Vec<u8>)>> {
 
 /// Installs a classic BPF seccomp program (`SECCOMP_SET_MODE_FILTER`). The caller must already
 /// have set no_new_privs or hold CAP_SYS_ADMIN.
-pub fn seccomp_set_filter(program: &[libc::sock_filter]) -> io::Result<()> {
+pub fn seccomp_set_filter(program: &[libc::sock_filter], flags: libc::c_ulong) -> io::Result<()> {
     let len =
         u16::try_from(program.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?;
     let fprog = libc::sock_fprog {
@@ -734,7 +734,7 @@ pub fn seccomp_set_filter(program: &[libc::sock_filter]) -> io::Result<()> {
         libc::syscall(
             libc::SYS_seccomp,
             libc::SECCOMP_SET_MODE_FILTER,
-            0,
+            flags,
             &fprog as *const libc::sock_fprog,
         )
     };

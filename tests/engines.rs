@@ -216,6 +216,7 @@ struct Observed {
     ps_lists_init: bool,
     stopped_by_term: bool,
     delete_reports: bool,
+    paused: bool,
 }
 
 /// Drives one runtime (`runtime` as the runc v2 shim's BinaryName) through ctr's verbs.
@@ -301,7 +302,7 @@ fn drive(c: &Containerd, image: &str, runtime: &Path, label: &str) -> Observed {
         .lines()
         .any(|l| l.split_whitespace().next() == Some(&init_pid.to_string()));
 
-    pause_and_resume(c, &id, label);
+    let paused = pause_and_resume(c, &id, label);
 
     let kill = c.ctr(&["task", "kill", &id]);
     assert_eq!(kill.code, Some(0), "{label}: ctr task kill\n{kill}");
@@ -324,12 +325,14 @@ fn drive(c: &Containerd, image: &str, runtime: &Path, label: &str) -> Observed {
         ps_lists_init,
         stopped_by_term,
         delete_reports,
+        paused,
     }
 }
 
 /// `ctr task pause`/`resume`: the shim calls the runtime's `pause` and `resume`. A runtime that
 /// cannot freeze must say so and leave the task running; one that can must thaw it again.
-fn pause_and_resume(c: &Containerd, id: &str, label: &str) {
+/// Whether it could: as root, nook freezes with the cgroup v2 freezer, crun here with v1's.
+fn pause_and_resume(c: &Containerd, id: &str, label: &str) -> bool {
     let pause = c.ctr(&["task", "pause", id]);
     if pause.code == Some(0) {
         c.wait_for_status(id, "PAUSED");
@@ -337,6 +340,7 @@ fn pause_and_resume(c: &Containerd, id: &str, label: &str) {
         assert_eq!(resume.code, Some(0), "{label}: ctr task resume\n{resume}");
         c.wait_for_status(id, "RUNNING");
         eprintln!("{label}: pause and resume work under containerd");
+        true
     } else {
         assert!(
             pause.stderr.contains("pause"),
@@ -349,6 +353,7 @@ fn pause_and_resume(c: &Containerd, id: &str, label: &str) {
         );
         let first = pause.stderr.lines().next().unwrap_or_default().to_string();
         eprintln!("{label}: pause refused under containerd: {first}");
+        false
     }
 }
 

@@ -453,46 +453,41 @@ fn auto_backend(fs: Option<&StorageFs>, mapping: &IdMapping) -> (Check, Option<S
     }
 }
 
-/// nook applies no cgroup limits (an OCI spec's `resources` get a warning), so this is
-/// information for whoever wants them, never a failure.
+/// Only the OCI face uses cgroups (`pause`, `resume`, `update`, a bundle's `resources`), and
+/// only where the caller may write them, so this informs and never fails.
 fn cgroup_delegation() -> Check {
-    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-    let is_v2 = nix::sys::statfs::statfs("/sys/fs/cgroup")
-        .is_ok_and(|s| s.filesystem_type().0 == CGROUP2_SUPER_MAGIC);
-    if !is_v2 {
+    let Some(dir) = crate::cgroup::own_dir() else {
         return good(
             "cgroup v2",
-            "not used by nook: /sys/fs/cgroup is cgroup v1 or hybrid, and nook sets no cgroup \
-             limits (a bundle's resources are warned about)",
+            "none mounted: OCI `pause`/`resume`/`update` and a bundle's limits are refused or \
+             warned about",
         );
-    }
-    let own = fs::read_to_string("/proc/self/cgroup")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("0::").map(str::to_string))
-        })
-        .unwrap_or_default();
-    let dir = Path::new("/sys/fs/cgroup").join(own.trim_start_matches('/'));
-    let writable = nix::unistd::access(
-        &dir.join("cgroup.subtree_control"),
-        nix::unistd::AccessFlags::W_OK,
-    )
-    .is_ok();
-    let controllers = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
-    let delegated = if writable {
-        "delegated"
-    } else {
-        "not delegated to this user"
     };
-    good(
-        "cgroup v2",
-        format!(
-            "not used by nook (it sets no cgroup limits): {} is {delegated} (controllers: {})",
-            dir.display(),
-            controllers.trim()
-        ),
-    )
+    let controllers = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+    let controllers = match controllers.trim() {
+        "" => "none: limits cannot be applied, the freezer works".to_string(),
+        list => list.to_string(),
+    };
+    if crate::cgroup::delegated(&dir) {
+        good(
+            "cgroup v2",
+            format!(
+                "{} is delegated to this user: OCI containers get a cgroup there (pause, resume, \
+                 update; controllers: {controllers})",
+                dir.display()
+            ),
+        )
+    } else {
+        good(
+            "cgroup v2",
+            format!(
+                "{} is not delegated to this user: OCI `pause`/`resume`/`update` are refused and \
+                 a bundle's limits warned about (a delegated subtree, e.g. systemd's \
+                 Delegate=yes, enables them; controllers: {controllers})",
+                dir.display()
+            ),
+        )
+    }
 }
 
 fn seccomp() -> Check {

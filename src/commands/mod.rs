@@ -1,5 +1,6 @@
 //! One function per verb: turns parsed arguments into calls to the layers below.
 
+pub mod cgroups;
 mod containers;
 mod images;
 mod info;

@@ -22,6 +22,7 @@ use oci_spec::runtime::{Capability, ContainerState, LinuxNamespaceType, Process,
 use serde_json::json;
 
 use super::log;
+use crate::cgroup::Cgroup;
 use crate::cli::{
     CreateArgs, DeleteArgs, ExecArgs, Format, GlobalArgs, IdArg, KillArgs, ListArgs, OciCreateArgs,
     RunArgs, SpecArgs,
@@ -34,7 +35,7 @@ use crate::rootfs::RootfsPlan;
 use crate::storage::container::{now_rfc3339, process_start_time};
 use crate::storage::oci_state::{default_root, Entry, Record, StateRoot};
 
-fn state_root(global: &GlobalArgs) -> Result<StateRoot> {
+pub(super) fn state_root(global: &GlobalArgs) -> Result<StateRoot> {
     let dir = match &global.root {
         Some(dir) => dir.clone(),
         None => default_root()?,
@@ -111,22 +112,6 @@ fn check_spec(bundle: &Path, spec: &mut Spec) -> Result<()> {
                  supported by nook yet (network, ipc, uts and cgroup are); remove the path to \
                  get a new one",
                 ns.typ()
-            );
-        }
-    }
-    if let Some(res) = linux.resources() {
-        let limited = res.memory().is_some()
-            || res.cpu().is_some()
-            || res.pids().is_some()
-            || res.block_io().is_some()
-            || res
-                .hugepage_limits()
-                .as_ref()
-                .is_some_and(|h| !h.is_empty());
-        if limited {
-            log::warn(
-                "field `linux.resources`: cgroup limits are not applied: nook manages no cgroups \
-                 yet (a rootless container needs a delegated cgroup for them)",
             );
         }
     }
@@ -313,24 +298,55 @@ fn create_in(
         .with_context(|| format!("chmod {}", waiting.display()))?;
     let hooks = HookContext::of(spec, &entry.id, &bundle.dir);
     let plan = RootfsPlan::Prepared;
+    let cgroup = super::cgroups::container_cgroup(&entry.id, spec)?;
+    let created = create_with(
+        entry,
+        bundle,
+        opts,
+        &fifo,
+        &waiting,
+        hooks.as_ref(),
+        &plan,
+        cgroup.as_ref(),
+        idmap.as_ref(),
+    );
+    if created.is_err() {
+        if let Some(cgroup) = &cgroup {
+            let _ = cgroup.remove();
+        }
+    }
+    created
+}
+
+#[allow(clippy::too_many_arguments)]
+fn create_with(
+    entry: &Entry,
+    bundle: &Bundle,
+    opts: &OciCreateArgs,
+    fifo: &Path,
+    waiting: &Path,
+    hooks: Option<&HookContext>,
+    plan: &RootfsPlan,
+    cgroup: Option<&Cgroup>,
+    idmap: Option<&IdMapping>,
+) -> Result<Started> {
+    let spec = &bundle.spec;
     let launch = Launch {
         spec,
         target: Target::New {
-            rootfs: &plan,
+            rootfs: plan,
             files: &[],
-            idmap: idmap.as_ref(),
+            idmap,
         },
-        start_gate: Some(launch::StartGate {
-            fifo: &fifo,
-            waiting: &waiting,
-        }),
+        start_gate: Some(launch::StartGate { fifo, waiting }),
         preserve_fds: opts.preserve_fds,
-        hooks: hooks.as_ref(),
+        hooks,
         init: false,
         keep_stdin: true,
         die_with_parent: false,
         meanwhile: None,
         network: None,
+        cgroup,
     };
     let mut started = launch::start(&launch)?;
     let pid = started.pid;
@@ -343,6 +359,7 @@ fn create_in(
             bundle: bundle.dir.clone(),
             created: now_rfc3339(),
             annotations: spec.annotations().clone(),
+            cgroup: cgroup.map(|c| c.dir.clone()),
         };
         entry.save(&record)?;
         started.adopt()?;
@@ -515,6 +532,9 @@ fn state_json(entry: &Entry) -> Result<serde_json::Value> {
         record.annotations.clone(),
     );
     let mut value = serde_json::to_value(doc)?;
+    if status == ContainerState::Running && entry.paused(&record) {
+        value["status"] = json!("paused");
+    }
     value["created"] = json!(record.created);
     value["owner"] = json!(owner_of(&entry.dir));
     Ok(value)
@@ -693,6 +713,10 @@ fn delete_entry(entry: Entry, force: bool) -> Result<()> {
         .spec()
         .ok()
         .and_then(|spec| HookContext::of(&spec, &entry.id, &record.bundle));
+    if let Some(dir) = &record.cgroup {
+        // Processes the container left behind (daemonised children) go with it.
+        Cgroup { dir: dir.clone() }.remove()?;
+    }
     entry.remove()?;
     if let Some(hooks) = hooks {
         if let Err(e) = hooks.run_poststop(record.pid) {
@@ -834,7 +858,11 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> Result<i32> {
 }
 
 /// Where `exec` goes: an OCI container under `--root`, else a container of `nook ps`.
-fn exec_target(global: &GlobalArgs, name: &str) -> Result<(Spec, i32)> {
+fn exec_target(
+    global: &GlobalArgs,
+    name: &str,
+    ignore_paused: bool,
+) -> Result<(Spec, i32, Option<Cgroup>)> {
     let root = state_root(global)?;
     if crate::storage::oci_state::validate_id(name).is_ok()
         && root.ids()?.iter().any(|id| id == name)
@@ -844,7 +872,14 @@ fn exec_target(global: &GlobalArgs, name: &str) -> Result<(Spec, i32)> {
         if entry.status(&record) != ContainerState::Running {
             bail!("container {name} is not running: only a running container can exec");
         }
-        return Ok((entry.spec()?, record.pid));
+        if entry.paused(&record) && !ignore_paused {
+            bail!(
+                "container {name} is paused: `nook resume {name}` first (with --ignore-paused \
+                 the command waits until then)"
+            );
+        }
+        let cgroup = record.cgroup.map(|dir| Cgroup { dir });
+        return Ok((entry.spec()?, record.pid, cgroup));
     }
     let store = crate::storage::container::Store::open()?;
     let container = store.get(name).with_context(|| {
@@ -865,7 +900,7 @@ fn exec_target(global: &GlobalArgs, name: &str) -> Result<(Spec, i32)> {
             path.display()
         )
     })?;
-    Ok((spec, pid))
+    Ok((spec, pid, None))
 }
 
 fn root_display(global: &GlobalArgs) -> String {
@@ -962,7 +997,7 @@ fn exec_process(args: &ExecArgs, base: &Process, pid: i32) -> Result<Process> {
 }
 
 pub fn exec(global: &GlobalArgs, args: &ExecArgs) -> Result<i32> {
-    let (mut spec, pid) = exec_target(global, &args.container)?;
+    let (mut spec, pid, cgroup) = exec_target(global, &args.container, args.ignore_paused)?;
     let base = spec.process().clone().unwrap_or_default();
     let process = exec_process(args, &base, pid)?;
     let tty = process.terminal() == Some(true);
@@ -986,6 +1021,7 @@ pub fn exec(global: &GlobalArgs, args: &ExecArgs) -> Result<i32> {
         die_with_parent: !args.detach,
         meanwhile: None,
         network: None,
+        cgroup: cgroup.as_ref(),
     };
     let mut started = launch::start(&launch)?;
     let child = started.pid;
@@ -1070,7 +1106,7 @@ pub fn features() -> Result<i32> {
         "linux": {
             "namespaces": namespaces,
             "capabilities": caps,
-            "cgroup": { "v1": false, "v2": false, "systemd": false, "systemdUser": false, "rdma": false },
+            "cgroup": { "v1": false, "v2": true, "systemd": false, "systemdUser": false, "rdma": false },
             "seccomp": {
                 "enabled": true,
                 "actions": [
@@ -1085,8 +1121,8 @@ pub fn features() -> Result<i32> {
                     "SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM", "SCMP_ARCH_PPC64LE", "SCMP_ARCH_RISCV64",
                     "SCMP_ARCH_S390X", "SCMP_ARCH_X32", "SCMP_ARCH_X86", "SCMP_ARCH_X86_64"
                 ],
-                "knownFlags": [],
-                "supportedFlags": []
+                "knownFlags": crate::security::SECCOMP_FLAGS.as_slice(),
+                "supportedFlags": crate::security::SECCOMP_FLAGS.as_slice()
             },
             "apparmor": { "enabled": false },
             "selinux": { "enabled": false },

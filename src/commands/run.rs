@@ -429,6 +429,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         die_with_parent: true,
         meanwhile: deferred.then_some(&materialize as &dyn Fn() -> Result<()>),
         network: checked.net.as_ref(),
+        cgroup: None,
     };
     if args.detach {
         return run_detached(&store, &container, &launch);

@@ -34,6 +34,8 @@ pub(super) struct Context<'a> {
     pub waiting: Option<OwnedFd>,
     /// An `exec`'s seccomp program, compiled before it entered the container.
     pub seccomp: Option<security::SeccompProgram>,
+    /// Make the cgroup namespace after the parent moved us into the container's cgroup.
+    pub late_cgroupns: bool,
 }
 
 /// Runs in the cloned child; never returns. Any failure goes to the parent as a message.
@@ -100,6 +102,14 @@ pub(super) fn join_then_run(mut ctx: Context<'_>, target: Pid) -> ! {
         // the mount namespace they would be the container's, and the cache would land in its
         // layer.
         ctx.seccomp = seccomp_of(ctx.launch.spec)?;
+        // An exec'd command is the container's too: frozen with it, counted in its limits.
+        // Moved before it forks, while the host's cgroup filesystem is still in view. A caller
+        // outside the delegated subtree may not move it (the kernel wants write access to the
+        // common ancestor's cgroup.procs); the command then stays in the caller's cgroup, as
+        // under crun.
+        if let Some(cgroup) = ctx.launch.cgroup {
+            cgroup.add_self_if_permitted()?;
+        }
         join_namespaces(target)?;
         sys::clone_process(libc::CLONE_PARENT)
             .context("clone(CLONE_PARENT) of the process that joins the container")
@@ -238,6 +248,10 @@ fn become_container(ctx: &mut Context<'_>, gate_passed: &Cell<bool>) -> Result<I
         }
         if super::has_user_namespace(spec) {
             security::become_namespace_root()?;
+        }
+        if ctx.late_cgroupns {
+            nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
+                .context("unshare(CLONE_NEWCGROUP) in the container's cgroup")?;
         }
         // From here on only we may look into this process: the parent is done with /proc/PID.
         sys::set_not_dumpable().context("prctl(PR_SET_DUMPABLE)")?;

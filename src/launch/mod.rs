@@ -86,6 +86,9 @@ pub struct Launch<'a> {
     /// A private network: its helper joins the container's namespaces once they are mapped,
     /// before the container goes on, and ends with it.
     pub network: Option<&'a crate::net::Plan>,
+    /// The container's cgroup: its process is moved there before it makes its cgroup
+    /// namespace, so that namespace's root is the container's own cgroup.
+    pub cgroup: Option<&'a crate::cgroup::Cgroup>,
 }
 
 /// The fifos of an OCI `create`.
@@ -203,10 +206,16 @@ pub fn start(launch: &Launch<'_>) -> Result<Started> {
             return Err(e);
         }
     };
-    let flags = match launch.target {
+    let mut flags = match launch.target {
         Target::New { .. } => namespace_flags(launch.spec),
         Target::Join { .. } => 0,
     };
+    // Cloned into a new cgroup namespace, the process would keep nook's cgroup as that
+    // namespace's root; it makes the namespace itself once it has been moved.
+    let late_cgroupns = launch.cgroup.is_some() && flags & libc::CLONE_NEWCGROUP != 0;
+    if late_cgroupns {
+        flags &= !libc::CLONE_NEWCGROUP;
+    }
     let fuse = matches!(
         launch.target,
         Target::New {
@@ -223,6 +232,7 @@ pub fn start(launch: &Launch<'_>) -> Result<Started> {
         gate,
         waiting,
         seccomp: None,
+        late_cgroupns,
     };
     let cloned = if fuse {
         // Off the fast path: a helper in the user and mount namespaces holds fuse-overlayfs.
@@ -376,6 +386,9 @@ fn handshake(
     if let Target::New { idmap, .. } = launch.target {
         // With the fuse helper the container lives in the helper's user namespace, mapped
         // already.
+        if let Some(cgroup) = launch.cgroup {
+            cgroup.add_process(pid.as_raw())?;
+        }
         let meanwhile = || launch.meanwhile.map_or(Ok(()), |work| work());
         if has_user_namespace(launch.spec) && !maps_written {
             idmap

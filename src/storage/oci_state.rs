@@ -63,6 +63,9 @@ pub struct Record {
     pub bundle: PathBuf,
     pub created: String,
     pub annotations: Option<HashMap<String, String>>,
+    /// The container's cgroup v2 directory, where nook could make one (see `crate::cgroup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
 }
 
 /// The state directory of all containers (`--root`).
@@ -307,6 +310,15 @@ impl Entry {
         }
     }
 
+    /// Whether the cgroup freezer holds the container (`pause`). The runtime spec's states have
+    /// no `paused`; runc and crun report it as the status all the same, and engines expect it.
+    pub fn paused(&self, record: &Record) -> bool {
+        record
+            .cgroup
+            .as_ref()
+            .is_some_and(|dir| crate::cgroup::Cgroup { dir: dir.clone() }.is_frozen())
+    }
+
     /// Whether the process still holds the waiting fifo open: opening it for writing without
     /// blocking succeeds only while it has a reader. The exec fifo alone cannot tell: a `start`
     /// killed after opening it (so the process went on) leaves it in place.
@@ -377,6 +389,7 @@ mod tests {
                 bundle: "/b".into(),
                 created: "now".into(),
                 annotations: None,
+                cgroup: None,
             })
             .unwrap();
         drop(entry);
