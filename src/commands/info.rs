@@ -190,8 +190,12 @@ fn user_namespaces(mapping: &IdMapping) -> Check {
         Err(e) => bad(
             "user namespaces",
             format!("{e:#}"),
-            "see above; on a host: sudo sysctl -w user.max_user_namespaces=15000 \
-             kernel.unprivileged_userns_clone=1",
+            if crate::security::outer::seccomp_filtered() {
+                "outer engine: `--security-opt seccomp=unconfined`, a profile allowing \
+                 clone/unshare of user namespaces, or (Docker) `--cap-add SYS_ADMIN`"
+            } else {
+                "sudo sysctl -w user.max_user_namespaces=15000 kernel.unprivileged_userns_clone=1"
+            },
         ),
     }
 }
