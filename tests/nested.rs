@@ -300,3 +300,47 @@ export HOME=${HOME:-/tmp}
         assert_eq!(out.lines(), ["Hello, world!", owner], "{flags:?}\n{out}");
     }
 }
+
+/// A profile like Docker's default for a container without CAP_SYS_ADMIN, as far as user
+/// namespaces go: `clone` and `unshare` with CLONE_NEWUSER refused, `clone3` unknown.
+const NO_USERNS_PROFILE: &str = r#"{
+  "defaultAction": "SCMP_ACT_ALLOW",
+  "syscalls": [
+    {"names": ["clone", "unshare"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
+     "args": [{"index": 0, "value": 268435456, "valueTwo": 268435456, "op": "SCMP_CMP_MASKED_EQ"}]},
+    {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}
+  ]
+}"#;
+
+#[test]
+fn an_outer_seccomp_profile_refusing_user_namespaces_is_named_with_the_flag() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(t) = Nook::new() else { return };
+    let Some(outer) = Outer::new(&t) else { return };
+    let work = t.mkdir("work");
+    let profile = t.write_file(t.dir.join("no-userns.json"), NO_USERNS_PROFILE);
+    let seccomp = format!("seccomp={}", profile.display());
+    let script = r#"
+/nook run --rm /img true
+echo "run=$?"
+echo "containers=$(ls "$HOME/.local/share/nook/containers" 2>/dev/null | wc -l)"
+"#;
+    let out = outer.run(
+        &["--network", "none", "--security-opt", &seccomp],
+        &work,
+        script,
+    );
+    out.assert_ok();
+    let r = results(&out);
+    assert_eq!(r["run"], "125", "{out}");
+    assert_eq!(r["containers"], "0", "{out}");
+    assert!(
+        out.stderr
+            .contains("seccomp profile of the container nook runs in refuses new user namespaces"),
+        "{out}"
+    );
+    assert!(
+        out.stderr.contains("--security-opt seccomp=unconfined"),
+        "{out}"
+    );
+}
