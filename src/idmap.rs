@@ -435,6 +435,18 @@ impl IdMapping {
             if nested.can_map && !nested.uids.is_empty() && !nested.gids.is_empty() {
                 return (Self::held(nested), None);
             }
+            if !nested.can_map {
+                return (
+                    Self::caller_as_root(caller.uid, caller.gid),
+                    Some(
+                        "only uid 0 and gid 0 are mapped (as root) in the container: the \
+                         container nook runs in took CAP_SETUID or CAP_SETGID away, which \
+                         mapping the other ids it holds takes; run it with `--cap-add SETUID \
+                         --cap-add SETGID`"
+                            .into(),
+                    ),
+                );
+            }
         }
         let problem = caller.range_problem();
         match (mode, problem) {
@@ -766,7 +778,7 @@ mod tests {
         });
         let (m, notice) = IdMapping::for_mode(UsernsMode::Auto, &c);
         assert_eq!(m, IdMapping::caller_as_root(0, 0));
-        assert!(notice.is_some());
+        assert!(notice.unwrap().contains("--cap-add SETUID"));
     }
 
     #[test]

@@ -344,3 +344,39 @@ echo "containers=$(ls "$HOME/.local/share/nook/containers" 2>/dev/null | wc -l)"
         "{out}"
     );
 }
+
+/// Root of an outer container without CAP_SETUID/CAP_SETGID can map its own ids only: nook
+/// runs with those, root emulated, and names the flags that give the rest back.
+#[test]
+fn outer_root_without_setuid_maps_its_own_ids_and_says_which_flags_give_more() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(t) = Nook::new() else { return };
+    let Some(outer) = Outer::new(&t) else { return };
+    let work = t.mkdir("work");
+    let script = "/nook run --rm /img sh -c 'cat /proc/self/uid_map; exit 4'; echo \"run=$?\"";
+    let flags = [
+        "--network",
+        "none",
+        "--cap-drop",
+        "SETUID",
+        "--cap-drop",
+        "SETGID",
+    ];
+    let out = outer.run(&flags, &work, script);
+    out.assert_ok();
+    assert_eq!(results(&out)["run"], "4", "{out}");
+    assert_eq!(
+        out.stdout
+            .lines()
+            .next()
+            .map(str::split_whitespace)
+            .map(|f| f.collect::<Vec<_>>()),
+        Some(vec!["0", "0", "1"]),
+        "{out}"
+    );
+    assert!(
+        out.stderr.contains("--cap-add SETUID --cap-add SETGID"),
+        "{out}"
+    );
+    assert!(out.stderr.contains("root is emulated"), "{out}");
+}
