@@ -19,7 +19,12 @@ pub fn run_in_userns(mapping: &IdMapping, work: impl FnOnce() -> Result<()>) -> 
     let (parent_chan, child_chan) = Channel::pair()?;
     let cloned = sys::clone_process(libc::CLONE_NEWUSER | libc::CLONE_NEWNS).map_err(|e| {
         let why = crate::security::outer::userns_refusal(e.raw_os_error().unwrap_or(0));
-        anyhow::Error::new(e).context(format!("clone(2) into a new user namespace: {why}"))
+        let context = "clone(2) into a new user namespace";
+        if why.is_empty() {
+            anyhow::Error::new(e).context(context)
+        } else {
+            anyhow::Error::new(e).context(format!("{context}: {why}"))
+        }
     })?;
     let pid = match cloned {
         sys::CloneResult::Child => {

@@ -65,8 +65,9 @@ const PROC_REFUSED: &str = "the kernel refused a new /proc (EPERM): the /proc no
     under has masked paths, as an engine's container has, so it is not fully visible. The \
     container gets the outer /proc, read-only with its masks kept: it sees the outer pid \
     namespace's processes (their command lines; the kernel keeps their /proc/PID/root closed \
-    to it, as it belongs to another user namespace). Run the outer container with `--security-opt unmask=/proc/*` (podman) or \
-    `--security-opt systempaths=unconfined` (docker) to give nook a /proc of its own";
+    to it, as it belongs to another user namespace). Run the outer container with \
+    `--security-opt unmask=/proc/*` (podman) or `--security-opt systempaths=unconfined` \
+    (docker) to give nook a /proc of its own";
 
 /// Builds the container's filesystem and moves into it. On return the process's root is the
 /// container's root and the host's tree is unreachable. `before_pivot` runs once the mounts are
