@@ -324,6 +324,8 @@ fn an_outer_seccomp_profile_refusing_user_namespaces_is_named_with_the_flag() {
 /nook run --rm /img true
 echo "run=$?"
 echo "containers=$(ls "$HOME/.local/share/nook/containers" 2>/dev/null | wc -l)"
+bwrap --unshare-user --unshare-pid --ro-bind /img / --proc /proc --dev /dev true 2>/dev/null
+echo "bwrap=$?"
 "#;
     let out = outer.run(
         &["--network", "none", "--security-opt", &seccomp],
@@ -334,6 +336,7 @@ echo "containers=$(ls "$HOME/.local/share/nook/containers" 2>/dev/null | wc -l)"
     let r = results(&out);
     assert_eq!(r["run"], "125", "{out}");
     assert_eq!(r["containers"], "0", "{out}");
+    assert_ne!(r["bwrap"], "0", "{out}");
     assert!(
         out.stderr
             .contains("seccomp profile of the container nook runs in refuses new user namespaces"),
