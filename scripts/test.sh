@@ -53,6 +53,8 @@ DEBIAN_IMAGE=$FIXTURES/debian-bookworm.tar
 PACKAGES+=(podman skopeo umoci)
 # passt: pasta joins --network private containers (tests/network.rs).
 PACKAGES+=(passt)
+# bubblewrap: tests/nested.rs runs it beside nook inside rootless podman containers.
+PACKAGES+=(bubblewrap)
 # ---------------------------------------------------------------------------------------------
 
 log() {

@@ -155,6 +155,98 @@ pub fn add_range_command(who: &str) -> String {
     )
 }
 
+/// Where nook runs, as far as it decides the container's mapping: the host's root, root only
+/// inside somebody else's user namespace (a CI job's container), or an ordinary user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// uid 0 of the initial user namespace (`0 0 4294967295`) holding CAP_SYS_ADMIN.
+    HostRoot,
+    /// uid 0 in a user namespace that is not the initial one, or without CAP_SYS_ADMIN: root
+    /// only by name, so nook makes a user namespace of its own as any rootless user does.
+    NestedRoot(NestedRoot),
+    /// Any other uid.
+    User,
+}
+
+/// The root of an outer container's user namespace, and what it holds there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NestedRoot {
+    /// The ids the current namespace maps (the first column of `/proc/self/uid_map`), as an
+    /// identity: a child namespace can map exactly these.
+    pub uids: Vec<IdRange>,
+    pub gids: Vec<IdRange>,
+    /// CAP_SETUID and CAP_SETGID, which writing a child's maps beyond one's own id takes.
+    pub can_map: bool,
+    pub sys_admin: bool,
+    /// The user namespace is the host's (a rootful container without CAP_SYS_ADMIN).
+    pub initial: bool,
+}
+
+/// The identity over the ids a `/proc/self/uid_map` text maps in this namespace.
+pub fn held_ids(map: &str) -> Vec<IdRange> {
+    map.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace().map(|f| f.parse::<u32>().ok());
+            let (inside, _outside, size) = (fields.next()??, fields.next()??, fields.next()??);
+            // The initial namespace holds every id; a container of 65536 ids is what a
+            // subordinate range gives, and keeps the container from mapping the host's root
+            // range whole.
+            let size = if size == u32::MAX { 65536 } else { size };
+            Some(IdRange {
+                container: inside,
+                host: inside,
+                size,
+            })
+        })
+        .collect()
+}
+
+/// Whether a `/proc/self/uid_map` text is the initial user namespace's.
+pub fn is_initial_map(map: &str) -> bool {
+    let fields: Vec<&str> = map.split_whitespace().collect();
+    fields == ["0", "0", "4294967295"]
+}
+
+impl Standing {
+    pub fn current() -> Standing {
+        if !nix::unistd::getuid().is_root() {
+            return Standing::User;
+        }
+        let read = |p: &str| fs::read_to_string(p).unwrap_or_default();
+        let uid_map = read("/proc/self/uid_map");
+        let has = |cap| caps::has_cap(None, caps::CapSet::Effective, cap).unwrap_or(false);
+        let sys_admin = has(caps::Capability::CAP_SYS_ADMIN);
+        let initial = is_initial_map(&uid_map);
+        if initial && sys_admin {
+            return Standing::HostRoot;
+        }
+        Standing::NestedRoot(NestedRoot {
+            uids: held_ids(&uid_map),
+            gids: held_ids(&read("/proc/self/gid_map")),
+            can_map: has(caps::Capability::CAP_SETUID) && has(caps::Capability::CAP_SETGID),
+            sys_admin,
+            initial,
+        })
+    }
+
+    /// One line for `nook info` and notes.
+    pub fn describe(&self) -> String {
+        match self {
+            Standing::HostRoot => "root of the host (the initial user namespace)".into(),
+            Standing::User => "an unprivileged user".into(),
+            Standing::NestedRoot(n) => {
+                let total: u64 = n.uids.iter().map(|r| r.size as u64).sum();
+                let place = if n.initial {
+                    "root of the host's user namespace without CAP_SYS_ADMIN (a container's root)"
+                } else {
+                    "root of a user namespace nested in the host's (a container's root)"
+                };
+                format!("{place}, holding {total} uid(s)")
+            }
+        }
+    }
+}
+
 /// Everything about the caller that decides its mappings, read once.
 #[derive(Clone, Debug)]
 pub struct Caller {
@@ -166,6 +258,7 @@ pub struct Caller {
     pub subgids: Vec<SubRange>,
     /// Why the helpers cannot be used, if they cannot.
     pub helpers_unusable: Option<String>,
+    pub standing: Standing,
 }
 
 impl Caller {
@@ -186,6 +279,7 @@ impl Caller {
             name,
             home,
             helpers_unusable: helpers_problem(),
+            standing: Standing::current(),
         }
     }
 
@@ -322,8 +416,38 @@ impl IdMapping {
         }
     }
 
+    /// Every id the current namespace holds, as itself: what the root of an outer container
+    /// can map into a namespace of its own without newuidmap.
+    fn held(nested: &NestedRoot) -> Self {
+        IdMapping {
+            uids: nested.uids.clone(),
+            gids: nested.gids.clone(),
+            writer: MapWriter::Privileged,
+        }
+    }
+
     /// The mapping `mode` gives `caller`, and a notice when it had to settle for less than asked.
     pub fn for_mode(mode: UsernsMode, caller: &Caller) -> (IdMapping, Option<String>) {
+        if let (Standing::NestedRoot(nested), UsernsMode::Auto | UsernsMode::KeepId) =
+            (&caller.standing, mode)
+        {
+            // Root keeps its uid either way: keep-id is auto here.
+            if nested.can_map && !nested.uids.is_empty() && !nested.gids.is_empty() {
+                return (Self::held(nested), None);
+            }
+            if !nested.can_map {
+                return (
+                    Self::caller_as_root(caller.uid, caller.gid),
+                    Some(
+                        "only uid 0 and gid 0 are mapped (as root) in the container: the \
+                         container nook runs in took CAP_SETUID or CAP_SETGID away, which \
+                         mapping the other ids it holds takes; run it with `--cap-add SETUID \
+                         --cap-add SETGID`"
+                            .into(),
+                    ),
+                );
+            }
+        }
         let problem = caller.range_problem();
         match (mode, problem) {
             (UsernsMode::Single, _) => (Self::caller_as_root(caller.uid, caller.gid), None),
@@ -618,7 +742,43 @@ mod tests {
             subgids: subuids.clone(),
             subuids,
             helpers_unusable: None,
+            standing: Standing::User,
         }
+    }
+
+    #[test]
+    fn nested_root_maps_every_id_its_namespace_holds_directly() {
+        let podman = "         0       1007          1\n         1     296608      65536\n";
+        assert!(!is_initial_map(podman));
+        assert!(is_initial_map("         0          0 4294967295\n"));
+        let held = held_ids(podman);
+        assert_eq!(format_map(&held), "0 0 1\n1 1 65536\n");
+        assert_eq!(format_map(&held_ids("0 0 4294967295\n")), "0 0 65536\n");
+        let mut c = caller(vec![]);
+        c.uid = 0;
+        c.gid = 0;
+        let nested = NestedRoot {
+            uids: held.clone(),
+            gids: held.clone(),
+            can_map: true,
+            sys_admin: true,
+            initial: false,
+        };
+        c.standing = Standing::NestedRoot(nested.clone());
+        let (m, notice) = IdMapping::for_mode(UsernsMode::Auto, &c);
+        assert!(notice.is_none());
+        assert_eq!(m.writer, MapWriter::Privileged);
+        assert!(m.allows_setgroups());
+        assert_eq!(m.uids, held);
+        assert_eq!(m.host_uid(42), Some(42));
+        // Without CAP_SETUID only the own id can be written: as a user without subids.
+        c.standing = Standing::NestedRoot(NestedRoot {
+            can_map: false,
+            ..nested
+        });
+        let (m, notice) = IdMapping::for_mode(UsernsMode::Auto, &c);
+        assert_eq!(m, IdMapping::caller_as_root(0, 0));
+        assert!(notice.unwrap().contains("--cap-add SETUID"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The last steps before `execve`: user switch, capabilities, no_new_privs and seccomp.
 
+pub mod outer;
 pub mod root_emulation;
 
 use std::collections::HashSet;

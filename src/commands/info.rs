@@ -73,20 +73,27 @@ pub fn info(args: &InfoArgs) -> Result<i32> {
         .name
         .clone()
         .unwrap_or_else(|| caller.uid.to_string());
-    let mut checks = vec![
-        kernel(),
-        user_namespaces(&mapping),
-        subordinate_ids("/etc/subuid", "subordinate uids", &user, &caller.subuids),
-        subordinate_ids("/etc/subgid", "subordinate gids", &user, &caller.subgids),
-        id_map_helper("newuidmap"),
-        id_map_helper("newgidmap"),
+    let mut checks = vec![kernel(), user_namespaces(&mapping)];
+    if mapping.writer == MapWriter::Privileged {
+        // The root of an outer container maps the ids it holds itself.
+        let held = "not needed: nook maps the ids the outer container holds directly";
+        checks.extend([good("subordinate ids", held), good("newuidmap", held)]);
+    } else {
+        checks.extend([
+            subordinate_ids("/etc/subuid", "subordinate uids", &user, &caller.subuids),
+            subordinate_ids("/etc/subgid", "subordinate gids", &user, &caller.subgids),
+            id_map_helper("newuidmap"),
+            id_map_helper("newgidmap"),
+        ]);
+    }
+    checks.extend([
         id_mapping(&mapping, &caller),
         root_emulation(&mapping),
         fuse_device(),
         fuse_program(),
         network_helper(),
         tun_device(),
-    ];
+    ]);
     let storage = storage_root();
     let (storage_check, storage_fs) = storage_dir(storage.as_ref().ok());
     checks.push(storage_check);
@@ -95,6 +102,8 @@ pub fn info(args: &InfoArgs) -> Result<i32> {
     checks.push(backend_check);
     checks.push(cgroup_delegation());
     checks.push(seccomp());
+    checks.push(standing(&caller));
+    checks.extend(outer_restrictions(&caller));
     checks.extend(kernel_calls());
 
     match args.format {
@@ -181,9 +190,30 @@ fn user_namespaces(mapping: &IdMapping) -> Check {
         Err(e) => bad(
             "user namespaces",
             format!("{e:#}"),
-            "sudo sysctl -w user.max_user_namespaces=15000 kernel.unprivileged_userns_clone=1",
+            if crate::security::outer::seccomp_filtered() {
+                "outer engine: `--security-opt seccomp=unconfined`, a profile allowing \
+                 clone/unshare of user namespaces, or (Docker) `--cap-add SYS_ADMIN`"
+            } else {
+                "sudo sysctl -w user.max_user_namespaces=15000 kernel.unprivileged_userns_clone=1"
+            },
         ),
     }
+}
+
+/// Who nook runs as: the host's root, an outer container's root, or a user.
+fn standing(caller: &Caller) -> Check {
+    good("running as", caller.standing.describe())
+}
+
+/// What the container nook runs in withholds, each with the outer engine's flag that lifts it.
+fn outer_restrictions(caller: &Caller) -> Vec<Check> {
+    let fuse = fuse::check_device()
+        .err()
+        .map(|_| "/dev/fuse cannot be opened");
+    crate::security::outer::restrictions(&caller.standing, fuse)
+        .into_iter()
+        .map(|r| warn(r.name, r.effect, format!("outer engine: {}", r.lift)))
+        .collect()
 }
 
 fn subordinate_ids(file: &str, name: &'static str, user: &str, ranges: &[SubRange]) -> Check {

@@ -174,8 +174,16 @@ fn join_namespaces(target: Pid) -> Result<()> {
         }
     }
     for (name, flag, fd) in fds {
-        nix::sched::setns(fd.as_fd(), flag)
-            .with_context(|| format!("setns into the container's {name} namespace"))?;
+        if let Err(e) = nix::sched::setns(fd.as_fd(), flag) {
+            let why = (e == nix::Error::EPERM)
+                .then(|| security::outer::seccomp_refused("setns"))
+                .flatten();
+            let context = format!("setns into the container's {name} namespace");
+            return Err(match why {
+                Some(why) => anyhow::Error::new(e).context(format!("{context}: {why}")),
+                None => anyhow::Error::new(e).context(context),
+            });
+        }
     }
     Ok(())
 }
@@ -214,6 +222,25 @@ fn join_spec_namespaces(spec: &oci_spec::runtime::Spec) -> Result<()> {
         })?;
     }
     Ok(())
+}
+
+/// The UTS namespace is ours, so an EPERM can only be an outer seccomp filter's (podman's and
+/// Docker's default profiles refuse sethostname without CAP_SYS_ADMIN): the container then
+/// keeps the hostname it inherited, and says so.
+fn set_hostname(hostname: &str) -> Result<()> {
+    match nix::unistd::sethostname(hostname) {
+        Err(nix::Error::EPERM) => match security::outer::seccomp_refused("sethostname") {
+            Some(why) => {
+                let kept = nix::unistd::gethostname()
+                    .map(|h| h.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                eprintln!("nook: warning: the hostname stays {kept:?}, not {hostname:?}: {why}");
+                Ok(())
+            }
+            None => Err(nix::Error::EPERM).context("sethostname"),
+        },
+        other => other.context("sethostname"),
+    }
 }
 
 fn become_container(ctx: &mut Context<'_>, gate_passed: &Cell<bool>) -> Result<Infallible> {
@@ -275,7 +302,7 @@ fn become_container(ctx: &mut Context<'_>, gate_passed: &Cell<bool>) -> Result<I
             hooks.run_create_container(host_pid.unwrap_or(0))
         })?;
         if let Some(hostname) = spec.hostname() {
-            nix::unistd::sethostname(hostname).context("sethostname")?;
+            set_hostname(hostname)?;
         }
         let own_network = linux
             .and_then(|l| l.namespaces().as_ref())

@@ -317,14 +317,11 @@ fn root_path(spec: &Spec) -> Result<PathBuf> {
 }
 
 fn clone_refused(err: std::io::Error) -> anyhow::Error {
-    let hint = match err.raw_os_error() {
-        Some(libc::EPERM) | Some(libc::ENOSPC) | Some(libc::EUSERS) => {
-            ": unprivileged user namespaces seem disabled here; an administrator can enable them \
-             with `sysctl -w user.max_user_namespaces=15000` (and on Debian/Ubuntu kernels \
-             `kernel.unprivileged_userns_clone=1`; on Ubuntu 23.10+ see \
-             `kernel.apparmor_restrict_unprivileged_userns`)"
-        }
-        _ => "",
+    let why = crate::security::outer::userns_refusal(err.raw_os_error().unwrap_or(0));
+    let hint = if why.is_empty() {
+        String::new()
+    } else {
+        format!(": {why}")
     };
     anyhow::anyhow!("clone(2) into new namespaces failed: {err}{hint}")
 }

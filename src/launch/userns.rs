@@ -17,9 +17,16 @@ const BROKEN_PIPE: i32 = 128 + libc::SIGPIPE;
 /// root there when the mapping has a root. Its error comes back as this function's error.
 pub fn run_in_userns(mapping: &IdMapping, work: impl FnOnce() -> Result<()>) -> Result<()> {
     let (parent_chan, child_chan) = Channel::pair()?;
-    let pid = match sys::clone_process(libc::CLONE_NEWUSER | libc::CLONE_NEWNS)
-        .context("clone(2) into a new user namespace")?
-    {
+    let cloned = sys::clone_process(libc::CLONE_NEWUSER | libc::CLONE_NEWNS).map_err(|e| {
+        let why = crate::security::outer::userns_refusal(e.raw_os_error().unwrap_or(0));
+        let context = "clone(2) into a new user namespace";
+        if why.is_empty() {
+            anyhow::Error::new(e).context(context)
+        } else {
+            anyhow::Error::new(e).context(format!("{context}: {why}"))
+        }
+    })?;
+    let pid = match cloned {
         sys::CloneResult::Child => {
             drop(parent_chan);
             let result = (|| -> Result<()> {

@@ -60,6 +60,15 @@ pub struct GeneratedFile {
     pub content: Vec<u8>,
 }
 
+/// Why a container shows the outer /proc, printed when it happens (`nook info` tells it too).
+const PROC_REFUSED: &str = "the kernel refused a new /proc (EPERM): the /proc nook runs \
+    under has masked paths, as an engine's container has, so it is not fully visible. The \
+    container gets the outer /proc, read-only with its masks kept: it sees the outer pid \
+    namespace's processes (their command lines; the kernel keeps their /proc/PID/root closed \
+    to it, as it belongs to another user namespace). Run the outer container with \
+    `--security-opt unmask=/proc/*` (podman) or `--security-opt systempaths=unconfined` \
+    (docker) to give nook a /proc of its own";
+
 /// Builds the container's filesystem and moves into it. On return the process's root is the
 /// container's root and the host's tree is unreachable. `before_pivot` runs once the mounts are
 /// made, while the host's tree is still in view (the OCI `createRuntime`/`createContainer` hooks).
@@ -607,6 +616,35 @@ fn mount_one(root: BorrowedFd<'_>, m: &Mount, destination: &Path) -> Result<()> 
                 "noexec".into(),
             ]);
             bind_mount(root, Path::new("/sys"), destination, &fallback)
+        }
+        // An outer container's /proc with masked paths (files bound over, as every engine
+        // does) is not fully visible, and the kernel then refuses a new procfs to a user
+        // namespace: show the outer one, its masks kept (recursive) and read-only. The
+        // container then sees the outer pid namespace's processes.
+        (Err(nix::Error::EPERM), "proc") => {
+            eprintln!("nook: warning: {PROC_REFUSED}");
+            let fallback = parse_options(&[
+                "rbind".into(),
+                "rro".into(),
+                "nosuid".into(),
+                "nodev".into(),
+                "noexec".into(),
+            ]);
+            bind_mount(root, Path::new("/proc"), destination, &fallback)
+                .context("binding the outer /proc, as a new procfs was refused (EPERM)")
+        }
+        // A new devpts instance refused: the outer one's terminals.
+        (Err(nix::Error::EPERM), "devpts") => {
+            eprintln!(
+                "nook: warning: a new /dev/pts was refused (EPERM): the container shares the \
+                 outer /dev/pts"
+            );
+            bind_mount(
+                root,
+                Path::new("/dev/pts"),
+                destination,
+                &parse_options(&["bind".into(), "nosuid".into(), "noexec".into()]),
+            )
         }
         (Err(nix::Error::EPERM), "mqueue") => bind_mount(
             root,

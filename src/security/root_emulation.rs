@@ -58,7 +58,14 @@ pub fn decide(mode: Mode, idmap: &IdMapping, uid: u32) -> Verdict {
         Mode::Seccomp => (true, "asked for (--root-emulation seccomp)".to_string()),
         Mode::Auto if !one_id => (
             false,
-            "not needed: the container maps a subordinate range, so its ids are real".to_string(),
+            if idmap.writer == crate::idmap::MapWriter::Privileged {
+                "not needed: the container maps the ids the namespace nook runs in holds, so \
+                 they are real"
+                    .to_string()
+            } else {
+                "not needed: the container maps a subordinate range, so its ids are real"
+                    .to_string()
+            },
         ),
         Mode::Auto if uid != 0 => (
             false,
