@@ -19,7 +19,21 @@ use crate::storage::image::{
 use crate::storage::upper::{Layer, LayerKind};
 
 pub fn import(args: &ImportArgs) -> Result<i32> {
-    let idmap = mapping_for(args.userns, &Caller::current(), args.quiet);
+    let caller = Caller::current();
+    if let (crate::cli::UsernsArg::KeepId, Some(why)) = (args.userns, caller.range_problem()) {
+        // Root and the image's other owners would have no id to be: every chown of the
+        // extraction would fail.
+        bail!(
+            "--userns keep-id needs a subordinate id range to import {}: the image's files \
+             belong to root and other users, which keep-id maps to your range ({why}). Without \
+             one, import with the default map (`nook import {} {}`): `nook run --userns \
+             keep-id` then shows its files as yours",
+            args.source,
+            args.source,
+            args.name
+        );
+    }
+    let idmap = mapping_for(args.userns, &caller, args.quiet);
     let store = ImageStore::open()?;
     let imported = store.import(&args.source, &args.name, &idmap)?;
     if !args.quiet {

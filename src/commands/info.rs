@@ -73,20 +73,25 @@ pub fn info(args: &InfoArgs) -> Result<i32> {
         .name
         .clone()
         .unwrap_or_else(|| caller.uid.to_string());
-    let mut checks = vec![
-        kernel(),
-        user_namespaces(&mapping),
-        subordinate_ids("/etc/subuid", "subordinate uids", &user, &caller.subuids),
-        subordinate_ids("/etc/subgid", "subordinate gids", &user, &caller.subgids),
-        id_map_helper("newuidmap"),
-        id_map_helper("newgidmap"),
+    let mut checks = vec![kernel(), user_namespaces(&mapping)];
+    if caller.privileged {
+        checks.extend(root_ids(&caller));
+    } else {
+        checks.extend([
+            subordinate_ids("/etc/subuid", "subordinate uids", &user, &caller.subuids),
+            subordinate_ids("/etc/subgid", "subordinate gids", &user, &caller.subgids),
+            id_map_helper("newuidmap"),
+            id_map_helper("newgidmap"),
+        ]);
+    }
+    checks.extend([
         id_mapping(&mapping, &caller),
         root_emulation(&mapping),
         fuse_device(),
         fuse_program(),
         network_helper(),
         tun_device(),
-    ];
+    ]);
     let storage = storage_root();
     let (storage_check, storage_fs) = storage_dir(storage.as_ref().ok());
     checks.push(storage_check);
@@ -205,6 +210,32 @@ fn subordinate_ids(file: &str, name: &'static str, user: &str, ranges: &[SubRang
             .collect();
         good(name, format!("{} ({file})", list.join(", ")))
     }
+}
+
+/// Root's ranges and why no helper is needed: root writes any map itself.
+fn root_ids(caller: &Caller) -> [Check; 2] {
+    let list = |ranges: &[SubRange]| {
+        ranges
+            .iter()
+            .map(|r| format!("{}+{}", r.start, r.count))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    [
+        good(
+            "subordinate ids",
+            format!(
+                "uids {}, gids {} ({})",
+                list(&caller.subuids),
+                list(&caller.subgids),
+                caller.ranges_origin
+            ),
+        ),
+        good(
+            "newuidmap/newgidmap",
+            "not needed: root writes its containers' id maps itself",
+        ),
+    ]
 }
 
 /// The mapping `--userns auto` gives containers, and why it is not the full one if it is not.
