@@ -49,7 +49,7 @@ fn ago(timestamp: &str) -> String {
 }
 
 pub fn ps(args: &PsArgs) -> Result<i32> {
-    let store = Store::open()?;
+    let store = Store::open_read()?;
     let containers = store.list()?;
     let mut out = std::io::stdout().lock();
     if args.quiet {
@@ -301,7 +301,7 @@ pub fn logs(args: &LogsArgs) -> Result<i32> {
              have the program print them, or pipe `nook logs -f` through `ts` (moreutils)"
         );
     }
-    let store = Store::open()?;
+    let store = Store::open_read()?;
     let container = store.get(&args.container)?;
     let path = container.log_path();
     let mut file = match std::fs::File::open(&path) {
@@ -343,8 +343,8 @@ pub fn logs(args: &LogsArgs) -> Result<i32> {
 /// `nook inspect`: a JSON array, one object per name, as podman prints; a name is a container
 /// first, then an image, unless `kind` says which. A name found nowhere fails the whole call.
 pub fn inspect(args: &InspectArgs, kind: Option<InspectType>) -> Result<i32> {
-    let containers = Store::open()?;
-    let images = crate::storage::image::ImageStore::open()?;
+    let containers = Store::open_read()?;
+    let images = crate::storage::image::ImageStore::open_read()?;
     let mut found = Vec::new();
     for name in &args.names {
         let container = match kind {

@@ -104,7 +104,7 @@ fn human_size(bytes: u64) -> String {
 }
 
 pub fn images(args: &ImagesArgs) -> Result<i32> {
-    let store = ImageStore::open()?;
+    let store = ImageStore::open_read()?;
     let images = store.list()?;
     let mut out = std::io::stdout().lock();
     if args.quiet {
@@ -261,8 +261,8 @@ pub fn commit(args: &CommitArgs) -> Result<i32> {
 }
 
 pub fn diff(args: &DiffArgs) -> Result<i32> {
-    let images = ImageStore::open()?;
-    let container = Store::open()?.get(&args.container)?;
+    let images = ImageStore::open_read()?;
+    let container = Store::open_read()?.get(&args.container)?;
     let (layer, _) = container_layer(&images, &container)?;
     let mut out = std::io::stdout().lock();
     for change in images.changes(&layer)? {
@@ -272,7 +272,7 @@ pub fn diff(args: &DiffArgs) -> Result<i32> {
 }
 
 pub fn export(args: &ExportArgs) -> Result<i32> {
-    let images = ImageStore::open()?;
+    let images = ImageStore::open_read()?;
     let format = match args.format {
         ExportFormatArg::Tar => ExportFormat::Tar,
         ExportFormatArg::Oci => ExportFormat::Oci,
@@ -285,7 +285,7 @@ pub fn export(args: &ExportArgs) -> Result<i32> {
     let what = match &image {
         Some(image) => Exportable::Image(image),
         None => {
-            let container = Store::open()?.get(&args.target).map_err(|_| {
+            let container = Store::open_read()?.get(&args.target).map_err(|_| {
                 anyhow::anyhow!(
                     "no image or container named {} (see `nook images` and `nook ps`)",
                     args.target

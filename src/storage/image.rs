@@ -77,11 +77,21 @@ pub fn validate_image_name(name: &str) -> Result<()> {
 impl ImageStore {
     /// Opens the store, removing what builds cut short left behind.
     pub fn open() -> Result<ImageStore> {
-        let root = storage_root()?.join("images");
-        create_private_dir(&root)?;
+        let storage = storage_root()?;
+        let root = storage.join("images");
+        create_private_dir(&root)
+            .map_err(|e| crate::storage::container::store_unwritable(&storage, e))?;
         let store = ImageStore { root };
         store.clean_leftovers();
         Ok(store)
+    }
+
+    /// The store for the verbs that only read it (`images`, `inspect`, finding an image): it
+    /// creates and cleans nothing, so they work on a read-only store.
+    pub fn open_read() -> Result<ImageStore> {
+        Ok(ImageStore {
+            root: storage_root()?.join("images"),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -110,9 +120,11 @@ impl ImageStore {
 
     pub fn list(&self) -> Result<Vec<Image>> {
         let mut out = Vec::new();
-        for entry in
-            fs::read_dir(&self.root).with_context(|| format!("reading {}", self.root.display()))?
-        {
+        let entries = match fs::read_dir(&self.root) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            other => other.with_context(|| format!("reading {}", self.root.display()))?,
+        };
+        for entry in entries {
             let name = entry?.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') {
                 continue;
@@ -180,7 +192,9 @@ impl ImageStore {
             name.replace(':', "_"),
             std::process::id()
         ));
-        create_private_dir(&tmp)?;
+        create_private_dir(&tmp).map_err(|e| {
+            crate::storage::container::store_unwritable(self.root.parent().unwrap_or(&self.root), e)
+        })?;
         let result = (|| -> Result<(ImageMeta, Found)> {
             // Written first, so that whoever cleans up a build cut short knows the owners.
             write_atomic(&tmp.join(IDMAP_FILE), &serde_json::to_vec(idmap)?, true)?;
