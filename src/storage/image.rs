@@ -354,34 +354,60 @@ impl ImageStore {
         serde_json::from_str(&report).context("parsing the changes")
     }
 
-    /// `nook export`: writes the tree of an image, or of a container (flattened first into a
-    /// scratch directory of the store), to `out` as a tar stream or an OCI image layout archive.
+    /// `nook export`: writes the tree of an image, or of a container (its layer over its image,
+    /// read together as the container sees them, with no copy first), to `out` as a tar stream
+    /// or an OCI image layout archive.
     pub fn export(&self, what: &Exportable<'_>, out: fs::File, format: ExportFormat) -> Result<()> {
         match what {
             Exportable::Image(image) => write_export(
-                &image.rootfs(),
+                Tree::Dir(image.rootfs()),
                 &image.meta.idmap,
                 out,
                 format,
                 &image.meta.config,
                 &image.meta.name,
             ),
-            Exportable::Container { from, config, name } => {
-                let tmp = self
-                    .root
-                    .join(format!(".import-export-{}", std::process::id()));
-                create_private_dir(&tmp)?;
-                let result = (|| -> Result<()> {
-                    write_atomic(
-                        &tmp.join(IDMAP_FILE),
-                        &serde_json::to_vec(&from.idmap)?,
-                        false,
-                    )?;
-                    flatten_in_userns(from, &tmp.join("rootfs"))?;
-                    write_export(&tmp.join("rootfs"), &from.idmap, out, format, config, name)
-                })();
-                let removed = remove_owned_tree(&tmp, Some(&from.idmap));
-                result.and(removed)
+            Exportable::Container { from, config, name } => write_export(
+                Tree::Layer(from.layer.clone()),
+                &from.idmap,
+                out,
+                format,
+                config,
+                name,
+            ),
+        }
+    }
+}
+
+/// The tree an export writes.
+enum Tree {
+    /// A plain directory: an image's root.
+    Dir(PathBuf),
+    /// A container's layer over its image.
+    Layer(Layer),
+}
+
+impl Tree {
+    /// A directory beside the tree, for scratch files of the same filesystem.
+    fn near(&self) -> &Path {
+        match self {
+            Tree::Dir(dir) => dir,
+            Tree::Layer(layer) => &layer.top,
+        }
+    }
+
+    fn write<W: io::Write>(&self, out: W, bar: &indicatif::ProgressBar) -> Result<W> {
+        match self {
+            Tree::Dir(dir) => crate::storage::archive::write_tree(dir, out, bar),
+            Tree::Layer(layer) => {
+                let mut list = |rel: &Path, side| {
+                    Ok(crate::storage::upper::view_dir(layer, rel, side)?
+                        .into_iter()
+                        .map(|e| (e.name, e.path, e.side))
+                        .collect())
+                };
+                let root = crate::storage::upper::view_root(layer);
+                crate::storage::archive::write_view(out, bar, root, &mut list)
             }
         }
     }
@@ -449,19 +475,18 @@ fn flatten_in_userns(from: &ContainerLayer, rootfs: &Path) -> Result<usize> {
 /// Writes `rootfs` to `out` from inside the user namespace of its owners (so every file is
 /// readable and owners come out as the image's own ids).
 fn write_export(
-    rootfs: &Path,
+    tree: Tree,
     idmap: &IdMapping,
     out: fs::File,
     format: ExportFormat,
     config: &ImageConfig,
     name: &str,
 ) -> Result<()> {
-    let rootfs = rootfs.to_path_buf();
     let (config, name) = (config.clone(), name.to_string());
     // The layer of an OCI export goes to an unnamed temporary file first: its digest and size
     // come before its data in the archive.
     let scratch = match format {
-        ExportFormat::Oci => Some(tempfile_near(&rootfs)?),
+        ExportFormat::Oci => Some(tempfile_near(tree.near())?),
         ExportFormat::Tar => None,
     };
     run_in_userns(idmap, move || {
@@ -469,14 +494,14 @@ fn write_export(
         let out = io::BufWriter::with_capacity(1 << 20, out);
         match scratch {
             None => {
-                let mut out = crate::storage::archive::write_tree(&rootfs, out, &bar)?;
+                let mut out = tree.write(out, &bar)?;
                 io::Write::flush(&mut out).context("writing the archive")?;
             }
             Some(layer) => {
                 let writer = crate::storage::archive::HashingWriter::new(
                     io::BufWriter::with_capacity(1 << 20, layer),
                 );
-                let writer = crate::storage::archive::write_tree(&rootfs, writer, &bar)?;
+                let writer = tree.write(writer, &bar)?;
                 let (layer, digest, size) = writer.finish().context("writing the layer")?;
                 let layer = layer
                     .into_inner()
