@@ -677,14 +677,17 @@ fn record_running(container: &Container, pid: i32) -> Result<()> {
 }
 
 fn finish(store: &Store, container: &Container, code: i32) -> Result<()> {
-    if container.meta.auto_remove {
-        return store.remove(container);
-    }
     let mut state = container.state();
     state.status = Some(Status::Exited);
     state.exit_code = Some(code);
     state.finished = Some(now_rfc3339());
-    container.save_state(&state)
+    // Recorded even when the container goes: a `nook stop` waiting for it is done now, not
+    // once a `--rm` container's whole layer is removed.
+    let saved = container.save_state(&state);
+    if container.meta.auto_remove {
+        return store.remove(container);
+    }
+    saved
 }
 
 /// `-d`: a monitor process (a fork of this one, in a session of its own) starts the container
