@@ -49,8 +49,11 @@ fn human_container(root: &StateRoot, id: &str) -> Result<Option<HumanContainer>>
     if crate::storage::oci_state::validate_id(id).is_ok() && root.ids()?.iter().any(|i| i == id) {
         return Ok(None);
     }
-    // Read only: an engine's call for a container it already deleted must not create a store.
-    Ok(crate::storage::container::Store::open_read()?.get(id).ok())
+    // Read only: an engine's call for a container it already deleted must not create a store,
+    // and an engine's environment without a store (no HOME) is no error of the OCI verb.
+    Ok(crate::storage::container::Store::open_read()
+        .ok()
+        .and_then(|store| store.get(id).ok()))
 }
 
 type HumanContainer = crate::storage::container::Container;

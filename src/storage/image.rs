@@ -87,11 +87,14 @@ impl ImageStore {
     }
 
     /// The store for the verbs that only read it (`images`, `inspect`, finding an image): it
-    /// creates and cleans nothing, so they work on a read-only store.
+    /// creates nothing, so they work on a read-only store (where the cleaning of what crashed
+    /// imports left, as `open` does it, fails quietly).
     pub fn open_read() -> Result<ImageStore> {
-        Ok(ImageStore {
+        let store = ImageStore {
             root: storage_root()?.join("images"),
-        })
+        };
+        store.clean_leftovers();
+        Ok(store)
     }
 
     pub fn root(&self) -> &Path {
