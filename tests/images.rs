@@ -1847,9 +1847,20 @@ fn a_read_only_store_serves_the_reading_verbs_and_the_writing_ones_name_it() {
     let tarball = t.dir.join("kept.tar");
     t.nook(&["export", "kept", "-o", tarball.to_str().unwrap()])
         .assert_ok();
+    let layout = t.dir.join("kept-oci.tar");
+    t.nook(&[
+        "export",
+        "--format",
+        "oci",
+        "kept",
+        "-o",
+        layout.to_str().unwrap(),
+    ])
+    .assert_ok();
     for args in [
         vec!["run", "--rm", "bb", "true"],
         vec!["import", "-q", t.image(), "other"],
+        vec!["rm", "kept"],
     ] {
         let out = t.nook(&args);
         assert_ne!(out.code, Some(0), "{args:?}\n{out}");

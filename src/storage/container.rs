@@ -455,7 +455,9 @@ impl Store {
             // first: the tree is that process's to remove.
             Err(e) if e.kind() == io::ErrorKind::NotFound => false,
             Err(e) => {
-                return Err(e).with_context(|| format!("removing {}", container.dir.display()))
+                let e =
+                    anyhow::Error::from(e).context(format!("removing {}", container.dir.display()));
+                return Err(store_unwritable(&self.root, e));
             }
         };
         let link = self.names_dir().join(&container.meta.name);

@@ -531,14 +531,29 @@ fn write_export(
 /// with the process.
 fn tempfile_near(path: &Path) -> Result<fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
+    let open = |dir: &Path| {
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_TMPFILE)
+            .mode(0o600)
+            .open(dir)
+    };
     let dir = path.parent().unwrap_or(Path::new("."));
-    fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_TMPFILE)
-        .mode(0o600)
-        .open(dir)
-        .with_context(|| format!("creating a scratch file in {}", dir.display()))
+    match open(dir) {
+        // A read-only store: an export only reads it, so the scratch file goes elsewhere.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EROFS | libc::EACCES)) => {
+            let tmp = std::env::temp_dir();
+            open(&tmp).with_context(|| {
+                format!(
+                    "creating a scratch file in {} ({} is not writable: {e})",
+                    tmp.display(),
+                    dir.display()
+                )
+            })
+        }
+        other => other.with_context(|| format!("creating a scratch file in {}", dir.display())),
+    }
 }
 
 /// Applies `--change` instructions (Dockerfile syntax: `CMD`, `ENTRYPOINT`, `ENV`, `WORKDIR`,
