@@ -247,6 +247,59 @@ impl Standing {
     }
 }
 
+/// Where root's containers get their ids 1…65536 on the host when /etc/subuid and /etc/subgid
+/// give root no range: above every range `useradd` hands out by default (`SUB_UID_MAX` of
+/// login.defs is 600100000) and past the ranges systemd gives containers (they end at
+/// 1879048191), below 2^31 for tools that keep ids in a signed 32-bit integer.
+pub const ROOT_RANGE_START: u32 = 0x7000_0000;
+
+/// The ids root's containers use above root itself, as the texts of /etc/subuid and
+/// /etc/subgid leave them: [`ROOT_RANGE_START`] and 65536 ids on, moved past any line that
+/// overlaps it (one given to a user must never also be root's containers').
+pub fn root_default_range(texts: &[&str]) -> SubRange {
+    const SIZE: u64 = 65536;
+    let taken: Vec<(u64, u64)> = texts
+        .iter()
+        .flat_map(|text| text.lines())
+        .filter_map(|line| {
+            let mut fields = line.trim().split(':');
+            let _owner = fields.next()?;
+            let start = fields.next()?.trim().parse::<u64>().ok()?;
+            let count = fields.next()?.trim().parse::<u64>().ok()?;
+            Some((start, start + count))
+        })
+        .collect();
+    let mut start = ROOT_RANGE_START as u64;
+    while let Some(&(_, end)) = taken.iter().find(|&&(s, e)| s < start + SIZE && start < e) {
+        start = end.div_ceil(SIZE) * SIZE;
+    }
+    SubRange {
+        start: u32::try_from(start).unwrap_or(u32::MAX - SIZE as u32),
+        count: SIZE as u32,
+    }
+}
+
+/// The ranges root's containers get above root (uids, gids): root's own lines of /etc/subuid
+/// and /etc/subgid when both have one, else [`root_default_range`]. (Root of a nested user
+/// namespace is not the host's root: see [`Standing`].)
+fn root_ranges(subuid: &str, subgid: &str) -> RootRanges {
+    let own = |text| parse_subids(text, Some("root"), 0);
+    let (uids, gids) = (own(subuid), own(subgid));
+    if !uids.is_empty() && !gids.is_empty() {
+        return (uids, gids, "root's lines of /etc/subuid and /etc/subgid");
+    }
+    let range = root_default_range(&[subuid, subgid]);
+    (
+        vec![range],
+        vec![range],
+        "nook's range for root: root has no line in /etc/subuid and /etc/subgid, and no user's \
+         line overlaps it",
+    )
+}
+
+/// Root's uid ranges, gid ranges, and where they come from.
+type RootRanges = (Vec<SubRange>, Vec<SubRange>, &'static str);
+
 /// Everything about the caller that decides its mappings, read once.
 #[derive(Clone, Debug)]
 pub struct Caller {
@@ -259,6 +312,11 @@ pub struct Caller {
     /// Why the helpers cannot be used, if they cannot.
     pub helpers_unusable: Option<String>,
     pub standing: Standing,
+    /// The host's root, who writes any map itself: its ranges are those of [`root_ranges`], no
+    /// helper runs.
+    pub privileged: bool,
+    /// Where root's ranges come from, for `nook info`.
+    pub ranges_origin: &'static str,
 }
 
 impl Caller {
@@ -271,15 +329,45 @@ impl Caller {
         let name = user.as_ref().map(|u| u.name.clone());
         let home = user.map(|u| u.dir);
         let read = |p: &str| fs::read_to_string(p).unwrap_or_default();
+        let (subuid, subgid) = (read("/etc/subuid"), read("/etc/subgid"));
+        let standing = Standing::current();
+        // Root only inside somebody else's user namespace maps what that namespace holds
+        // (`IdMapping::for_mode`); the host's root writes a full range of its own.
+        if standing == Standing::HostRoot {
+            let (subuids, subgids, ranges_origin) = root_ranges(&subuid, &subgid);
+            return Caller {
+                uid,
+                gid,
+                name,
+                home,
+                subuids,
+                subgids,
+                helpers_unusable: None,
+                standing,
+                privileged: true,
+                ranges_origin,
+            };
+        }
         Caller {
             uid,
             gid,
-            subuids: parse_subids(&read("/etc/subuid"), name.as_deref(), uid),
-            subgids: parse_subids(&read("/etc/subgid"), name.as_deref(), uid),
+            subuids: parse_subids(&subuid, name.as_deref(), uid),
+            subgids: parse_subids(&subgid, name.as_deref(), uid),
             name,
             home,
             helpers_unusable: helpers_problem(),
-            standing: Standing::current(),
+            standing,
+            privileged: false,
+            ranges_origin: "/etc/subuid and /etc/subgid",
+        }
+    }
+
+    /// How the maps of this caller's full range get written.
+    fn range_writer(&self) -> MapWriter {
+        if self.privileged {
+            MapWriter::Privileged
+        } else {
+            MapWriter::Helpers
         }
     }
 
@@ -455,7 +543,7 @@ impl IdMapping {
                 let mut uids = Self::caller_as_root(caller.uid, caller.gid);
                 uids.uids.extend(sub_ranges_from(1, &caller.subuids));
                 uids.gids.extend(sub_ranges_from(1, &caller.subgids));
-                uids.writer = MapWriter::Helpers;
+                uids.writer = caller.range_writer();
                 (uids, None)
             }
             (UsernsMode::Auto, Some(why)) => (
@@ -468,7 +556,7 @@ impl IdMapping {
                 IdMapping {
                     uids: around(caller.uid, caller.uid, &caller.subuids),
                     gids: around(caller.gid, caller.gid, &caller.subgids),
-                    writer: MapWriter::Helpers,
+                    writer: caller.range_writer(),
                 },
                 None,
             ),
@@ -488,7 +576,7 @@ impl IdMapping {
                 },
                 Some(format!(
                     "keep-id without subordinate ids: only your own uid and gid exist in the \
-                     container (files of the image owned by root show as nobody): {why}"
+                     container (files owned by any other id show as nobody): {why}"
                 )),
             ),
         }
@@ -733,6 +821,37 @@ mod tests {
         assert_eq!(free_subordinate_range(&["x:1:10\n"]).start, 100_000);
     }
 
+    #[test]
+    fn root_gets_its_own_lines_else_a_range_no_user_has() {
+        let none = root_ranges("alice:100000:65536\n", "");
+        assert_eq!(none.0, vec![root_default_range(&[""])]);
+        assert_eq!(none.0[0].start, ROOT_RANGE_START);
+        let own = root_ranges("root:300000:65536\n", "0:400000:65536\n");
+        assert_eq!((own.0[0].start, own.1[0].start), (300000, 400000));
+        // A line someone gave out across the fixed range pushes it past that line.
+        let taken = format!("bob:{}:70000\n", ROOT_RANGE_START as u64 + 10);
+        let moved = root_default_range(&[&taken, ""]);
+        assert!(
+            moved.start as u64 >= ROOT_RANGE_START as u64 + 70010,
+            "{moved:?}"
+        );
+        assert_eq!(moved.start % 65536, 0);
+    }
+
+    #[test]
+    fn root_writes_its_full_range_itself() {
+        let mut c = caller(vec![root_default_range(&[""])]);
+        (c.uid, c.gid, c.privileged) = (0, 0, true);
+        let (m, notice) = IdMapping::for_mode(UsernsMode::Auto, &c);
+        assert!(notice.is_none());
+        assert_eq!(m.writer, MapWriter::Privileged);
+        assert!(m.allows_setgroups());
+        assert_eq!(
+            format_map(&m.uids),
+            format!("0 0 1\n1 {ROOT_RANGE_START} 65536\n")
+        );
+    }
+
     fn caller(subuids: Vec<SubRange>) -> Caller {
         Caller {
             uid: 1000,
@@ -743,6 +862,8 @@ mod tests {
             subuids,
             helpers_unusable: None,
             standing: Standing::User,
+            privileged: false,
+            ranges_origin: "",
         }
     }
 

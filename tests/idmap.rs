@@ -417,3 +417,183 @@ fn debian_image_runs_apt_get_useradd_and_su_under_the_range_mapping() {
     assert!(t.container_dirs().is_empty());
     assert_eq!(fs::read_dir(t.storage.join("images")).unwrap().count(), 0);
 }
+
+/// `nook ARGS` as real root, with the test's own storage and runtime dir: root is the case
+/// under test, so the harness's switch to the test user is not wanted.
+fn nook_as_root(t: &Nook, args: &[&str]) -> common::Out {
+    let out = std::process::Command::new(t.bin())
+        .args(args)
+        .env("NOOK_STORAGE", t.dir.join("root-storage"))
+        .env("XDG_RUNTIME_DIR", t.dir.join("root-run"))
+        .env("HOME", t.dir.join("root-home"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run nook as root");
+    common::Out {
+        code: out.status.code(),
+        signal: std::os::unix::process::ExitStatusExt::signal(&out.status),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn root_gets_a_full_range_without_helpers_and_apt_and_su_work() {
+    if !nix::unistd::geteuid().is_root() {
+        common::prerequisite_missing("root's id map is tested as root");
+        return;
+    }
+    let Some(archive) = debian_archive() else {
+        return;
+    };
+    let Some(t) = Nook::new() else { return };
+    for dir in ["root-run", "root-home"] {
+        fs::create_dir_all(t.dir.join(dir)).expect("mkdir");
+    }
+    let subuid = fs::read_to_string("/etc/subuid").unwrap_or_default();
+    let subgid = fs::read_to_string("/etc/subgid").unwrap_or_default();
+    let root_has_lines = [&subuid, &subgid].iter().all(|text| {
+        text.lines()
+            .any(|l| l.starts_with("root:") || l.starts_with("0:"))
+    });
+    nook_as_root(&t, &["import", "-q", archive.to_str().unwrap(), "debian"]).assert_ok();
+    // apt's sandbox drops to _apt (uid 42) even for a local repository, and su switches users:
+    // both need real ids above 0. Nothing here reaches the network.
+    let out = nook_as_root(
+        &t,
+        &[
+            "run",
+            "--rm",
+            "debian",
+            "sh",
+            "-c",
+            "set -e; cat /proc/self/uid_map; echo --; rm -f /etc/apt/sources.list.d/*; \
+             mkdir -p /srv/repo; : > /srv/repo/Packages; \
+             echo 'deb [trusted=yes] file:/srv/repo ./' > /etc/apt/sources.list; \
+             apt-get update -qq; echo apt-ok; useradd u1; su u1 -c 'id -u'",
+        ],
+    );
+    out.assert_ok();
+    let (maps, rest) = out.stdout.split_once("--\n").expect("two parts");
+    let maps = uid_map_lines(maps);
+    assert_eq!(maps[0], vec![0, 0, 1], "root stays root\n{out}");
+    assert_eq!(maps[1][0], 1, "{out}");
+    assert!(maps[1][2] >= 65535, "a full range above root\n{out}");
+    let host = maps[1][1];
+    if !root_has_lines {
+        // The documented range: no user's line of /etc/subuid or /etc/subgid overlaps it.
+        assert!(host >= 0x7000_0000, "{out}");
+        for text in [&subuid, &subgid] {
+            for line in text.lines() {
+                let f: Vec<&str> = line.split(':').collect();
+                let (Ok(start), Ok(count)) = (f[1].parse::<u64>(), f[2].parse::<u64>()) else {
+                    continue;
+                };
+                assert!(
+                    start + count <= host || host + maps[1][2] <= start,
+                    "root's range {host}+{} overlaps {line}",
+                    maps[1][2]
+                );
+            }
+        }
+    }
+    let lines: Vec<&str> = rest.lines().collect();
+    assert!(lines.contains(&"apt-ok"), "{out}");
+    assert!(lines.contains(&"1000"), "su switched to u1\n{out}");
+    for advice in ["subordinate", "usermod", "only your own uid"] {
+        assert!(
+            !out.stderr.contains(advice),
+            "advice for root: {advice}\n{out}"
+        );
+    }
+    let info = nook_as_root(&t, &["info"]);
+    assert!(!info.stdout.contains("usermod"), "{info}");
+    let ids = info
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("subordinate ids"))
+        .unwrap_or_else(|| panic!("no subordinate ids line\n{info}"))
+        .to_string();
+    assert!(ids.starts_with("ok"), "{info}");
+    assert!(ids.contains(&host.to_string()), "{info}");
+    assert!(
+        info.stdout
+            .contains("not needed: root writes its containers' id maps itself"),
+        "{info}"
+    );
+    nook_as_root(&t, &["rmi", "debian"]).assert_ok();
+}
+
+/// The `nook: note:` lines of `stderr`.
+fn notes(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("nook: note:"))
+        .collect()
+}
+
+#[test]
+fn keep_id_on_an_image_of_the_default_map_advises_the_keep_id_import_that_fixes_it() {
+    let Some(t) = Nook::new() else { return };
+    if !t.has_subids() {
+        return;
+    }
+    t.nook(&["import", "-q", t.image(), "img"]).assert_ok();
+    let out = t.nook(&["run", "--rm", "--userns", "keep-id", "img", "true"]);
+    out.assert_ok();
+    let note = notes(&out.stderr).join("\n");
+    assert!(
+        note.contains("nook rmi img` then `nook import --userns keep-id SOURCE img`"),
+        "{out}"
+    );
+    assert!(!note.contains("  "), "a run of spaces in the note\n{out}");
+    // The advised import gives the map the run wants: no note any more.
+    t.nook(&["rmi", "img"]).assert_ok();
+    t.nook(&["import", "-q", "--userns", "keep-id", t.image(), "img"])
+        .assert_ok();
+    let out = t.nook(&["run", "--rm", "--userns", "keep-id", "img", "id", "-u"]);
+    out.assert_ok().assert_stdout(&t.runner().uid.to_string());
+    assert!(notes(&out.stderr).is_empty(), "{out}");
+    // And back: the default run on the keep-id image names the plain import.
+    let out = t.nook(&["run", "--rm", "img", "true"]);
+    assert!(
+        out.stderr.contains("then `nook import SOURCE img`"),
+        "{out}"
+    );
+    t.nook(&["rmi", "img"]).assert_ok();
+}
+
+#[test]
+fn keep_id_import_without_subordinate_ids_says_it_needs_a_range_and_leaves_nothing() {
+    let Some(t) = Nook::new_without_subids() else {
+        return;
+    };
+    let out = t.nook(&["import", "--userns", "keep-id", t.image(), "img"]);
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(
+        out.stderr
+            .contains("--userns keep-id needs a subordinate id range to import"),
+        "{out}"
+    );
+    for wrong in ["EINVAL", "chown", "Invalid argument", "  "] {
+        assert!(!out.stderr.contains(wrong), "{wrong:?} in\n{out}");
+    }
+    assert!(
+        !t.storage.join("images").exists()
+            || fs::read_dir(t.storage.join("images")).unwrap().count() == 0,
+        "an image was left behind"
+    );
+    // What the error advises works: the default import, run with keep-id, shows its files as
+    // the user's, and no note advises the keep-id import that cannot work here.
+    t.nook(&["import", "-q", t.image(), "img"]).assert_ok();
+    let out = t.nook(&[
+        "run", "--rm", "--userns", "keep-id", "img", "stat", "-c", "%u", "/bin",
+    ]);
+    out.assert_ok().assert_stdout(&t.runner().uid.to_string());
+    assert!(!out.stderr.contains("--userns keep-id SOURCE"), "{out}");
+    assert!(
+        out.stderr.contains("its files show as owned by you"),
+        "{out}"
+    );
+    t.nook(&["rmi", "img"]).assert_ok();
+}

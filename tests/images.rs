@@ -1716,3 +1716,165 @@ fn image_archives_of_podman_skopeo_and_docker_import_as_images_by_their_content(
     assert!(out.stderr.contains("no files"), "{out}");
     assert_eq!(store_entries(&t), before);
 }
+
+/// Entries with type, mode, owner, size, target and content; times left out (the layer's
+/// directories carry the container's times, a commit's copies the image's).
+fn timeless_listing(root: &Path) -> Vec<String> {
+    tree_listing(root)
+        .into_iter()
+        .filter(|l| !l.starts_with(".\t"))
+        .map(|l| l.split("\tmtime=").next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn export_of_a_container_streams_its_view_on_every_backend() {
+    let Some(t) = Nook::new() else { return };
+    t.nook(&["import", "-q", t.image(), "bb"]).assert_ok();
+    let mut backends = vec!["overlay", "copy"];
+    if fuse_usable() {
+        backends.push("fuse");
+    }
+    // A file added, one changed, one deleted, a directory deleted, a directory replaced
+    // (opaque: none of the image's entries may show through), hard links kept.
+    let script = "set -e; echo hi > /etc/new; echo more >> /etc/passwd; rm /bin/vi; \
+                  rm -r /usr/sbin; rm -rf /home; mkdir /home; echo o > /home/only; \
+                  echo l > /l1; ln /l1 /l2";
+    for backend in backends {
+        let name = format!("c-{backend}");
+        t.nook(&[
+            "run",
+            "-q",
+            "--backend",
+            backend,
+            "--name",
+            &name,
+            "bb",
+            "sh",
+            "-c",
+            script,
+        ])
+        .assert_ok();
+        let tarball = t.dir.join(format!("{name}.tar"));
+        t.nook(&["export", &name, "-o", tarball.to_str().unwrap()])
+            .assert_ok();
+        let names: Vec<String> = tar::Archive::new(fs::File::open(&tarball).unwrap())
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        for gone in ["bin/vi", "usr/sbin", "home/user", "etc/hostname"] {
+            assert!(
+                !names
+                    .iter()
+                    .any(|n| n == gone || n.starts_with(&format!("{gone}/"))),
+                "{backend}: {gone} in the export"
+            );
+        }
+        assert!(names.iter().any(|n| n == "home/only"), "{backend}");
+        assert!(
+            !names.iter().any(|n| n.contains(".wh.")),
+            "{backend}: whiteouts exported"
+        );
+        // The same tree as the container committed and exported (commit flattens on its own).
+        let snap = format!("snap-{backend}");
+        t.nook(&["commit", "-q", &name, &snap]).assert_ok();
+        import(&t, &tarball, &format!("back-{backend}")).assert_ok();
+        let (a, b) = (
+            timeless_listing(&rootfs(&t, &snap)),
+            timeless_listing(&rootfs(&t, &format!("back-{backend}"))),
+        );
+        assert!(
+            a == b,
+            "{backend}: the export is not the container's view:{}",
+            diff(&a, &b)
+        );
+        let links = t.nook(&[
+            "run",
+            "--rm",
+            &format!("back-{backend}"),
+            "stat",
+            "-c",
+            "%h",
+            "/l2",
+        ]);
+        links.assert_ok().assert_stdout("2");
+        t.nook(&["rm", &name]).assert_ok();
+    }
+    assert!(store_entries(&t).iter().all(|e| !e.starts_with('.')));
+}
+
+#[test]
+fn a_read_only_store_serves_the_reading_verbs_and_the_writing_ones_name_it() {
+    let Some(t) = Nook::new() else { return };
+    // A store never made: listing it makes nothing.
+    t.nook(&["ps"]).assert_ok();
+    t.nook(&["images"]).assert_ok();
+    assert!(!t.storage.exists(), "ps or images created the store");
+    t.nook(&["import", "-q", t.image(), "bb"]).assert_ok();
+    t.nook(&[
+        "run",
+        "-q",
+        "--name",
+        "kept",
+        "bb",
+        "sh",
+        "-c",
+        "echo x > /x",
+    ])
+    .assert_ok();
+    let dirs: Vec<PathBuf> = ["", "containers", "names", "images"]
+        .iter()
+        .map(|d| t.storage.join(d))
+        .collect();
+    let listing = |dirs: &[PathBuf]| -> Vec<Vec<String>> {
+        dirs.iter().map(|d| common::entry_names(d)).collect()
+    };
+    let before = listing(&dirs);
+    for d in &dirs {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o555)).unwrap();
+    }
+    let ps = t.nook(&["ps", "--format", "json"]);
+    ps.assert_ok();
+    assert!(ps.stdout.contains("\"kept\""), "{ps}");
+    let images = t.nook(&["images"]);
+    images.assert_ok();
+    assert!(images.stdout.contains("bb"), "{images}");
+    t.nook(&["inspect", "kept", "bb"]).assert_ok();
+    t.nook(&["diff", "kept"]).assert_ok().assert_stdout("A /x");
+    t.nook(&["state", "kept"]).assert_ok();
+    // A container's export reads its layer and image: no scratch copy in the store.
+    let tarball = t.dir.join("kept.tar");
+    t.nook(&["export", "kept", "-o", tarball.to_str().unwrap()])
+        .assert_ok();
+    let layout = t.dir.join("kept-oci.tar");
+    t.nook(&[
+        "export",
+        "--format",
+        "oci",
+        "kept",
+        "-o",
+        layout.to_str().unwrap(),
+    ])
+    .assert_ok();
+    for args in [
+        vec!["run", "--rm", "bb", "true"],
+        vec!["import", "-q", t.image(), "other"],
+        vec!["rm", "kept"],
+    ] {
+        let out = t.nook(&args);
+        assert_ne!(out.code, Some(0), "{args:?}\n{out}");
+        assert!(
+            out.stderr.contains(&format!(
+                "the nook store {} is not writable",
+                t.storage.display()
+            )),
+            "{args:?} does not name the store\n{out}"
+        );
+    }
+    for d in &dirs {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    assert_eq!(before, listing(&dirs), "the store changed");
+    t.nook(&["rm", "kept"]).assert_ok();
+}

@@ -533,3 +533,120 @@ fn rmi_racing_runs_never_takes_an_image_from_under_a_container() {
     assert!(t.ps().is_empty(), "{:?}", t.ps());
     assert_eq!(t.container_dirs(), Vec::<String>::new());
 }
+
+#[test]
+fn oci_verbs_act_on_the_containers_ps_lists_or_name_the_verb_that_does() {
+    let Some(t) = Nook::new() else { return };
+    t.nook(&["run", "-d", "--name", "kk", t.image(), "sleep", "1000"])
+        .assert_ok();
+    let state = t.nook(&["state", "kk"]);
+    state.assert_ok();
+    let doc: serde_json::Value = serde_json::from_str(&state.stdout).expect("state is JSON");
+    assert_eq!(doc["id"], "kk", "{state}");
+    assert_eq!(doc["status"], "running", "{state}");
+    let pid = doc["pid"].as_i64().expect("pid");
+    assert!(pid > 0, "{state}");
+    assert!(doc["ociVersion"].is_string(), "{state}");
+    let ps = t.nook(&["ps", "kk"]);
+    ps.assert_ok();
+    assert!(ps.stdout.contains("sleep 1000"), "{ps}");
+    let start = t.nook(&["start", "kk"]);
+    assert_eq!(start.code, Some(1), "{start}");
+    assert!(start.stderr.contains("was made by `nook run`"), "{start}");
+    // Without --force a running container stays, and the error says what removes it.
+    let delete = t.nook(&["delete", "kk"]);
+    assert_eq!(delete.code, Some(1), "{delete}");
+    assert!(delete.stderr.contains("nook rm -f"), "{delete}");
+    // As runc takes it: a signal as the second argument (pid 1 ignores TERM without a handler).
+    t.nook(&["kill", "kk", "KILL"]).assert_ok();
+    assert!(
+        wait_until(Duration::from_secs(10), || t
+            .container("kk")
+            .is_some_and(|c| c["status"] == "exited")),
+        "kill did not end kk"
+    );
+    let state = t.nook(&["state", "kk"]);
+    let doc: serde_json::Value = serde_json::from_str(&state.stdout).expect("state is JSON");
+    assert_eq!(doc["status"], "stopped", "{state}");
+    t.nook(&["delete", "kk"]).assert_ok();
+    assert!(t.container("kk").is_none(), "delete left kk");
+    // delete --force ends a running one first.
+    t.nook(&["run", "-d", "--name", "kf", t.image(), "sleep", "1000"])
+        .assert_ok();
+    t.nook(&["delete", "--force", "kf"]).assert_ok();
+    assert!(t.container("kf").is_none(), "delete --force left kf");
+    for verb in ["state", "kill", "delete", "start", "ps"] {
+        let out = t.nook(&[verb, "kk"]);
+        assert_ne!(out.code, Some(0), "{verb} of a removed container\n{out}");
+    }
+    t.assert_no_processes_left();
+}
+
+#[test]
+fn exec_gives_the_user_it_runs_as_its_own_home() {
+    let Some(t) = Nook::new() else { return };
+    if !t.has_subids() {
+        return;
+    }
+    t.nook(&["run", "-d", "--name", "homes", t.image(), "sleep", "1000"])
+        .assert_ok();
+    let home = |args: &[&str]| {
+        let mut all = vec!["exec"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["homes", "sh", "-c", "echo $HOME"]);
+        let out = t.nook(&all);
+        out.assert_ok();
+        out.stdout.trim().to_string()
+    };
+    assert_eq!(home(&[]), "/root");
+    // nobody's entry in the image's /etc/passwd, a uid without one gets /, as podman does.
+    assert_eq!(home(&["-u", "nobody"]), "/nonexistent");
+    assert_eq!(home(&["-u", "1234"]), "/");
+    assert_eq!(home(&["-u", "nobody", "-e", "HOME=/mine"]), "/mine");
+    let out = t.nook(&["exec", "-u", "nobody", "homes", "id", "-u"]);
+    out.assert_ok().assert_stdout("65534");
+    t.nook(&["rm", "-f", "homes"]).assert_ok();
+}
+
+#[test]
+fn a_container_that_changed_nothing_shows_no_change() {
+    let Some(t) = Nook::new() else { return };
+    for backend in ["auto", "copy"] {
+        let name = format!("still-{backend}");
+        t.nook(&[
+            "run",
+            "-q",
+            "--backend",
+            backend,
+            "--name",
+            &name,
+            t.image(),
+            "true",
+        ])
+        .assert_ok();
+        t.nook(&["diff", &name]).assert_ok().assert_stdout("");
+        // exec and a change the container undoes leave nothing either.
+        t.nook(&[
+            "run",
+            "-d",
+            "-q",
+            "--backend",
+            backend,
+            "--name",
+            "busy",
+            t.image(),
+            "sleep",
+            "1000",
+        ])
+        .assert_ok();
+        t.nook(&["exec", "busy", "sh", "-c", "touch /etc/x; rm /etc/x"])
+            .assert_ok();
+        t.nook(&["diff", "busy"]).assert_ok().assert_stdout("");
+        t.nook(&["exec", "busy", "sh", "-c", "echo hi > /etc/motd"])
+            .assert_ok();
+        t.nook(&["diff", "busy"])
+            .assert_ok()
+            .assert_stdout("C /etc\nA /etc/motd");
+        t.nook(&["rm", "-f", "busy", &name]).assert_ok();
+    }
+}

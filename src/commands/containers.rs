@@ -49,7 +49,7 @@ fn ago(timestamp: &str) -> String {
 }
 
 pub fn ps(args: &PsArgs) -> Result<i32> {
-    let store = Store::open()?;
+    let store = Store::open_read()?;
     let containers = store.list()?;
     let mut out = std::io::stdout().lock();
     if args.quiet {
@@ -130,10 +130,20 @@ fn signal_container(state: &State, signal: Signal) -> Result<()> {
     Ok(())
 }
 
+/// Whether the container has stopped: its runner recorded the end, or its first process (and
+/// with it its pid namespace) is gone, which the runner records soon after, however loaded the
+/// machine is.
+fn has_stopped(state: &State) -> bool {
+    state.effective_status() != Status::Running
+        || state
+            .pid
+            .is_some_and(|pid| crate::storage::container::process_start_time(pid).is_none())
+}
+
 fn wait_until_stopped(container: &Container, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
-        if container.state().effective_status() != Status::Running {
+        if has_stopped(&container.state()) {
             return true;
         }
         if Instant::now() >= deadline {
@@ -162,21 +172,32 @@ fn settled_state(container: &Container) -> State {
 const SETUP_WAIT: Duration = Duration::from_secs(60);
 
 /// SIGTERM, a grace period, then SIGKILL; returns once the container's runner has recorded
-/// the end.
+/// the end (or, should the runner be slower than [`RUNNER_WAIT`], once its processes are gone).
 fn stop_container(container: &Container, grace: Duration) -> Result<()> {
     signal_container(&settled_state(container), Signal::SIGTERM)?;
-    if wait_until_stopped(container, grace) {
-        return Ok(());
+    if !wait_until_stopped(container, grace) {
+        signal_container(&container.state(), Signal::SIGKILL)?;
+        if !wait_until_stopped(container, KILL_WAIT) {
+            bail!(
+                "container {} did not stop after SIGKILL",
+                container.meta.name
+            );
+        }
     }
-    signal_container(&container.state(), Signal::SIGKILL)?;
-    if !wait_until_stopped(container, Duration::from_secs(10)) {
-        bail!(
-            "container {} did not stop after SIGKILL",
-            container.meta.name
-        );
+    let deadline = Instant::now() + RUNNER_WAIT;
+    while container.state().effective_status() == Status::Running && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
 }
+
+/// How long the processes of a container may take to die after SIGKILL: the kernel ends them
+/// at once, but on a loaded machine their exit (and the runner's noticing) can take seconds.
+const KILL_WAIT: Duration = Duration::from_secs(30);
+
+/// How long the runner of a stopped container may take to exit: it may be removing a `--rm`
+/// container's whole layer, which on a loaded machine takes far longer than the stop itself.
+const RUNNER_WAIT: Duration = Duration::from_secs(120);
 
 /// Waits until the nook process that ran the container has exited, so that whatever it does
 /// last (removing a `--rm` container) is over.
@@ -184,7 +205,7 @@ fn wait_for_runner(container: &Container, state: &State) -> Result<()> {
     let (Some(pid), Some(start)) = (state.runner_pid, state.runner_start) else {
         return Ok(());
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + RUNNER_WAIT;
     while crate::storage::container::process_start_time(pid) == Some(start) {
         if Instant::now() >= deadline {
             bail!(
@@ -301,7 +322,7 @@ pub fn logs(args: &LogsArgs) -> Result<i32> {
              have the program print them, or pipe `nook logs -f` through `ts` (moreutils)"
         );
     }
-    let store = Store::open()?;
+    let store = Store::open_read()?;
     let container = store.get(&args.container)?;
     let path = container.log_path();
     let mut file = match std::fs::File::open(&path) {
@@ -343,8 +364,8 @@ pub fn logs(args: &LogsArgs) -> Result<i32> {
 /// `nook inspect`: a JSON array, one object per name, as podman prints; a name is a container
 /// first, then an image, unless `kind` says which. A name found nowhere fails the whole call.
 pub fn inspect(args: &InspectArgs, kind: Option<InspectType>) -> Result<i32> {
-    let containers = Store::open()?;
-    let images = crate::storage::image::ImageStore::open()?;
+    let containers = Store::open_read()?;
+    let images = crate::storage::image::ImageStore::open_read()?;
     let mut found = Vec::new();
     for name in &args.names {
         let container = match kind {

@@ -19,7 +19,21 @@ use crate::storage::image::{
 use crate::storage::upper::{Layer, LayerKind};
 
 pub fn import(args: &ImportArgs) -> Result<i32> {
-    let idmap = mapping_for(args.userns, &Caller::current(), args.quiet);
+    let caller = Caller::current();
+    if let (crate::cli::UsernsArg::KeepId, Some(why)) = (args.userns, caller.range_problem()) {
+        // Root and the image's other owners would have no id to be: every chown of the
+        // extraction would fail.
+        bail!(
+            "--userns keep-id needs a subordinate id range to import {}: the image's files \
+             belong to root and other users, which keep-id maps to your range ({why}). Without \
+             one, import with the default map (`nook import {} {}`): `nook run --userns \
+             keep-id` then shows its files as yours",
+            args.source,
+            args.source,
+            args.name
+        );
+    }
+    let idmap = mapping_for(args.userns, &caller, args.quiet);
     let store = ImageStore::open()?;
     let imported = store.import(&args.source, &args.name, &idmap)?;
     if !args.quiet {
@@ -90,7 +104,7 @@ fn human_size(bytes: u64) -> String {
 }
 
 pub fn images(args: &ImagesArgs) -> Result<i32> {
-    let store = ImageStore::open()?;
+    let store = ImageStore::open_read()?;
     let images = store.list()?;
     let mut out = std::io::stdout().lock();
     if args.quiet {
@@ -247,8 +261,8 @@ pub fn commit(args: &CommitArgs) -> Result<i32> {
 }
 
 pub fn diff(args: &DiffArgs) -> Result<i32> {
-    let images = ImageStore::open()?;
-    let container = Store::open()?.get(&args.container)?;
+    let images = ImageStore::open_read()?;
+    let container = Store::open_read()?.get(&args.container)?;
     let (layer, _) = container_layer(&images, &container)?;
     let mut out = std::io::stdout().lock();
     for change in images.changes(&layer)? {
@@ -258,7 +272,7 @@ pub fn diff(args: &DiffArgs) -> Result<i32> {
 }
 
 pub fn export(args: &ExportArgs) -> Result<i32> {
-    let images = ImageStore::open()?;
+    let images = ImageStore::open_read()?;
     let format = match args.format {
         ExportFormatArg::Tar => ExportFormat::Tar,
         ExportFormatArg::Oci => ExportFormat::Oci,
@@ -271,7 +285,7 @@ pub fn export(args: &ExportArgs) -> Result<i32> {
     let what = match &image {
         Some(image) => Exportable::Image(image),
         None => {
-            let container = Store::open()?.get(&args.target).map_err(|_| {
+            let container = Store::open_read()?.get(&args.target).map_err(|_| {
                 anyhow::anyhow!(
                     "no image or container named {} (see `nook images` and `nook ps`)",
                     args.target

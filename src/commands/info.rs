@@ -74,7 +74,9 @@ pub fn info(args: &InfoArgs) -> Result<i32> {
         .clone()
         .unwrap_or_else(|| caller.uid.to_string());
     let mut checks = vec![kernel(), user_namespaces(&mapping)];
-    if mapping.writer == MapWriter::Privileged {
+    if caller.privileged {
+        checks.extend(root_ids(&caller));
+    } else if mapping.writer == MapWriter::Privileged {
         // The root of an outer container maps the ids it holds itself.
         let held = "not needed: nook maps the ids the outer container holds directly";
         checks.extend([good("subordinate ids", held), good("newuidmap", held)]);
@@ -235,6 +237,32 @@ fn subordinate_ids(file: &str, name: &'static str, user: &str, ranges: &[SubRang
             .collect();
         good(name, format!("{} ({file})", list.join(", ")))
     }
+}
+
+/// Root's ranges and why no helper is needed: root writes any map itself.
+fn root_ids(caller: &Caller) -> [Check; 2] {
+    let list = |ranges: &[SubRange]| {
+        ranges
+            .iter()
+            .map(|r| format!("{}+{}", r.start, r.count))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    [
+        good(
+            "subordinate ids",
+            format!(
+                "uids {}, gids {} ({})",
+                list(&caller.subuids),
+                list(&caller.subgids),
+                caller.ranges_origin
+            ),
+        ),
+        good(
+            "newuidmap/newgidmap",
+            "not needed: root writes its containers' id maps itself",
+        ),
+    ]
 }
 
 /// The mapping `--userns auto` gives containers, and why it is not the full one if it is not.

@@ -43,6 +43,33 @@ pub(super) fn state_root(global: &GlobalArgs) -> Result<StateRoot> {
     StateRoot::open(&dir)
 }
 
+/// The container of `nook ps` named (or with the id) `id`, when the OCI state root has no
+/// container `id`: the OCI verbs act on those too where they can, and say which verb does
+/// where they cannot, so that they never call a container `nook ps` lists nonexistent.
+fn human_container(root: &StateRoot, id: &str) -> Result<Option<HumanContainer>> {
+    if crate::storage::oci_state::validate_id(id).is_ok() && root.ids()?.iter().any(|i| i == id) {
+        return Ok(None);
+    }
+    // Read only: an engine's call for a container it already deleted must not create a store,
+    // and an engine's environment without a store (no HOME) is no error of the OCI verb.
+    Ok(crate::storage::container::Store::open_read()
+        .ok()
+        .and_then(|store| store.get(id).ok()))
+}
+
+type HumanContainer = crate::storage::container::Container;
+
+/// The OCI status of a container of `nook ps`, and its first process while it runs.
+fn human_status(container: &HumanContainer) -> (ContainerState, Option<i32>) {
+    use crate::storage::container::Status;
+    let state = container.state();
+    match (state.effective_status(), state.pid) {
+        (Status::Running, Some(pid)) => (ContainerState::Running, Some(pid)),
+        (Status::Created, _) => (ContainerState::Creating, None),
+        _ => (ContainerState::Stopped, None),
+    }
+}
+
 /// A bundle's directory and its checked spec, the root path made absolute.
 struct Bundle {
     dir: PathBuf,
@@ -489,7 +516,15 @@ fn run_poststart(entry: &Entry, record: &Record) {
 }
 
 pub fn start(global: &GlobalArgs, args: &IdArg) -> Result<i32> {
-    let entry = state_root(global)?.get(&args.id)?;
+    let root = state_root(global)?;
+    if let Some(c) = human_container(&root, &args.id)? {
+        bail!(
+            "container {} was made by `nook run`, which started it (see `nook ps`); `nook start` \
+             starts what `nook create` made. Run the image again with `nook run`",
+            c.meta.name
+        );
+    }
+    let entry = root.get(&args.id)?;
     let record = entry.record()?;
     match entry.status(&record) {
         ContainerState::Created => {}
@@ -541,7 +576,17 @@ fn state_json(entry: &Entry) -> Result<serde_json::Value> {
 }
 
 pub fn state(global: &GlobalArgs, args: &IdArg) -> Result<i32> {
-    let entry = state_root(global)?.get(&args.id)?;
+    let root = state_root(global)?;
+    if let Some(c) = human_container(&root, &args.id)? {
+        let (status, pid) = human_status(&c);
+        let doc = state_document(&c.meta.name, status, Some(pid.unwrap_or(0)), &c.dir, None);
+        let mut value = serde_json::to_value(doc)?;
+        value["created"] = json!(c.meta.created);
+        value["owner"] = json!(owner_of(&c.dir));
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(0);
+    }
+    let entry = root.get(&args.id)?;
     println!("{}", serde_json::to_string_pretty(&state_json(&entry)?)?);
     Ok(0)
 }
@@ -607,22 +652,12 @@ fn container_pids(pid1: i32) -> Vec<i32> {
 pub fn kill_container(global: &GlobalArgs, args: &KillArgs) -> Result<i32> {
     let given = args.signal.as_deref().or(args.signal_flag.as_deref());
     let root = state_root(global)?;
-    let is_oci =
-        crate::storage::oci_state::validate_id(&args.id).is_ok() && root.ids()?.contains(&args.id);
-    if !is_oci {
-        // An engine's kill of a container it already deleted must not create a store.
-        let has_store = crate::storage::container::storage_root()
-            .is_ok_and(|root| root.join("containers").is_dir());
-        let human = has_store
-            .then(|| crate::storage::container::Store::open().and_then(|store| store.get(&args.id)))
-            .and_then(Result::ok);
-        if let Some(container) = human {
-            return kill_human(
-                &container,
-                parse_signal(given.unwrap_or("SIGKILL"))?,
-                args.all,
-            );
-        }
+    if let Some(container) = human_container(&root, &args.id)? {
+        return kill_human(
+            &container,
+            parse_signal(given.unwrap_or("SIGKILL"))?,
+            args.all,
+        );
     }
     let signal = parse_signal(given.unwrap_or("SIGTERM"))?;
     let entry = root.get(&args.id)?;
@@ -728,6 +763,12 @@ fn delete_entry(entry: Entry, force: bool) -> Result<()> {
 
 pub fn delete(global: &GlobalArgs, args: &DeleteArgs) -> Result<i32> {
     let root = state_root(global)?;
+    if let Some(c) = human_container(&root, &args.id)? {
+        // `nook rm` and `nook rm -f`, as the engine's delete and delete --force mean.
+        let store = crate::storage::container::Store::open()?;
+        super::containers::remove_container(&store, &c, args.force)?;
+        return Ok(0);
+    }
     // As runc and crun: `--force` asks for the container to be gone, and one that is gone
     // already (an engine's cleanup racing `run --rm`) is no failure.
     let entry = if args.force {
@@ -785,13 +826,21 @@ pub fn list(global: &GlobalArgs, args: &ListArgs) -> Result<i32> {
 
 /// `ps ID`: the processes of an OCI container.
 pub fn ps(global: &GlobalArgs, id: &str, format: Format) -> Result<i32> {
-    let entry = state_root(global)?.get(id)?;
-    let record = entry.record()?;
-    if entry.status(&record) == ContainerState::Stopped {
-        bail!("container {id} is not running");
-    }
-    let pids = container_pids(record.pid);
-    drop(entry);
+    let root = state_root(global)?;
+    let pids = match human_container(&root, id)? {
+        Some(c) => match human_status(&c) {
+            (ContainerState::Running, Some(pid)) => container_pids(pid),
+            _ => bail!("container {} is not running (see `nook ps`)", c.meta.name),
+        },
+        None => {
+            let entry = root.get(id)?;
+            let record = entry.record()?;
+            if entry.status(&record) == ContainerState::Stopped {
+                bail!("container {id} is not running");
+            }
+            container_pids(record.pid)
+        }
+    };
     let mut out = std::io::stdout().lock();
     match format {
         Format::Json => writeln!(out, "{}", serde_json::to_string(&pids)?)?,
@@ -881,7 +930,7 @@ fn exec_target(
         let cgroup = record.cgroup.map(|dir| Cgroup { dir });
         return Ok((entry.spec()?, record.pid, cgroup));
     }
-    let store = crate::storage::container::Store::open()?;
+    let store = crate::storage::container::Store::open_read()?;
     let container = store.get(name).with_context(|| {
         format!(
             "no container {name} under --root {} nor in nook's store",
@@ -914,11 +963,22 @@ fn root_display(global: &GlobalArgs) -> String {
 
 /// `-u USER[:GROUP]` as `run` reads it, names looked up in the running container's own
 /// /etc/passwd and /etc/group (through its root, so its symbolic links stay inside).
-fn resolve_exec_user(text: &str, pid: i32) -> Result<(u32, u32)> {
+fn resolve_exec_user(text: &str, pid: i32) -> Result<crate::spec::ContainerUser> {
     let root = PathBuf::from(format!("/proc/{pid}/root"));
-    let user = crate::spec::resolve_user(&root, Some(text))
-        .with_context(|| format!("--user {text:?} in the container"))?;
-    Ok((user.uid, user.gid))
+    crate::spec::resolve_user(&root, Some(text))
+        .with_context(|| format!("--user {text:?} in the container"))
+}
+
+/// Sets `var` (`KEY=value`) in `env`, replacing an earlier value of the same key.
+fn set_env_var(env: &mut Vec<String>, var: &str) {
+    let key = var.split_once('=').map_or(var, |(k, _)| k);
+    env.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
+    env.push(var.to_string());
+}
+
+fn has_env_var(env: &[String], key: &str) -> bool {
+    env.iter()
+        .any(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key)
 }
 
 /// The process `exec` runs: `--process FILE`, else the container's process with the command
@@ -948,20 +1008,25 @@ fn exec_process(args: &ExecArgs, base: &Process, pid: i32) -> Result<Process> {
     process.set_args(Some(args.command.clone()));
     process.set_terminal(Some(args.tty));
     let mut env = base.env().clone().unwrap_or_default();
+    let mut user = base.user().clone();
+    if let Some(text) = &args.user {
+        let other = resolve_exec_user(text, pid)?;
+        user.set_uid(other.uid);
+        user.set_gid(other.gid);
+        // The container's HOME belongs to the user it runs as; another user gets its own, from
+        // the container's /etc/passwd (else `/`), as podman gives it.
+        set_env_var(&mut env, &format!("HOME={}", other.home));
+    }
+    if args.tty && !has_env_var(&env, "TERM") {
+        // As `run -t` sets it: a terminal the container did not have at its start.
+        env.push("TERM=xterm".to_string());
+    }
     for var in &args.env {
-        let key = var.split_once('=').map_or(var.as_str(), |(k, _)| k);
-        env.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
-        env.push(var.clone());
+        set_env_var(&mut env, var);
     }
     process.set_env(Some(env));
     if let Some(cwd) = &args.cwd {
         process.set_cwd(PathBuf::from(cwd));
-    }
-    let mut user = base.user().clone();
-    if let Some(text) = &args.user {
-        let (uid, gid) = resolve_exec_user(text, pid)?;
-        user.set_uid(uid);
-        user.set_gid(gid);
     }
     if !args.additional_gids.is_empty() {
         user.set_additional_gids(Some(args.additional_gids.clone()));
@@ -1169,8 +1234,12 @@ mod tests {
     #[test]
     fn users_parse_as_numbers() {
         // No such process: no /etc/passwd to read, so only numbers resolve.
-        assert_eq!(resolve_exec_user("1000", -1).unwrap(), (1000, 1000));
-        assert_eq!(resolve_exec_user("0:5", -1).unwrap(), (0, 5));
+        let ids = |text| {
+            let user = resolve_exec_user(text, -1).unwrap();
+            (user.uid, user.gid, user.home)
+        };
+        assert_eq!(ids("1000"), (1000, 1000, "/".to_string()));
+        assert_eq!(ids("0:5"), (0, 5, "/root".to_string()));
         assert!(resolve_exec_user("alice", -1).is_err());
     }
 

@@ -44,6 +44,40 @@ struct Checked {
     podman: podman::Options,
 }
 
+/// What to say when a stored image's files were laid out for another id map than the
+/// container's, with the import that fits this run when there is one.
+fn map_mismatch_note(
+    image: &str,
+    imported: &IdMapping,
+    container: &IdMapping,
+    userns: UsernsArg,
+    caller: &Caller,
+) -> String {
+    let maps = format!(
+        "image {image} was imported with the id map [{}] but this container gets [{}]",
+        imported.describe(),
+        container.describe()
+    );
+    let flag = match userns {
+        UsernsArg::Auto => "",
+        UsernsArg::Single => " --userns single",
+        UsernsArg::KeepId => " --userns keep-id",
+    };
+    if userns == UsernsArg::KeepId && caller.range_problem().is_some() {
+        // An import with keep-id needs a range too: there is no better import to advise.
+        return format!(
+            "{maps}: without subordinate ids its files show as owned by you (uid {}) instead \
+             of root",
+            caller.uid
+        );
+    }
+    format!(
+        "{maps}: files may show wrong owners and writing them can fail with EOVERFLOW. \
+         Import it again for this map (`nook rmi {image}` then `nook import{flag} SOURCE \
+         {image}`)"
+    )
+}
+
 fn check(args: &RunArgs) -> Result<Checked> {
     if args.oci.pid_file.is_some() || args.oci.console_socket.is_some() || args.oci.preserve_fds > 0
     {
@@ -65,14 +99,14 @@ fn check(args: &RunArgs) -> Result<Checked> {
     if let (Some(img), false) = (&stored, args.quiet) {
         if img.meta.idmap.uids != idmap.uids || img.meta.idmap.gids != idmap.gids {
             eprintln!(
-                "nook: note: image {} was imported with the id map [{}] but this container gets \
-                 [{}]: files may show wrong owners and writing them can fail with EOVERFLOW. \
-                 Re-import the image (`nook rmi {}` then `nook import`) to follow your current \
-                 subordinate ranges",
-                img.meta.name,
-                img.meta.idmap.describe(),
-                idmap.describe(),
-                img.meta.name
+                "nook: note: {}",
+                map_mismatch_note(
+                    &img.meta.name,
+                    &img.meta.idmap,
+                    &idmap,
+                    args.userns,
+                    &caller
+                )
             );
         }
     } else if !args.quiet {
@@ -644,14 +678,17 @@ fn record_running(container: &Container, pid: i32) -> Result<()> {
 }
 
 fn finish(store: &Store, container: &Container, code: i32) -> Result<()> {
-    if container.meta.auto_remove {
-        return store.remove(container);
-    }
     let mut state = container.state();
     state.status = Some(Status::Exited);
     state.exit_code = Some(code);
     state.finished = Some(now_rfc3339());
-    container.save_state(&state)
+    // Recorded even when the container goes: a `nook stop` waiting for it is done now, not
+    // once a `--rm` container's whole layer is removed.
+    let saved = container.save_state(&state);
+    if container.meta.auto_remove {
+        return store.remove(container);
+    }
+    saved
 }
 
 /// `-d`: a monitor process (a fork of this one, in a session of its own) starts the container

@@ -4,6 +4,7 @@
 //! what `nook export` makes: a tree as a tar stream, and an OCI image layout archive.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, BufReader, Cursor, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -895,32 +896,53 @@ fn pax_record(key: &[u8], value: &[u8]) -> Vec<u8> {
 /// Writes the tree at `root` as a tar stream: sorted, names relative to the root, owners as
 /// this namespace sees them, hard links as links, xattrs as `SCHILY.xattr.*` PAX records.
 pub fn write_tree<W: io::Write>(root: &Path, out: W, bar: &ProgressBar) -> Result<W> {
+    let mut list = |rel: &Path, (): ()| -> Result<Vec<(OsString, PathBuf, ())>> {
+        let dir = root.join(rel);
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<io::Result<_>>()
+            .with_context(|| format!("reading {}", dir.display()))?;
+        names.sort();
+        Ok(names
+            .into_iter()
+            .map(|name| (name.clone(), dir.join(name), ()))
+            .collect())
+    };
+    write_view(out, bar, (), &mut list)
+}
+
+/// The entries of one directory of a tree to archive, sorted: name, the path to read the entry
+/// from, and the token that lists it if it is a directory.
+pub type DirEntries<D> = Vec<(OsString, PathBuf, D)>;
+
+/// [`write_tree`] of a tree that `list` composes directory by directory (a container's layer
+/// over its image), starting at the root's token `root`: entries are read where `list` says.
+pub fn write_view<W: io::Write, D: Copy>(
+    out: W,
+    bar: &ProgressBar,
+    root: D,
+    list: &mut dyn FnMut(&Path, D) -> Result<DirEntries<D>>,
+) -> Result<W> {
     let mut builder = tar::Builder::new(out);
     builder.follow_symlinks(false);
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
-    write_dir(&mut builder, root, Path::new(""), &mut links, bar)?;
+    write_dir(&mut builder, Path::new(""), root, list, &mut links, bar)?;
     builder.into_inner().context("finishing the tar stream")
 }
 
-fn write_dir<W: io::Write>(
+fn write_dir<W: io::Write, D: Copy>(
     builder: &mut tar::Builder<W>,
-    root: &Path,
     rel: &Path,
+    token: D,
+    list: &mut dyn FnMut(&Path, D) -> Result<DirEntries<D>>,
     links: &mut HashMap<(u64, u64), PathBuf>,
     bar: &ProgressBar,
 ) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let dir = root.join(rel);
-    let mut names: Vec<_> = std::fs::read_dir(&dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<io::Result<_>>()
-        .with_context(|| format!("reading {}", dir.display()))?;
-    names.sort();
-    for name in names {
+    for (name, full, child) in list(rel, token)? {
         let path = rel.join(&name);
-        let full = root.join(&path);
         let meta = std::fs::symlink_metadata(&full)
             .with_context(|| format!("reading {}", full.display()))?;
         let kind = meta.file_type();
@@ -956,7 +978,7 @@ fn write_dir<W: io::Write>(
             builder
                 .append_data(&mut h, &path, io::empty())
                 .with_context(what)?;
-            write_dir(builder, root, &path, links, bar)?;
+            write_dir(builder, &path, child, list, links, bar)?;
         } else if kind.is_symlink() {
             let target = std::fs::read_link(&full).with_context(what)?;
             h.set_size(0);

@@ -203,9 +203,18 @@ impl Store {
 
     pub fn at(root: PathBuf) -> Result<Store> {
         let store = Store { root };
-        create_private_dir(&store.containers_dir())?;
-        create_private_dir(&store.names_dir())?;
+        for dir in [store.containers_dir(), store.names_dir()] {
+            create_private_dir(&dir).map_err(|e| store_unwritable(&store.root, e))?;
+        }
         Ok(store)
+    }
+
+    /// The store for the verbs that only read it (`ps`, `inspect`, finding a container): it
+    /// creates nothing, so they work on a read-only store, and one never made is empty.
+    pub fn open_read() -> Result<Store> {
+        Ok(Store {
+            root: storage_root()?,
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -269,7 +278,7 @@ impl Store {
             .containers_dir()
             .join(format!(".creating-{}-{id}", std::process::id()));
         let made = (|| -> Result<()> {
-            create_private_dir(&staging)?;
+            create_private_dir(&staging).map_err(|e| store_unwritable(&self.root, e))?;
             // The copy backend's `rootfs/` is made by the copy itself.
             let layers: &[&str] = if container.meta.backend == "copy" {
                 &[]
@@ -369,7 +378,11 @@ impl Store {
     pub fn list(&self) -> Result<Vec<Container>> {
         let dir = self.containers_dir();
         let mut out = Vec::new();
-        for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entries = match fs::read_dir(&dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            other => other.with_context(|| format!("reading {}", dir.display()))?,
+        };
+        for entry in entries {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if let Some(id) = name.strip_prefix(".removing-") {
@@ -442,7 +455,9 @@ impl Store {
             // first: the tree is that process's to remove.
             Err(e) if e.kind() == io::ErrorKind::NotFound => false,
             Err(e) => {
-                return Err(e).with_context(|| format!("removing {}", container.dir.display()))
+                let e =
+                    anyhow::Error::from(e).context(format!("removing {}", container.dir.display()));
+                return Err(store_unwritable(&self.root, e));
             }
         };
         let link = self.names_dir().join(&container.meta.name);
@@ -453,6 +468,26 @@ impl Store {
             return Ok(());
         }
         remove_owned_tree(&trash, container.meta.idmap.as_ref())
+    }
+}
+
+/// A store directory that cannot be made: the error names the store, and says it is read-only
+/// when that is why.
+pub fn store_unwritable(root: &Path, e: anyhow::Error) -> anyhow::Error {
+    let read_only = e.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::raw_os_error)
+            .is_some_and(|code| code == libc::EROFS || code == libc::EACCES || code == libc::EPERM)
+    });
+    if read_only {
+        e.context(format!(
+            "the nook store {} is not writable (read-only, or not yours): this verb must write \
+             it; set NOOK_STORAGE to a writable directory",
+            root.display()
+        ))
+    } else {
+        e.context(format!("opening the nook store {}", root.display()))
     }
 }
 

@@ -77,9 +77,22 @@ pub fn validate_image_name(name: &str) -> Result<()> {
 impl ImageStore {
     /// Opens the store, removing what builds cut short left behind.
     pub fn open() -> Result<ImageStore> {
-        let root = storage_root()?.join("images");
-        create_private_dir(&root)?;
+        let storage = storage_root()?;
+        let root = storage.join("images");
+        create_private_dir(&root)
+            .map_err(|e| crate::storage::container::store_unwritable(&storage, e))?;
         let store = ImageStore { root };
+        store.clean_leftovers();
+        Ok(store)
+    }
+
+    /// The store for the verbs that only read it (`images`, `inspect`, finding an image): it
+    /// creates nothing, so they work on a read-only store (where the cleaning of what crashed
+    /// imports left, as `open` does it, fails quietly).
+    pub fn open_read() -> Result<ImageStore> {
+        let store = ImageStore {
+            root: storage_root()?.join("images"),
+        };
         store.clean_leftovers();
         Ok(store)
     }
@@ -110,9 +123,11 @@ impl ImageStore {
 
     pub fn list(&self) -> Result<Vec<Image>> {
         let mut out = Vec::new();
-        for entry in
-            fs::read_dir(&self.root).with_context(|| format!("reading {}", self.root.display()))?
-        {
+        let entries = match fs::read_dir(&self.root) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            other => other.with_context(|| format!("reading {}", self.root.display()))?,
+        };
+        for entry in entries {
             let name = entry?.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') {
                 continue;
@@ -180,7 +195,9 @@ impl ImageStore {
             name.replace(':', "_"),
             std::process::id()
         ));
-        create_private_dir(&tmp)?;
+        create_private_dir(&tmp).map_err(|e| {
+            crate::storage::container::store_unwritable(self.root.parent().unwrap_or(&self.root), e)
+        })?;
         let result = (|| -> Result<(ImageMeta, Found)> {
             // Written first, so that whoever cleans up a build cut short knows the owners.
             write_atomic(&tmp.join(IDMAP_FILE), &serde_json::to_vec(idmap)?, true)?;
@@ -340,34 +357,60 @@ impl ImageStore {
         serde_json::from_str(&report).context("parsing the changes")
     }
 
-    /// `nook export`: writes the tree of an image, or of a container (flattened first into a
-    /// scratch directory of the store), to `out` as a tar stream or an OCI image layout archive.
+    /// `nook export`: writes the tree of an image, or of a container (its layer over its image,
+    /// read together as the container sees them, with no copy first), to `out` as a tar stream
+    /// or an OCI image layout archive.
     pub fn export(&self, what: &Exportable<'_>, out: fs::File, format: ExportFormat) -> Result<()> {
         match what {
             Exportable::Image(image) => write_export(
-                &image.rootfs(),
+                Tree::Dir(image.rootfs()),
                 &image.meta.idmap,
                 out,
                 format,
                 &image.meta.config,
                 &image.meta.name,
             ),
-            Exportable::Container { from, config, name } => {
-                let tmp = self
-                    .root
-                    .join(format!(".import-export-{}", std::process::id()));
-                create_private_dir(&tmp)?;
-                let result = (|| -> Result<()> {
-                    write_atomic(
-                        &tmp.join(IDMAP_FILE),
-                        &serde_json::to_vec(&from.idmap)?,
-                        false,
-                    )?;
-                    flatten_in_userns(from, &tmp.join("rootfs"))?;
-                    write_export(&tmp.join("rootfs"), &from.idmap, out, format, config, name)
-                })();
-                let removed = remove_owned_tree(&tmp, Some(&from.idmap));
-                result.and(removed)
+            Exportable::Container { from, config, name } => write_export(
+                Tree::Layer(from.layer.clone()),
+                &from.idmap,
+                out,
+                format,
+                config,
+                name,
+            ),
+        }
+    }
+}
+
+/// The tree an export writes.
+enum Tree {
+    /// A plain directory: an image's root.
+    Dir(PathBuf),
+    /// A container's layer over its image.
+    Layer(Layer),
+}
+
+impl Tree {
+    /// A directory beside the tree, for scratch files of the same filesystem.
+    fn near(&self) -> &Path {
+        match self {
+            Tree::Dir(dir) => dir,
+            Tree::Layer(layer) => &layer.top,
+        }
+    }
+
+    fn write<W: io::Write>(&self, out: W, bar: &indicatif::ProgressBar) -> Result<W> {
+        match self {
+            Tree::Dir(dir) => crate::storage::archive::write_tree(dir, out, bar),
+            Tree::Layer(layer) => {
+                let mut list = |rel: &Path, side| {
+                    Ok(crate::storage::upper::view_dir(layer, rel, side)?
+                        .into_iter()
+                        .map(|e| (e.name, e.path, e.side))
+                        .collect())
+                };
+                let root = crate::storage::upper::view_root(layer);
+                crate::storage::archive::write_view(out, bar, root, &mut list)
             }
         }
     }
@@ -435,19 +478,18 @@ fn flatten_in_userns(from: &ContainerLayer, rootfs: &Path) -> Result<usize> {
 /// Writes `rootfs` to `out` from inside the user namespace of its owners (so every file is
 /// readable and owners come out as the image's own ids).
 fn write_export(
-    rootfs: &Path,
+    tree: Tree,
     idmap: &IdMapping,
     out: fs::File,
     format: ExportFormat,
     config: &ImageConfig,
     name: &str,
 ) -> Result<()> {
-    let rootfs = rootfs.to_path_buf();
     let (config, name) = (config.clone(), name.to_string());
     // The layer of an OCI export goes to an unnamed temporary file first: its digest and size
     // come before its data in the archive.
     let scratch = match format {
-        ExportFormat::Oci => Some(tempfile_near(&rootfs)?),
+        ExportFormat::Oci => Some(tempfile_near(tree.near())?),
         ExportFormat::Tar => None,
     };
     run_in_userns(idmap, move || {
@@ -455,14 +497,14 @@ fn write_export(
         let out = io::BufWriter::with_capacity(1 << 20, out);
         match scratch {
             None => {
-                let mut out = crate::storage::archive::write_tree(&rootfs, out, &bar)?;
+                let mut out = tree.write(out, &bar)?;
                 io::Write::flush(&mut out).context("writing the archive")?;
             }
             Some(layer) => {
                 let writer = crate::storage::archive::HashingWriter::new(
                     io::BufWriter::with_capacity(1 << 20, layer),
                 );
-                let writer = crate::storage::archive::write_tree(&rootfs, writer, &bar)?;
+                let writer = tree.write(writer, &bar)?;
                 let (layer, digest, size) = writer.finish().context("writing the layer")?;
                 let layer = layer
                     .into_inner()
@@ -489,14 +531,29 @@ fn write_export(
 /// with the process.
 fn tempfile_near(path: &Path) -> Result<fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
+    let open = |dir: &Path| {
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_TMPFILE)
+            .mode(0o600)
+            .open(dir)
+    };
     let dir = path.parent().unwrap_or(Path::new("."));
-    fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_TMPFILE)
-        .mode(0o600)
-        .open(dir)
-        .with_context(|| format!("creating a scratch file in {}", dir.display()))
+    match open(dir) {
+        // A read-only store: an export only reads it, so the scratch file goes elsewhere.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EROFS | libc::EACCES)) => {
+            let tmp = std::env::temp_dir();
+            open(&tmp).with_context(|| {
+                format!(
+                    "creating a scratch file in {} ({} is not writable: {e})",
+                    tmp.display(),
+                    dir.display()
+                )
+            })
+        }
+        other => other.with_context(|| format!("creating a scratch file in {}", dir.display())),
+    }
 }
 
 /// Applies `--change` instructions (Dockerfile syntax: `CMD`, `ENTRYPOINT`, `ENV`, `WORKDIR`,

@@ -113,6 +113,147 @@ pub fn changes(layer: &Layer) -> Result<Vec<Change>> {
     }
     out.retain(|c| !is_runtime_mount_point(&layer.top, c));
     out.sort();
+    Ok(drop_untouched_dirs(layer, out))
+}
+
+/// Drops the directories listed as changed only because the runtime made its mount points in
+/// them (`/etc` for /etc/hosts): a directory in the layer that keeps the image's type, mode and
+/// owner and has no change left below it is no change. Its modification time does not count:
+/// creating a mount point changes it, as any entry's creation does.
+fn drop_untouched_dirs(layer: &Layer, sorted: Vec<Change>) -> Vec<Change> {
+    let mut kept: Vec<Change> = Vec::with_capacity(sorted.len());
+    // From the end: what is below a directory comes right after it in sorted order, so the
+    // last kept change tells whether anything below survived.
+    for change in sorted.into_iter().rev() {
+        let has_kept_below = kept
+            .last()
+            .is_some_and(|next| next.path.starts_with(&change.path));
+        if change.kind == ChangeKind::Changed
+            && !has_kept_below
+            && same_dir(
+                &layer.top.join(&change.path),
+                &layer.base.join(&change.path),
+            )
+        {
+            continue;
+        }
+        kept.push(change);
+    }
+    kept.reverse();
+    kept
+}
+
+/// Whether both are directories with the same mode and owner.
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (lstat(a), lstat(b)) {
+        (Some(a), Some(b)) => {
+            a.is_dir()
+                && b.is_dir()
+                && a.mode() == b.mode()
+                && (a.uid(), a.gid()) == (b.uid(), b.gid())
+        }
+        _ => false,
+    }
+}
+
+/// Where a directory of a container's view lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// In the layer only (or the private copy): nothing of the image shows through.
+    Top,
+    /// In the image only: the layer never touched it.
+    Base,
+    /// A directory of the layer over one of the image: their entries merge.
+    Both,
+}
+
+/// One entry of a directory of the container's view: its name, the path it is read from, and
+/// (for a directory) where its own entries come from.
+pub struct ViewEntry {
+    pub name: OsString,
+    pub path: PathBuf,
+    pub side: Side,
+}
+
+/// The root of the container's view, for [`view_dir`].
+pub fn view_root(layer: &Layer) -> Side {
+    match layer.kind {
+        LayerKind::Copy => Side::Top,
+        _ => Side::Both,
+    }
+}
+
+/// The entries of directory `rel` of the container's view, sorted by name, as the container
+/// sees them: the layer's whiteouts hide the image's entries, an opaque directory hides all of
+/// the image's directory, and the runtime's empty mount points are left out (as `changes`
+/// leaves them out). `side` is where `rel` lives. `export` streams a container with this, with
+/// no flattened copy first.
+pub fn view_dir(layer: &Layer, rel: &Path, side: Side) -> Result<Vec<ViewEntry>> {
+    let (top, base) = (layer.top.join(rel), layer.base.join(rel));
+    let entry = |name: OsString, path: PathBuf, side| ViewEntry { name, path, side };
+    if side == Side::Base {
+        return Ok(sorted_entries(&base)?
+            .into_iter()
+            .map(|name| entry(name.clone(), base.join(&name), Side::Base))
+            .collect());
+    }
+    let merge = side == Side::Both;
+    let opaque = merge && is_opaque(layer.kind, &top);
+    let mut hidden = BTreeSet::new();
+    let mut out = Vec::new();
+    for name in sorted_entries(&top)? {
+        let path = top.join(&name);
+        if layer.kind == LayerKind::Fuse {
+            if name.as_bytes() == OPAQUE_MARKER.as_bytes() {
+                continue;
+            }
+            if let Some(target) = name.as_bytes().strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+                hidden.insert(OsStr::from_bytes(target).to_os_string());
+                continue;
+            }
+        }
+        let meta =
+            fs::symlink_metadata(&path).with_context(|| format!("reading {}", path.display()))?;
+        if layer.kind != LayerKind::Copy
+            && (is_whiteout_device(&meta)
+                || (meta.is_file() && has_xattr(&path, "user.overlay.whiteout")))
+        {
+            hidden.insert(name);
+            continue;
+        }
+        let in_base = (merge && !opaque)
+            .then(|| lstat(&base.join(&name)))
+            .flatten();
+        let runtime_name = RUNTIME_FILES
+            .iter()
+            .chain(RUNTIME_DIRS.iter())
+            .any(|f| rel.join(&name) == Path::new(f))
+            || Path::new("/").join(rel).join(&name)
+                == Path::new(crate::security::root_emulation::APT_DROP_IN);
+        if runtime_name && lstat(&layer.base.join(rel).join(&name)).is_none() {
+            let change = Change {
+                path: rel.join(&name),
+                kind: ChangeKind::Added,
+            };
+            if is_runtime_mount_point(&layer.top, &change) {
+                continue;
+            }
+        }
+        let side = match in_base {
+            Some(b) if b.is_dir() && meta.is_dir() => Side::Both,
+            _ => Side::Top,
+        };
+        hidden.insert(name.clone());
+        out.push(entry(name, path, side));
+    }
+    if merge && !opaque && lstat(&base).is_some_and(|m| m.is_dir()) {
+        for name in sorted_entries(&base)? {
+            if !hidden.contains(&name) {
+                out.push(entry(name.clone(), base.join(&name), Side::Base));
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+    }
     Ok(out)
 }
 
@@ -339,6 +480,7 @@ fn compare(top: &Path, base: &Path, rel: &Path, out: &mut Vec<Change>) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("nook-upper-{name}-{}", std::process::id()));
@@ -390,6 +532,49 @@ mod tests {
             ]
         );
         crate::fsutil::remove_tree(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_directory_holding_only_runtime_mount_points_is_no_change() {
+        for kind in [LayerKind::Overlay, LayerKind::Copy] {
+            let dir = scratch(&format!("mountpoints-{kind:?}"));
+            let (base, top) = (dir.join("base"), dir.join("top"));
+            fs::create_dir_all(base.join("etc/apt")).unwrap();
+            fs::write(base.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+            if kind == LayerKind::Copy {
+                fs::create_dir_all(top.join("etc/apt")).unwrap();
+                fs::copy(base.join("etc/passwd"), top.join("etc/passwd")).unwrap();
+                let t = fs::metadata(base.join("etc/passwd"))
+                    .unwrap()
+                    .modified()
+                    .unwrap();
+                fs::File::options()
+                    .write(true)
+                    .open(top.join("etc/passwd"))
+                    .unwrap()
+                    .set_modified(t)
+                    .unwrap();
+            } else {
+                fs::create_dir_all(top.join("etc")).unwrap();
+            }
+            // The empty files nook bind-mounts its generated /etc files onto.
+            fs::write(top.join("etc/hostname"), "").unwrap();
+            fs::write(top.join("etc/hosts"), "").unwrap();
+            fs::create_dir(top.join("proc")).unwrap();
+            let layer = Layer {
+                kind,
+                top: top.clone(),
+                base: base.clone(),
+            };
+            assert!(lines(&changes(&layer).unwrap()).is_empty(), "{kind:?}");
+            // A real change below keeps the directory, and a changed mode is a change itself.
+            fs::write(top.join("etc/motd"), "hi").unwrap();
+            assert_eq!(lines(&changes(&layer).unwrap()), ["C etc", "A etc/motd"]);
+            fs::remove_file(top.join("etc/motd")).unwrap();
+            fs::set_permissions(top.join("etc"), fs::Permissions::from_mode(0o700)).unwrap();
+            assert_eq!(lines(&changes(&layer).unwrap()), ["C etc"], "{kind:?}");
+            crate::fsutil::remove_tree(&dir).unwrap();
+        }
     }
 
     #[test]
