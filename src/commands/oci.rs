@@ -331,6 +331,7 @@ fn create_in(
         die_with_parent: false,
         meanwhile: None,
         network: None,
+        supervision: Default::default(),
     };
     let mut started = launch::start(&launch)?;
     let pid = started.pid;
@@ -986,6 +987,13 @@ pub fn exec(global: &GlobalArgs, args: &ExecArgs) -> Result<i32> {
         die_with_parent: !args.detach,
         meanwhile: None,
         network: None,
+        // A command joining a container under root emulation's supervisor gets one of its own.
+        supervision: spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.seccomp().as_ref())
+            .map(crate::security::root_emulation::supervision_of)
+            .unwrap_or_default(),
     };
     let mut started = launch::start(&launch)?;
     let child = started.pid;
