@@ -499,3 +499,28 @@ fn tier_2_needs_a_backend_it_can_record_through() {
     );
     assert_eq!(t.container_dirs(), before);
 }
+
+#[test]
+fn exec_into_a_tier_2_container_records_and_shows_owners_too() {
+    let Some(t) = Nook::new_without_subids() else {
+        return;
+    };
+    t.nook(&[
+        "run",
+        "-d",
+        "--name",
+        "bg",
+        "--root-emulation",
+        "notify",
+        &t.image_copy("bg"),
+        "sleep",
+        "300",
+    ])
+    .assert_ok();
+    t.nook(&["exec", "bg", "sh", "-c", "touch /g && chown 33:44 /g"])
+        .assert_ok();
+    t.nook(&["exec", "bg", "stat", "-c", "%u:%g", "/g"])
+        .assert_ok()
+        .assert_stdout("33:44\n");
+    t.nook(&["rm", "-f", "bg"]).assert_ok();
+}
