@@ -126,15 +126,24 @@ rootemu_section() {
         "$nook run --rm -q --root-emulation seccomp --root-emulation-report $img /bin/true" "$runs"
 
     s="root emulation: 10000 calls in one process (perl)"
-    local chowns="perl -e 'open F, q(>/tmp/f); close F; chown 5, 5, q(/tmp/f) for 1..10000'"
-    local stats="perl -e 'open F, q(>/tmp/f); close F; chown 5, 5, q(/tmp/f); stat q(/tmp/f) for 1..10000'"
+    # Alternating owners: every chown changes the record (a repeated same chown writes nothing).
+    mkdir -p "$rootemu_dir/perl"
+    cat >"$rootemu_dir/perl/chowns.pl" <<'PL'
+open F, ">/tmp/f"; close F; chown 5 + $_ % 2, 5, "/tmp/f" for 1..10000;
+PL
+    cat >"$rootemu_dir/perl/stats.pl" <<'PL'
+open F, ">/tmp/f"; close F; chown 5, 5, "/tmp/f"; stat "/tmp/f" for 1..10000;
+PL
+    chmod -R a+rX "$rootemu_dir/perl"
+    local chowns="-v $rootemu_dir/perl:/bench:ro $img perl /bench/chowns.pl"
+    local stats="-v $rootemu_dir/perl:/bench:ro $img perl /bench/stats.pl"
     for mode in off seccomp notify; do
         rootemu_case "$s" "chown x10000, $mode" \
-            "$nook run --rm -q --root-emulation $mode $img sh -c \"$chowns\""
+            "$nook run --rm -q --root-emulation $mode $chowns"
     done
     for mode in seccomp notify; do
         rootemu_case "$s" "stat x10000 (recorded owner), $mode" \
-            "$nook run --rm -q --root-emulation $mode $img sh -c \"$stats\""
+            "$nook run --rm -q --root-emulation $mode $stats"
     done
     for what in "chown x10000" "stat x10000 (recorded owner)"; do
         t1=$(rootemu_median "$s" "$what, seccomp")

@@ -393,11 +393,16 @@ impl Served {
             return Ok(());
         }
         let real = self.ids.owner(st.st_uid, st.st_gid);
-        let current = recorded(file.as_fd()).map_or(real, |r| r.over(real));
+        let existing = recorded(file.as_fd());
+        let current = existing.map_or(real, |r| r.over(real));
         let wanted = Owner {
             uid: if uid == KEEP { current.uid } else { uid },
             gid: if gid == KEEP { current.gid } else { gid },
         };
+        if current == wanted && existing.map_or(true, |r| r == wanted) {
+            // Already so: a repeated chown writes nothing.
+            return Ok(());
+        }
         let value = (wanted != real).then(|| wanted.encode());
         match sys::set_xattr_of(file.as_fd(), XATTR, value.as_deref()) {
             Ok(()) => Ok(()),
