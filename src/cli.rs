@@ -393,6 +393,9 @@ pub enum RootEmulationArg {
     Auto,
     /// On for this container whatever its id map
     Seccomp,
+    /// Tier 2: like seccomp, and a supervisor in nook records chown's owners, so stat, commit
+    /// and export show them (costs tens of microseconds per chown and per stat)
+    Notify,
     /// Off: chown to other ids, set*id and device mknod fail as the kernel says
     Off,
 }
@@ -494,6 +497,10 @@ pub struct RunArgs {
     /// container that maps one id [default: from nook.conf, else auto]
     #[arg(long, value_enum, conflicts_with = "bundle")]
     pub root_emulation: Option<RootEmulationArg>,
+    /// At the end, print what root emulation faked (e.g. `3 chown, 2 set*id/setgroups calls
+    /// emulated`). It costs: every faked call then goes through nook's supervisor
+    #[arg(long, conflicts_with = "bundle")]
+    pub root_emulation_report: bool,
     /// Do not print notes (such as the id-mapping fallback)
     #[arg(short, long)]
     pub quiet: bool,

@@ -118,7 +118,7 @@ mod tests {
         assert_eq!(config.root_emulation, root_emulation::Mode::Off);
         let err = format!("{:#}", parse("root_emulation = \"fake\"", p).unwrap_err());
         assert!(
-            err.starts_with("/c/nook.conf:1:") && err.contains("auto, seccomp or off"),
+            err.starts_with("/c/nook.conf:1:") && err.contains("auto, seccomp, notify or off"),
             "{err}"
         );
     }

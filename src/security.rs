@@ -1,7 +1,9 @@
 //! The last steps before `execve`: user switch, capabilities, no_new_privs and seccomp.
 
 pub mod outer;
+pub mod owner_record;
 pub mod root_emulation;
+pub mod supervisor;
 
 use std::collections::HashSet;
 use std::str::FromStr;
@@ -457,6 +459,35 @@ fn compiled_program(profile: &LinuxSeccomp) -> Result<SeccompProgram> {
         let _ = crate::fsutil::write_atomic(&path, &bytes, false);
     }
     Ok(program)
+}
+
+impl SeccompProgram {
+    /// Whether some rule answers with `SECCOMP_RET_USER_NOTIF`: the program then needs a
+    /// supervisor ([`load_seccomp_supervised`]).
+    pub fn notifies(&self) -> bool {
+        const BPF_RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+        const SECCOMP_RET_USER_NOTIF: u32 = 0x7fc0_0000;
+        self.instructions
+            .iter()
+            .any(|i| i.code == BPF_RET_K && i.k & 0xffff_0000 == SECCOMP_RET_USER_NOTIF)
+    }
+}
+
+/// Loads the program with a listener for its notified calls, which the caller hands to the
+/// supervisor.
+pub fn load_seccomp_supervised(program: &SeccompProgram) -> Result<std::os::fd::OwnedFd> {
+    crate::sys::seccomp_set_filter_listener(&program.instructions).map_err(|e| {
+        let hint = if e.raw_os_error() == Some(libc::EINVAL) {
+            " (root emulation's supervisor needs seccomp user notification, Linux 5.5 or later; \
+             use --root-emulation seccomp here)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!(
+            "loading the seccomp filter with a listener (seccomp(SECCOMP_SET_MODE_FILTER, \
+             SECCOMP_FILTER_FLAG_NEW_LISTENER)): {e}{hint}"
+        )
+    })
 }
 
 /// Loads the program into this process; everything it execs keeps it.

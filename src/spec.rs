@@ -287,8 +287,9 @@ pub struct RunRequest<'a> {
     pub network: NetworkMode,
     pub volumes: &'a [Volume],
     pub idmap: &'a IdMapping,
-    /// Whether the seccomp profile fakes root's calls (see `security::root_emulation`).
-    pub root_emulation: bool,
+    /// Whether the seccomp profile fakes root's calls, and what goes to the supervisor (see
+    /// `security::root_emulation`).
+    pub root_emulation: Option<crate::security::root_emulation::Supervision>,
 }
 
 /// Builds the spec of a `nook run` container.
@@ -351,8 +352,8 @@ pub fn build_run_spec(req: &RunRequest<'_>) -> Result<Spec> {
 
     let mut seccomp: LinuxSeccomp = serde_json::from_str(DEFAULT_SECCOMP_PROFILE)
         .context("parsing the built-in seccomp profile configs/seccomp.json")?;
-    if req.root_emulation {
-        crate::security::root_emulation::add_to_profile(&mut seccomp);
+    if let Some(supervision) = req.root_emulation {
+        crate::security::root_emulation::add_to_profile(&mut seccomp, supervision);
     }
 
     let linux = LinuxBuilder::default()

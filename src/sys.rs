@@ -741,6 +741,108 @@ pub fn seccomp_set_filter(program: &[libc::sock_filter], flags: libc::c_ulong) -
     check(ret).map(drop)
 }
 
+/// Like [`seccomp_set_filter`], asking the kernel for a listener
+/// (`SECCOMP_FILTER_FLAG_NEW_LISTENER`, Linux 5.0): the returned descriptor receives the calls
+/// the program answers with `SECCOMP_RET_USER_NOTIF`.
+pub fn seccomp_set_filter_listener(program: &[libc::sock_filter]) -> io::Result<OwnedFd> {
+    let len =
+        u16::try_from(program.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?;
+    let fprog = libc::sock_fprog {
+        len,
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
+    const SECCOMP_FILTER_FLAG_NEW_LISTENER: libc::c_ulong = 1 << 3;
+    // SAFETY: `fprog` points at `program`, which outlives the call; the kernel copies it.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    let fd = check(ret)? as RawFd;
+    // SAFETY: the kernel just installed this descriptor (close-on-exec) for us alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `statx(2)` of the file open at `fd` (`AT_EMPTY_PATH`; an `O_PATH` descriptor will do).
+pub fn statx_fd(fd: BorrowedFd<'_>, flags: libc::c_int, mask: u32) -> io::Result<libc::statx> {
+    let mut out = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: the path is a NUL-terminated empty string and `out` is a buffer of the struct's
+    // size, which the kernel fills on success.
+    let ret = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            flags | libc::AT_EMPTY_PATH,
+            mask,
+            out.as_mut_ptr(),
+        )
+    };
+    check(ret as libc::c_long)?;
+    // SAFETY: zeroed, then filled by the kernel: every byte is initialized.
+    Ok(unsafe { out.assume_init() })
+}
+
+/// The bytes of a plain C struct of the kernel ABI (`stat`, `statx`), to hand to another
+/// process's memory.
+pub fn abi_bytes<T: AbiStruct>(value: &T) -> &[u8] {
+    // SAFETY: `AbiStruct` types are plain C structs whose padding is spelled out as fields, so
+    // every byte of the value is initialized; the slice borrows `value`.
+    unsafe { std::slice::from_raw_parts(value as *const T as *const u8, std::mem::size_of::<T>()) }
+}
+
+/// Structs the kernel fills completely, padding included.
+pub trait AbiStruct: Copy {}
+impl AbiStruct for libc::stat {}
+impl AbiStruct for libc::statx {}
+
+/// The extended attribute `name` of the file open at `fd` (any descriptor, `O_PATH` too: it
+/// goes through `/proc/self/fd`).
+pub fn get_xattr_of(fd: BorrowedFd<'_>, name: &[u8]) -> io::Result<Vec<u8>> {
+    let path = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let cname = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut buf = vec![0u8; 64];
+    // SAFETY: the strings are NUL-terminated and the pointer and length describe `buf`.
+    let ret = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            cname.as_ptr(),
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+        )
+    };
+    buf.truncate(check(ret as libc::c_long)? as usize);
+    Ok(buf)
+}
+
+/// Sets (`Some`) or removes (`None`) the extended attribute `name` of the file open at `fd`,
+/// through `/proc/self/fd` as [`get_xattr_of`] does.
+pub fn set_xattr_of(fd: BorrowedFd<'_>, name: &[u8], value: Option<&[u8]>) -> io::Result<()> {
+    let path = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let cname = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: the strings are NUL-terminated and the pointer and length describe `value`.
+    let ret = unsafe {
+        match value {
+            Some(v) => libc::setxattr(
+                path.as_ptr(),
+                cname.as_ptr(),
+                v.as_ptr() as *const libc::c_void,
+                v.len(),
+                0,
+            ),
+            None => libc::removexattr(path.as_ptr(), cname.as_ptr()),
+        }
+    };
+    match check(ret as libc::c_long) {
+        Err(e) if value.is_none() && e.raw_os_error() == Some(libc::ENODATA) => Ok(()),
+        other => other.map(drop),
+    }
+}
+
 /// Closes every descriptor from 3 upwards except those in `keep`: descriptors a careless caller
 /// left open must not reach the container (a directory among them would be a way out).
 pub fn close_inherited_fds(keep: &[RawFd]) -> io::Result<()> {

@@ -291,9 +291,14 @@ fn root_emulation(mapping: &IdMapping) -> Check {
     };
     let verdict = root_emulation::decide(mode, mapping, 0);
     let value = if verdict.on {
+        let tier2 = if verdict.supervision.owners {
+            ""
+        } else {
+            "; `--root-emulation notify` also records chown's owners for stat, commit and export"
+        };
         format!(
             "on for containers run as root: {}; apt, dpkg and useradd work, files stay yours and \
-             nothing gains a privilege (`--root-emulation off` to stop)",
+             nothing gains a privilege (`--root-emulation off` to stop){tier2}",
             verdict.reason
         )
     } else {

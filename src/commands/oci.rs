@@ -374,6 +374,7 @@ fn create_with(
         meanwhile: None,
         network: None,
         cgroup,
+        supervision: Default::default(),
     };
     let mut started = launch::start(&launch)?;
     let pid = started.pid;
@@ -1087,6 +1088,13 @@ pub fn exec(global: &GlobalArgs, args: &ExecArgs) -> Result<i32> {
         meanwhile: None,
         network: None,
         cgroup: cgroup.as_ref(),
+        // A command joining a container under root emulation's supervisor gets one of its own.
+        supervision: spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.seccomp().as_ref())
+            .map(crate::security::root_emulation::supervision_of)
+            .unwrap_or_default(),
     };
     let mut started = launch::start(&launch)?;
     let child = started.pid;

@@ -423,7 +423,7 @@ pub fn apply(
     spec: &mut Spec,
     options: &Options,
     image: &Path,
-    root_emulation: bool,
+    root_emulation: Option<crate::security::root_emulation::Supervision>,
     uid: u32,
 ) -> Result<()> {
     let mut mounts = spec.mounts().clone().unwrap_or_default();
@@ -499,7 +499,7 @@ pub fn apply(
         Seccomp::Profile(p) if !options.privileged => Some(p.clone()),
         _ if unconfined => {
             // Root emulation is a seccomp filter of its own: it stays, over an allow-all one.
-            root_emulation.then(|| {
+            root_emulation.map(|_| {
                 let mut p = linux.seccomp().clone().unwrap_or_default();
                 p.set_default_action(LinuxSeccompAction::ScmpActAllow);
                 p.set_default_errno_ret(None);
@@ -510,8 +510,8 @@ pub fn apply(
         _ => return Ok(()),
     };
     let profile = profile.map(|mut p| {
-        if root_emulation {
-            crate::security::root_emulation::add_to_profile(&mut p);
+        if let Some(supervision) = root_emulation {
+            crate::security::root_emulation::add_to_profile(&mut p, supervision);
         }
         p
     });

@@ -161,10 +161,15 @@ fn check(args: &RunArgs) -> Result<Checked> {
     let emulation_mode = match args.root_emulation {
         Some(RootEmulationArg::Auto) => root_emulation::Mode::Auto,
         Some(RootEmulationArg::Seccomp) => root_emulation::Mode::Seccomp,
+        Some(RootEmulationArg::Notify) => root_emulation::Mode::Notify,
         Some(RootEmulationArg::Off) => root_emulation::Mode::Off,
         None => config::load()?.root_emulation,
     };
-    let root_emulation = root_emulation::decide(emulation_mode, &idmap, user.uid);
+    let mut root_emulation = root_emulation::decide(emulation_mode, &idmap, user.uid);
+    root_emulation.supervision.count = args.root_emulation_report && root_emulation.on;
+    if root_emulation.supervision.any() {
+        root_emulation::check_kernel_supports_supervisor()?;
+    }
     if let (Some(notice), false) = (idmap_notice, args.quiet) {
         let emulated = if root_emulation.on {
             "; root is emulated, so apt, dpkg and useradd work: chown, set*id and device mknod \
@@ -392,6 +397,15 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     let checked = check(args)?;
     let store = Store::open()?;
     let decision = choose_backend(args.backend, &store, &checked.idmap)?;
+    if checked.root_emulation.supervision.owners && decision.backend == Backend::Fuse {
+        // The supervisor records owners through the container's root, and a FUSE mount
+        // answers only the processes of its own user namespace.
+        bail!(
+            "--root-emulation notify cannot record owners on the fuse backend ({}): use \
+             --backend overlay or --backend copy, or --root-emulation seccomp",
+            decision.reason
+        );
+    }
     let mut container = store.plan(NewContainer {
         name: args.name.as_deref(),
         image: &checked.image,
@@ -464,6 +478,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         meanwhile: deferred.then_some(&materialize as &dyn Fn() -> Result<()>),
         network: checked.net.as_ref(),
         cgroup: None,
+        supervision: checked.root_emulation.supervision,
     };
     if args.detach {
         return run_detached(&store, &container, &launch);
@@ -487,9 +502,28 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     } else {
         StdinMode::Ignore
     };
+    let emulated = started.emulated();
     let code = started.wait_foreground(stdin)?;
+    if args.root_emulation_report {
+        report_emulation(&checked.root_emulation, emulated.as_deref());
+    }
     finish(&store, &container, code)?;
     Ok(code)
+}
+
+/// `--root-emulation-report`: what was faked, so a user can tell why a file is theirs.
+fn report_emulation(
+    verdict: &root_emulation::Verdict,
+    counts: Option<&crate::security::supervisor::Counts>,
+) {
+    match counts {
+        Some(counts) => eprintln!("nook: root emulation: {}", counts.summary()),
+        None if verdict.on => eprintln!("nook: root emulation: no calls emulated"),
+        None => eprintln!(
+            "nook: root emulation: off for this container: {}",
+            verdict.reason
+        ),
+    }
 }
 
 /// What a launch needs beyond the spec.
@@ -536,6 +570,10 @@ fn prepare(
             root_emulation::APT_DROP_IN_TEXT.as_bytes().to_vec(),
         ));
     }
+    let emulation = checked
+        .root_emulation
+        .on
+        .then_some(checked.root_emulation.supervision);
     let mut spec = spec::build_run_spec(&RunRequest {
         // The overlay is mounted over the container's own directory, in the container's mount
         // namespace only; its layers are named by descriptor, so hiding them does no harm.
@@ -549,13 +587,13 @@ fn prepare(
         network: checked.network,
         volumes: &checked.volumes,
         idmap: &checked.idmap,
-        root_emulation: checked.root_emulation.on,
+        root_emulation: emulation,
     })?;
     podman::apply(
         &mut spec,
         &checked.podman,
         &checked.image,
-        checked.root_emulation.on,
+        emulation,
         checked.user.uid,
     )?;
     let plan = match backend {
@@ -763,7 +801,11 @@ fn monitor(
     record_running(container, started.pid.as_raw())?;
     writeln!(report, "ok").context("reporting to nook run")?;
     drop(report);
+    let emulated = started.emulated();
     let code = started.wait(StdinMode::Ignore)?;
+    if let Some(counts) = emulated.filter(|_| launch.supervision.count) {
+        eprintln!("nook: root emulation: {}", counts.summary());
+    }
     finish(store, container, code)
 }
 

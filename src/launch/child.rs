@@ -344,7 +344,7 @@ fn become_container(ctx: &mut Context<'_>, gate_passed: &Cell<bool>) -> Result<I
     // start gate and execve then run under it, so such a profile must allow those calls.
     if process.no_new_privileges() != Some(true) {
         if let Some(filter) = seccomp.take() {
-            security::load_seccomp(&filter)?;
+            load_filter(chan, &filter, launch)?;
         }
     }
     let user = process.user();
@@ -385,7 +385,7 @@ fn become_container(ctx: &mut Context<'_>, gate_passed: &Cell<bool>) -> Result<I
             drop(terminal);
             drop(ctx.gate.take());
             if let Some(filter) = &seccomp {
-                security::load_seccomp(filter)?;
+                load_filter(chan, filter, launch)?;
             }
             init::run(command);
         }
@@ -399,9 +399,25 @@ fn become_container(ctx: &mut Context<'_>, gate_passed: &Cell<bool>) -> Result<I
         .context("restoring the signal mask")?;
     sys::default_sigpipe();
     if let Some(filter) = &seccomp {
-        security::load_seccomp(filter)?;
+        load_filter(chan, filter, launch)?;
     }
     program.exec()
+}
+
+/// Loads the container's filter. One that sends calls to root emulation's supervisor gets a
+/// listener, which goes to the parent at once: from here on, a notified call of ours waits
+/// for the parent's answer.
+fn load_filter(
+    chan: &Channel,
+    filter: &security::SeccompProgram,
+    launch: &Launch<'_>,
+) -> Result<()> {
+    if !(launch.supervision.any() && filter.notifies()) {
+        return security::load_seccomp(filter);
+    }
+    let listener = security::load_seccomp_supervised(filter)?;
+    chan.send_with_fd(&Msg::Listener, Some(listener.as_raw_fd()))
+        .context("handing the seccomp listener to nook")
 }
 
 /// Blocks until `nook start` opens the exec fifo for reading, then tells it we passed. The fifo

@@ -32,6 +32,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::idmap::IdMapping;
 use crate::rootfs::{GeneratedFile, RootfsPlan};
+use crate::security::supervisor::{Counts, Supervisor};
 use crate::sys;
 
 pub use io::StdinMode;
@@ -89,6 +90,8 @@ pub struct Launch<'a> {
     /// The container's cgroup: its process is moved there before it makes its cgroup
     /// namespace, so that namespace's root is the container's own cgroup.
     pub cgroup: Option<&'a crate::cgroup::Cgroup>,
+    /// Root emulation's supervisor, for a filter that sends calls to it.
+    pub supervision: crate::security::root_emulation::Supervision,
 }
 
 /// The fifos of an OCI `create`.
@@ -127,6 +130,8 @@ pub struct Started {
     chan: Option<Channel>,
     /// The private network's helper, ended when the container is collected.
     network: Option<crate::net::Running>,
+    /// Root emulation's supervisor, ended when the container is collected.
+    supervisor: Option<Supervisor>,
 }
 
 /// The namespaces the clone creates: those of the spec without a `path` (a namespace with a
@@ -282,11 +287,17 @@ pub fn start(launch: &Launch<'_>) -> Result<Started> {
         helper,
         chan: None,
         network: None,
+        supervisor: None,
     };
     match handshake(launch, &parent_chan, pid, maps_written, early) {
-        Ok((pty, network)) => Ok(Started {
+        Ok(Handshake {
             pty,
             network,
+            supervisor,
+        }) => Ok(Started {
+            pty,
+            network,
+            supervisor,
             chan: launch.start_gate.map(|_| parent_chan),
             ..started
         }),
@@ -370,6 +381,14 @@ fn joined_pid(chan: &Channel, helper: Pid) -> Result<(Pid, Option<Received>)> {
     }
 }
 
+/// What the parent holds once the command runs.
+#[derive(Default)]
+struct Handshake {
+    pty: Option<OwnedFd>,
+    network: Option<crate::net::Running>,
+    supervisor: Option<Supervisor>,
+}
+
 /// The parent's side of the sync: maps, terminal, then end-of-file once the command runs (or
 /// `Ready` when it waits at the start gate).
 fn handshake(
@@ -378,8 +397,9 @@ fn handshake(
     pid: Pid,
     maps_written: bool,
     mut early: Option<Received>,
-) -> Result<(Option<OwnedFd>, Option<crate::net::Running>)> {
+) -> Result<Handshake> {
     let mut network = None;
+    let mut supervisor: Option<Supervisor> = None;
     if let Target::New { idmap, .. } = launch.target {
         // With the fuse helper the container lives in the helper's user namespace, mapped
         // already.
@@ -406,8 +426,21 @@ fn handshake(
             None => chan.recv()?,
         };
         match received {
-            None => return Ok((pty, network)),
-            Some((Msg::Ready, _)) => return Ok((pty, network)),
+            None | Some((Msg::Ready, _)) => {
+                return Ok(Handshake {
+                    pty,
+                    network,
+                    supervisor,
+                })
+            }
+            Some((Msg::Listener, fd)) => {
+                let listener = fd.context("the seccomp listener did not arrive")?;
+                let supervisor = match &mut supervisor {
+                    Some(s) => s,
+                    None => supervisor.insert(Supervisor::new(launch.supervision)?),
+                };
+                supervisor.watch(listener, pid.as_raw())?;
+            }
             Some((Msg::RuntimeHooks, _)) => {
                 if let Some(hooks) = launch.hooks {
                     hooks.run_create_runtime(pid.as_raw())?;
@@ -467,6 +500,11 @@ impl Started {
         self.wait_with(stdin, grace)
     }
 
+    /// What root emulation's supervisor counted: final once the container is collected.
+    pub fn emulated(&self) -> Option<std::sync::Arc<Counts>> {
+        self.supervisor.as_ref().map(|s| s.counts())
+    }
+
     /// Kills the container and collects it, for a start whose bookkeeping failed.
     pub fn kill(self) -> Result<i32> {
         let _ = nix::sys::signal::kill(self.pid, Signal::SIGKILL);
@@ -475,6 +513,9 @@ impl Started {
 
     fn wait_with(self, stdin: StdinMode, hangup_grace: Option<Duration>) -> Result<i32> {
         let status = io::forward_until_exit(self.pid, &self.signals, self.pty, stdin, hangup_grace);
+        if let Some(supervisor) = self.supervisor {
+            supervisor.finish();
+        }
         drop(self.network);
         if let Some(helper) = self.helper {
             helper.finish();

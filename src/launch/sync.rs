@@ -40,6 +40,9 @@ pub enum Msg {
     Adopted,
     /// Joining helper → parent: the process that runs in the container is `pid` (host view).
     Joined { pid: i32 },
+    /// Child → parent: the seccomp listener of its filter rides along, for root emulation's
+    /// supervisor.
+    Listener,
 }
 
 pub struct Channel {

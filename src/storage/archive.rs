@@ -939,6 +939,7 @@ fn write_dir<W: io::Write, D: Copy>(
     links: &mut HashMap<(u64, u64), PathBuf>,
     bar: &ProgressBar,
 ) -> Result<()> {
+    use crate::security::owner_record;
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     for (name, full, child) in list(rel, token)? {
@@ -949,8 +950,14 @@ fn write_dir<W: io::Write, D: Copy>(
         if kind.is_socket() || kind.is_char_device() || kind.is_block_device() {
             continue;
         }
-        let xattrs = crate::sys::xattrs(&full)
+        let mut xattrs = crate::sys::xattrs(&full)
             .with_context(|| format!("reading xattrs of {}", full.display()))?;
+        // Root emulation's record of the owner a chown gave the file: the archive says it as
+        // the entry's owner, not as an attribute.
+        let recorded = xattrs
+            .iter()
+            .position(|(k, _)| k.as_bytes() == owner_record::XATTR)
+            .and_then(|i| owner_record::Owner::decode(&xattrs.remove(i).1));
         if !xattrs.is_empty() {
             let mut data = Vec::new();
             for (k, v) in &xattrs {
@@ -972,6 +979,15 @@ fn write_dir<W: io::Write, D: Copy>(
         }
         let mut h = tar::Header::new_gnu();
         h.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+        if let Some(record) = recorded {
+            let real = owner_record::Owner {
+                uid: meta.uid(),
+                gid: meta.gid(),
+            };
+            let owner = record.over(real);
+            h.set_uid(owner.uid as u64);
+            h.set_gid(owner.gid as u64);
+        }
         let what = || format!("adding {} to the archive", full.display());
         if kind.is_dir() {
             h.set_size(0);

@@ -595,6 +595,10 @@ mod tests {
             crate::security::root_emulation::Verdict {
                 on: false,
                 reason: String::new(),
+                supervision: crate::security::root_emulation::Supervision {
+                    owners: false,
+                    count: false,
+                },
             };
         NewContainer {
             name,
