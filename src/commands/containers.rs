@@ -58,11 +58,13 @@ pub fn ps(args: &PsArgs) -> Result<i32> {
         }
         return Ok(0);
     }
+    let images = super::tag::image_labels(&containers);
     match args.format {
         Format::Json => {
             let rows: Vec<_> = containers
                 .iter()
-                .map(|c| {
+                .zip(&images)
+                .map(|(c, image_name)| {
                     let state = c.state();
                     let status = state.effective_status();
                     json!({
@@ -72,6 +74,7 @@ pub fn ps(args: &PsArgs) -> Result<i32> {
                         "exit_code": if status == Status::Exited { state.exit_code } else { None },
                         "pid": if status == Status::Running { state.pid } else { None },
                         "image": c.meta.image,
+                        "image_name": image_name,
                         "command": c.meta.command,
                         "created": c.meta.created,
                         "backend": c.meta.backend,
@@ -86,11 +89,12 @@ pub fn ps(args: &PsArgs) -> Result<i32> {
         Format::Table => {
             let rows: Vec<[String; 5]> = containers
                 .iter()
-                .map(|c| {
+                .zip(images)
+                .map(|(c, image)| {
                     [
                         c.meta.name.clone(),
                         status_text(&c.state()),
-                        c.meta.image.display().to_string(),
+                        image,
                         c.meta.command.join(" "),
                         ago(&c.meta.created),
                     ]

@@ -1,5 +1,6 @@
 //! One function per verb: turns parsed arguments into calls to the layers below.
 
+mod completion;
 mod containers;
 mod images;
 mod info;
@@ -7,11 +8,18 @@ pub mod log;
 pub mod oci;
 mod podman;
 mod run;
+mod system;
+mod tag;
+mod top;
 
+pub use completion::{completion, generate_man};
 pub use containers::{inspect, logs, ps, rm, stop};
 pub use images::{commit, diff, export, images, import, rmi};
 pub use info::info;
 pub use run::run;
+pub use system::{df, prune};
+pub use tag::tag;
+pub use top::top;
 
 use crate::cli::UsernsArg;
 use crate::idmap::{Caller, IdMapping, UsernsMode};

@@ -361,6 +361,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     let mut container = store.plan(NewContainer {
         name: args.name.as_deref(),
         image: &checked.image,
+        image_name: checked.stored.as_ref().map(|(name, _)| name.as_str()),
         backend: decision.backend.name(),
         backend_reason: &decision.reason,
         root_emulation: &checked.root_emulation,
@@ -473,7 +474,8 @@ fn prepare(
     let hostname = args
         .hostname
         .clone()
-        .unwrap_or_else(|| container.meta.name.clone());
+        // As podman: the short id, whatever the name (a name may hold `_`, no hostname can).
+        .unwrap_or_else(|| container.meta.id[..12].to_string());
     let file = |destination: &str, content: Vec<u8>| GeneratedFile {
         destination: PathBuf::from(destination),
         content,

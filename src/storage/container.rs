@@ -35,6 +35,10 @@ pub struct Meta {
     pub name: String,
     /// The image directory, absolute.
     pub image: PathBuf,
+    /// The image's name as `run` was given it (`None` for a directory): what `ps` shows while
+    /// that name still names the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_name: Option<String>,
     pub created: String,
     pub backend: String,
     pub backend_reason: String,
@@ -184,6 +188,7 @@ impl Container {
 pub struct NewContainer<'a> {
     pub name: Option<&'a str>,
     pub image: &'a Path,
+    pub image_name: Option<&'a str>,
     pub backend: &'a str,
     pub backend_reason: &'a str,
     pub root_emulation: &'a crate::security::root_emulation::Verdict,
@@ -237,13 +242,14 @@ impl Store {
                 validate_name(name)?;
                 name.to_string()
             }
-            None => default_name(new.image, &id),
+            None => self.free_random_name(&id)?,
         };
         let dir = self.containers_dir().join(&id);
         let meta = Meta {
             id: id.clone(),
             name: name.clone(),
             image: new.image.to_path_buf(),
+            image_name: new.image_name.map(str::to_string),
             created: now_rfc3339(),
             backend: new.backend.to_string(),
             backend_reason: new.backend_reason.to_string(),
@@ -298,6 +304,18 @@ impl Store {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// A podman-style `adjective_noun` no container holds; after a run of taken ones, one with
+    /// a few characters of the id added (the claim itself still decides, as for `--name`).
+    fn free_random_name(&self, id: &str) -> Result<String> {
+        for _ in 0..32 {
+            let name = super::names::random_name()?;
+            if fs::symlink_metadata(self.names_dir().join(&name)).is_err() {
+                return Ok(name);
+            }
+        }
+        Ok(format!("{}_{}", super::names::random_name()?, &id[..6]))
     }
 
     fn claim_name(&self, name: &str, id: &str) -> Result<()> {
@@ -477,24 +495,6 @@ fn random_id() -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// A readable default name: the image directory's name and a few characters of the id.
-fn default_name(image: &Path, id: &str) -> String {
-    let base: String = image
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-        .take(40)
-        .collect();
-    let base = base.trim_start_matches(['-', '_']);
-    if base.is_empty() {
-        format!("nook-{}", &id[..8])
-    } else {
-        format!("{base}-{}", &id[..6])
-    }
-}
-
 /// Names are what hostnames and file names can both hold.
 pub fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
@@ -531,14 +531,6 @@ mod tests {
     }
 
     #[test]
-    fn default_name_comes_from_the_image_directory() {
-        let id = "0123456789abcdef";
-        assert_eq!(default_name(Path::new("/x/rootfs"), id), "rootfs-012345");
-        assert_eq!(default_name(Path::new("/"), id), "nook-01234567");
-        assert_eq!(default_name(Path::new("/x/.hidden"), id), "hidden-012345");
-    }
-
-    #[test]
     fn start_time_of_this_process_is_known() {
         assert!(process_start_time(std::process::id() as i32).is_some());
         assert!(process_start_time(i32::MAX).is_none());
@@ -564,6 +556,7 @@ mod tests {
         NewContainer {
             name,
             image: Path::new("/img"),
+            image_name: None,
             backend: "overlay",
             backend_reason: "test",
             root_emulation: &NO_EMULATION,

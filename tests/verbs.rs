@@ -1,0 +1,365 @@
+//! The verbs podman users reach for beyond run/ps/rm: tag, top, system df/prune, default
+//! names, completions and man pages. Each as the test user, with its bad input.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::Nook;
+
+fn import(t: &Nook, name: &str) {
+    t.nook(&["import", "-q", t.image(), name]).assert_ok();
+}
+
+fn image_names(t: &Nook) -> Vec<String> {
+    let out = t.nook(&["images", "-q"]);
+    out.assert_ok();
+    out.lines().iter().map(|l| l.to_string()).collect()
+}
+
+fn images_json(t: &Nook) -> Vec<serde_json::Value> {
+    let out = t.nook(&["images", "--format", "json"]);
+    out.assert_ok();
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}\n{out}"))
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Total apparent size of the trees, each hard-linked file once, as `du` counts it.
+fn du_total(paths: &[std::path::PathBuf]) -> u64 {
+    let out = std::process::Command::new("du")
+        .arg("-sbc")
+        .args(paths)
+        .output()
+        .expect("du");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().last().expect("du total line");
+    last.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn tag_names_the_same_image_and_rmi_of_one_name_keeps_the_others() {
+    let Some(t) = Nook::new() else { return };
+    import(&t, "box");
+    t.nook(&["tag", "box", "box:v1", "other"]).assert_ok();
+    assert_eq!(image_names(&t), ["box", "box:v1", "other"]);
+    // A name, not a copy: the tag is a link to the image's directory.
+    let images = t.storage.join("images");
+    for tag in ["box:v1", "other"] {
+        let meta = std::fs::symlink_metadata(images.join(tag)).unwrap();
+        assert!(meta.file_type().is_symlink(), "{tag} is not a link");
+    }
+    let sizes: Vec<u64> = images_json(&t)
+        .iter()
+        .map(|i| i["size"].as_u64().unwrap())
+        .collect();
+    assert!(sizes.iter().all(|s| *s == sizes[0] && *s > 0), "{sizes:?}");
+
+    t.nook(&["run", "-q", "--name", "c1", "box:v1", "touch", "/made"])
+        .assert_ok();
+    assert_eq!(t.container("c1").unwrap()["image_name"], "box:v1");
+    let ps = t.nook(&["ps"]);
+    assert!(ps.lines()[1].contains(" box:v1 "), "{ps}");
+
+    // The directory's own name goes; the files stay for the other names and for c1.
+    t.nook(&["rmi", "box"]).assert_ok();
+    assert_eq!(image_names(&t), ["box:v1", "other"]);
+    t.nook(&["run", "-q", "--rm", "other", "true"]).assert_ok();
+    let diff = t.nook(&["diff", "c1"]);
+    diff.assert_ok();
+    assert!(diff.lines().contains(&"A /made"), "{diff}");
+    let out = t.nook(&["import", "-q", t.image(), "box"]);
+    out.assert_code(1);
+    assert!(
+        out.stderr.contains("still holds the files of image"),
+        "{out}"
+    );
+
+    t.nook(&["rmi", "box:v1"]).assert_ok();
+    assert_eq!(t.container("c1").unwrap()["image_name"], "other");
+    // The last name is the image: refused while c1 uses it, as any image is.
+    let out = t.nook(&["rmi", "other"]);
+    out.assert_code(1);
+    assert!(out.stderr.contains("used by container(s) c1"), "{out}");
+    t.nook(&["rm", "c1"]).assert_ok();
+    t.nook(&["rmi", "other"]).assert_ok();
+    assert_eq!(image_names(&t), Vec::<String>::new());
+    assert_eq!(entries(&images), Vec::<String>::new(), "left in the store");
+    // Its name is free again.
+    import(&t, "box");
+}
+
+#[test]
+fn tag_refuses_bad_names_and_unknown_images_leaving_nothing() {
+    let Some(t) = Nook::new() else { return };
+    import(&t, "box");
+    import(&t, "other");
+    let cases: [(&[&str], &str); 4] = [
+        (&["tag", "nope", "x"], "no such image: nope"),
+        (&["tag", "box", "a/b"], "invalid image name \"a/b\""),
+        (&["tag", "box", "other"], "image other already exists"),
+        (&["tag", "box", "box"], "box is already a name of image box"),
+    ];
+    for (args, message) in cases {
+        let out = t.nook(args);
+        out.assert_code(1);
+        assert!(out.stderr.contains(message), "{args:?}: {out}");
+    }
+    assert_eq!(image_names(&t), ["box", "other"]);
+    assert_eq!(entries(&t.storage.join("images")), ["box", "other"]);
+    // A tag moves to the image it is given again, as in podman.
+    t.nook(&["tag", "box", "latest"]).assert_ok();
+    t.nook(&["tag", "other", "latest"]).assert_ok();
+    let target = std::fs::read_link(t.storage.join("images/latest")).unwrap();
+    assert_eq!(target, Path::new("other"));
+}
+
+#[test]
+fn images_count_shared_files_once_and_agree_with_system_df() {
+    let Some(t) = Nook::new() else { return };
+    import(&t, "base");
+    t.nook(&[
+        "run",
+        "-q",
+        "--name",
+        "c",
+        "base",
+        "sh",
+        "-c",
+        "head -c 5000 /dev/zero > /new",
+    ])
+    .assert_ok();
+    t.nook(&["commit", "-q", "c", "derived"]).assert_ok();
+    let rows = images_json(&t);
+    let row = |name: &str| rows.iter().find(|r| r["name"] == name).unwrap().clone();
+    let (base, derived) = (row("base"), row("derived"));
+    let images = t.storage.join("images");
+    let (base_dir, derived_dir) = (images.join("base/rootfs"), images.join("derived/rootfs"));
+    // SIZE is each image whole (as podman's), SHARED the part the two hold as the same files.
+    assert_eq!(
+        base["size"].as_u64(),
+        Some(du_total(std::slice::from_ref(&base_dir)))
+    );
+    assert_eq!(
+        derived["size"].as_u64(),
+        Some(du_total(std::slice::from_ref(&derived_dir)))
+    );
+    let shared = base["shared"].as_u64().unwrap();
+    assert!(shared > 100_000, "busybox not shared: {rows:?}");
+    assert_eq!(derived["shared"].as_u64(), Some(shared));
+
+    let out = t.nook(&["system", "df", "--format", "json"]);
+    out.assert_ok();
+    let df: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let total = df["images"]["size"].as_u64().unwrap();
+    assert_eq!(total, du_total(&[base_dir, derived_dir]), "{df}");
+    assert_eq!(
+        total,
+        base["size"].as_u64().unwrap() + derived["size"].as_u64().unwrap() - shared
+    );
+    assert_eq!(df["images"]["total"], 2);
+    assert_eq!(df["images"]["active"], 1, "c uses base: {df}");
+    assert_eq!(df["containers"]["total"], 1);
+    assert_eq!(df["containers"]["active"], 0);
+    let table = t.nook(&["system", "df"]);
+    table.assert_ok();
+    assert!(table.lines()[0].starts_with("TYPE"), "{table}");
+    assert!(
+        table.lines()[1].starts_with("Images      2       1"),
+        "{table}"
+    );
+    assert!(
+        table.lines()[2].starts_with("Containers  1       0"),
+        "{table}"
+    );
+    let images_table = t.nook(&["images"]);
+    assert!(images_table.lines()[0].contains("SHARED"), "{images_table}");
+}
+
+#[test]
+fn system_prune_asks_then_removes_stopped_containers_and_with_a_unused_images() {
+    let Some(t) = Nook::new() else { return };
+    import(&t, "used");
+    import(&t, "unused");
+    t.nook(&["run", "-q", "-d", "--name", "up", "used", "sleep", "1000"])
+        .assert_ok();
+    t.nook(&["run", "-q", "--name", "done", "used", "true"])
+        .assert_ok();
+    // No terminal to ask on: nothing happens without -f.
+    let out = t.nook(&["system", "prune"]);
+    out.assert_code(1);
+    assert!(out.stderr.contains("give -f"), "{out}");
+    assert_eq!(t.ps().len(), 2);
+
+    let out = t.nook(&["system", "prune", "-f"]);
+    out.assert_ok();
+    assert_eq!(out.lines()[..2], ["Deleted Containers", "done"], "{out}");
+    let names: Vec<String> = t.ps().iter().map(|c| c["name"].to_string()).collect();
+    assert_eq!(names, ["\"up\""]);
+    assert_eq!(image_names(&t), ["unused", "used"]);
+
+    let out = t.nook(&["system", "prune", "-a", "-f"]);
+    out.assert_ok();
+    assert!(out.stdout.contains("Deleted Images\nunused\n"), "{out}");
+    assert_eq!(
+        image_names(&t),
+        ["used"],
+        "the running container's image stays"
+    );
+    assert_eq!(t.container("up").unwrap()["status"], "running");
+    t.nook(&["rm", "-f", "up"]).assert_ok();
+}
+
+#[test]
+fn top_lists_a_running_containers_processes_with_their_container_pids() {
+    let Some(t) = Nook::new() else { return };
+    t.nook(&[
+        "run",
+        "-q",
+        "-d",
+        "--name",
+        "busy",
+        t.image(),
+        "sh",
+        "-c",
+        "sleep 1000 & exec sleep 1001",
+    ])
+    .assert_ok();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let out = t.nook(&["top", "busy"]);
+        out.assert_ok();
+        if out.lines().len() == 3 || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .iter()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        ["USER", "PID", "PPID", "%CPU", "ELAPSED", "TTY", "TIME", "COMMAND"],
+        "{out}"
+    );
+    assert_eq!(rows.len(), 3, "{out}");
+    assert_eq!(rows[1][..3], ["root", "1", "0"], "{out}");
+    assert_eq!(rows[1][5], "?", "{out}");
+    assert_eq!(rows[1][7..], ["sleep", "1001"], "{out}");
+    assert_eq!(rows[2][..3], ["root", "2", "1"], "{out}");
+    assert_eq!(rows[2][7..], ["sleep", "1000"], "{out}");
+
+    let out = t.nook(&["top", "nope"]);
+    out.assert_code(1);
+    assert!(out.stderr.contains("no such container: nope"), "{out}");
+    t.nook(&["stop", "-t", "0", "busy"]).assert_ok();
+    let out = t.nook(&["top", "busy"]);
+    out.assert_code(1);
+    assert!(
+        out.stderr.contains("container busy is not running"),
+        "{out}"
+    );
+}
+
+#[test]
+fn default_names_are_adjective_noun_and_hostnames_the_short_id() {
+    let Some(t) = Nook::new() else { return };
+    import(&t, "box");
+    let out = t.nook(&["run", "-q", "box", "hostname"]);
+    out.assert_ok();
+    let ps = t.ps();
+    let name = ps[0]["name"].as_str().unwrap();
+    let (adjective, noun) = name.split_once('_').unwrap_or_else(|| panic!("{name}"));
+    assert!(
+        [adjective, noun]
+            .iter()
+            .all(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase())),
+        "{name}"
+    );
+    let id = ps[0]["id"].as_str().unwrap();
+    assert_eq!(out.stdout.trim(), &id[..12]);
+    // A name given does not change the hostname, as in podman.
+    let out = t.nook(&["run", "-q", "--name", "web_1", t.image(), "hostname"]);
+    out.assert_ok();
+    let id = t.container("web_1").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(out.stdout.trim(), &id[..12]);
+    // IMAGE: the image's name, or the directory that was run.
+    let table = t.nook(&["ps"]);
+    let line = |n: &str| {
+        table
+            .lines()
+            .into_iter()
+            .find(|l| l.starts_with(n))
+            .unwrap()
+            .to_string()
+    };
+    assert!(line(name).contains("  box  "), "{table}");
+    assert!(line("web_1").contains(t.image()), "{table}");
+}
+
+#[test]
+fn completions_and_man_pages_come_from_the_arguments() {
+    let Some(t) = Nook::new() else { return };
+    let bash = t.nook(&["completion", "bash"]);
+    bash.assert_ok();
+    for word in ["_nook()", "tag", "top", "--hostname", "--backend"] {
+        assert!(bash.stdout.contains(word), "bash script lacks {word}");
+    }
+    // The script loads and registers itself.
+    let script = t.write_file("nook.bash", &bash.stdout);
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(". {} && complete -p nook", script.display()))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("-F _nook"),
+        "{out:?}"
+    );
+    let zsh = t.nook(&["completion", "zsh"]);
+    zsh.assert_ok();
+    assert!(zsh.stdout.starts_with("#compdef nook"), "{}", zsh.stdout);
+    let fish = t.nook(&["completion", "fish"]);
+    fish.assert_ok();
+    assert!(fish.stdout.contains("complete -c nook"), "{}", fish.stdout);
+    let out = t.nook(&["completion", "tcsh"]);
+    out.assert_code(125);
+    assert!(
+        out.stderr.contains("possible values: bash, zsh, fish"),
+        "{out}"
+    );
+
+    let dir = t.mkdir("man");
+    t.nook(&["generate-man", dir.to_str().unwrap()]).assert_ok();
+    let pages = entries(&dir);
+    for page in [
+        "nook.1",
+        "nook-run.1",
+        "nook-tag.1",
+        "nook-system-df.1",
+        "nook-image-ls.1",
+    ] {
+        assert!(pages.iter().any(|p| p == page), "{page} missing: {pages:?}");
+    }
+    assert!(!pages.iter().any(|p| p.contains("help")), "{pages:?}");
+    let run = std::fs::read_to_string(dir.join("nook-run.1")).unwrap();
+    assert!(run.starts_with(".ie"), "not roff");
+    assert!(run.contains("hostname"), "nook-run.1 lacks --hostname");
+}
