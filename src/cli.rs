@@ -11,7 +11,7 @@ const AFTER_HELP: &str = "\
 Two faces, one binary:
   Human (podman-like), listed first above:
           nook run [OPTIONS] IMAGE|DIR [CMD...]   ps   rm   logs   stop   exec NAME CMD...   top
-          import   images   tag   rmi   commit   diff   export   inspect   info   version
+          cp   import   images   tag   rmi   commit   diff   export   inspect   info   version
           system df|prune   container ls|rm|inspect   image ls|rm|import|inspect   completion
   OCI runtime (runc-compatible, for podman/conmon and other engines), listed after them:
           create start state kill delete list features spec, run --bundle/-b, exec, ps ID
@@ -149,6 +149,8 @@ pub enum Command {
     Tag(TagArgs),
     /// List the processes of a running container
     Top(TopArgs),
+    /// Copy files between a container (running or stopped) and the host, both ways
+    Cp(CpArgs),
     /// Disk use and clean-up of the whole store: df, prune
     #[command(subcommand)]
     System(SystemCommand),
@@ -167,6 +169,17 @@ pub struct TagArgs {
     /// The new names, NAME or NAME:TAG
     #[arg(required = true, value_name = "NEW[:TAG]")]
     pub names: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct CpArgs {
+    /// CONTAINER:PATH, a host path, or `-` for a tar archive on stdin (unpacked into the
+    /// container's directory PATH)
+    #[arg(value_name = "SOURCE")]
+    pub source: String,
+    /// CONTAINER:PATH, a host path, or `-` for a tar archive on stdout
+    #[arg(value_name = "DESTINATION")]
+    pub destination: String,
 }
 
 #[derive(Args, Debug)]

@@ -363,3 +363,258 @@ fn completions_and_man_pages_come_from_the_arguments() {
     assert!(run.starts_with(".ie"), "not roff");
     assert!(run.contains("hostname"), "nook-run.1 lacks --hostname");
 }
+
+/// `nook ARGS` as the runner, stdout kept as bytes (a tar stream).
+fn nook_bytes(t: &Nook, args: &[&str], stdin: Option<&[u8]>) -> (i32, Vec<u8>, String) {
+    use std::io::Write;
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let mut cmd = t.command_for(t.bin(), &args, &[]);
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn nook");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or_default()).unwrap();
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn tar_names(bytes: &[u8]) -> Vec<String> {
+    let mut archive = tar::Archive::new(bytes);
+    archive
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect()
+}
+
+/// Owner uid of a path in a running container, as it sees it.
+fn owner_inside(t: &Nook, container: &str, path: &str) -> String {
+    let out = t.nook(&["exec", container, "stat", "-c", "%u", path]);
+    out.assert_ok();
+    out.stdout.trim().to_string()
+}
+
+#[test]
+fn cp_copies_both_ways_with_running_and_stopped_containers() {
+    let Some(t) = Nook::new() else { return };
+    copies_both_ways(&t);
+}
+
+#[test]
+fn cp_copies_both_ways_for_a_user_without_subordinate_ids() {
+    let Some(t) = Nook::new_without_subids() else {
+        return;
+    };
+    copies_both_ways(&t);
+}
+
+fn copies_both_ways(t: &Nook) {
+    let file = t.write_file("hello.txt", "hello\n");
+    let tree = t.mkdir("tree/sub");
+    t.write_file("tree/sub/inner", "inner\n");
+    std::os::unix::fs::symlink("sub/inner", t.dir.join("tree/link")).unwrap();
+    t.give(&t.dir.join("tree"));
+    let tree = tree.parent().unwrap().to_str().unwrap().to_string();
+    let file = file.to_str().unwrap();
+
+    t.nook(&[
+        "run",
+        "-q",
+        "-d",
+        "--name",
+        "live",
+        t.image(),
+        "sleep",
+        "1000",
+    ])
+    .assert_ok();
+    t.nook(&["cp", file, "live:/tmp/"]).assert_ok();
+    t.nook(&["exec", "live", "cat", "/tmp/hello.txt"])
+        .assert_ok()
+        .assert_stdout("hello\n");
+    assert_eq!(owner_inside(t, "live", "/tmp/hello.txt"), "0");
+    t.nook(&["cp", &tree, "live:/tmp/copy"]).assert_ok();
+    t.nook(&[
+        "exec",
+        "live",
+        "sh",
+        "-c",
+        "cat /tmp/copy/sub/inner; readlink /tmp/copy/link",
+    ])
+    .assert_ok()
+    .assert_stdout("inner\nsub/inner\n");
+    // Out again, to a new name and into a directory.
+    let back = t.dir.join("back");
+    t.nook(&["cp", "live:/tmp/copy", back.to_str().unwrap()])
+        .assert_ok();
+    assert_eq!(fs_read(&back.join("sub/inner")), "inner\n");
+    let meta = std::fs::metadata(back.join("sub/inner")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&meta),
+        t.runner().uid,
+        "a copied-out file belongs to the user"
+    );
+    let into = t.mkdir("into");
+    t.nook(&["cp", "live:/etc/passwd", into.to_str().unwrap()])
+        .assert_ok();
+    assert!(fs_read(&into.join("passwd")).starts_with("root:"));
+
+    // `-`: a tar stream out, and one in.
+    let (code, tar, err) = nook_bytes(t, &["cp", "live:/tmp/copy", "-"], None);
+    assert_eq!(code, 0, "{err}");
+    let names = tar_names(&tar);
+    assert!(names.contains(&"copy/sub/inner".to_string()), "{names:?}");
+    let (code, _, err) = nook_bytes(t, &["cp", "-", "live:/root"], Some(&tar));
+    assert_eq!(code, 0, "{err}");
+    t.nook(&["exec", "live", "cat", "/root/copy/sub/inner"])
+        .assert_ok()
+        .assert_stdout("inner\n");
+
+    // A stopped container: its upper layer gets the file, the image nothing (checked when `t`
+    // goes: `t.image()` fails the test if written).
+    t.nook(&[
+        "run",
+        "-q",
+        "--name",
+        "done",
+        t.image(),
+        "sh",
+        "-c",
+        "echo made > /made",
+    ])
+    .assert_ok();
+    let made = t.dir.join("made");
+    t.nook(&["cp", "done:/made", made.to_str().unwrap()])
+        .assert_ok();
+    assert_eq!(fs_read(&made), "made\n");
+    t.nook(&["cp", file, "done:/etc/greeting"]).assert_ok();
+    let diff = t.nook(&["diff", "done"]);
+    assert!(diff.lines().contains(&"A /etc/greeting"), "{diff}");
+    let again = t.dir.join("greeting");
+    t.nook(&["cp", "done:/etc/greeting", again.to_str().unwrap()])
+        .assert_ok();
+    assert_eq!(fs_read(&again), "hello\n");
+    t.nook(&["rm", "-f", "live", "done"]).assert_ok();
+}
+
+fn fs_read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn cp_stays_inside_the_containers_root_and_bad_input_leaves_nothing() {
+    let Some(t) = Nook::new() else { return };
+    let file = t.write_file("payload", "payload\n");
+    let file = file.to_str().unwrap();
+    let host_target = t.dir.join("planted");
+    let planted = host_target.to_str().unwrap().to_string();
+    // Links that would lead out of the root if followed on the host.
+    let links = "ln -s / /escape && ln -s ../../../../.. /up && mkdir -p /deep/er";
+    t.nook(&[
+        "run",
+        "-q",
+        "--name",
+        "stopped",
+        t.image(),
+        "sh",
+        "-c",
+        links,
+    ])
+    .assert_ok();
+    t.nook(&[
+        "run",
+        "-q",
+        "-d",
+        "--name",
+        "live",
+        t.image(),
+        "sh",
+        "-c",
+        &format!("{links} && exec sleep 1000"),
+    ])
+    .assert_ok();
+    std::thread::sleep(Duration::from_millis(300));
+    for ct in ["stopped", "live"] {
+        // Reads through the links find the container's files, not the host's.
+        let out = t.dir.join(format!("passwd-{ct}"));
+        t.nook(&[
+            "cp",
+            &format!("{ct}:/escape/etc/passwd"),
+            out.to_str().unwrap(),
+        ])
+        .assert_ok();
+        let image_passwd = fs_read(&Path::new(t.image()).join("etc/passwd"));
+        assert_eq!(fs_read(&out), image_passwd, "{ct}: read the host's passwd");
+        let out = t.dir.join(format!("up-{ct}"));
+        t.nook(&["cp", &format!("{ct}:/up/etc/passwd"), out.to_str().unwrap()])
+            .assert_ok();
+        assert_eq!(fs_read(&out), image_passwd);
+        // Writes through them land in the container, or nowhere.
+        for via in ["/escape", "/up", "/deep/er/../../up"] {
+            let dest = format!("{ct}:{via}{planted}");
+            let out = t.nook(&["cp", file, &dest]);
+            out.assert_code(1);
+            assert!(
+                out.stderr.contains("no such file or directory"),
+                "{dest}: {out}"
+            );
+            assert!(!host_target.exists(), "{dest} wrote the host's {planted}");
+        }
+        // A link copied out stays a link; it is not followed.
+        let out = t.dir.join(format!("link-{ct}"));
+        t.nook(&["cp", &format!("{ct}:/escape"), out.to_str().unwrap()])
+            .assert_ok();
+        assert_eq!(std::fs::read_link(&out).unwrap(), Path::new("/"));
+    }
+    // A tar that names its way out is refused, from stdin as from anywhere.
+    let mut evil = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(4);
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.as_gnu_mut().unwrap().name[..9].copy_from_slice(b"../../../");
+    header.set_cksum();
+    evil.append(&header, &b"evil"[..]).unwrap();
+    let evil = evil.into_inner().unwrap();
+    let (code, _, err) = nook_bytes(&t, &["cp", "-", "live:/tmp"], Some(&evil));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("would leave the destination"), "{err}");
+
+    let bad: [(&[&str], &str); 5] = [
+        (&["cp", "nope:/x", "y"], "no such container: nope"),
+        (
+            &["cp", file, "other-file"],
+            "needs a container path on one side",
+        ),
+        (
+            &["cp", "live:/missing", "y"],
+            "/missing: no such file or directory",
+        ),
+        (
+            &["cp", "live:/x", "stopped:/y"],
+            "between a container and the host",
+        ),
+        (
+            &["cp", "/no/such/host/file", "live:/tmp"],
+            "no such file or directory",
+        ),
+    ];
+    for (args, message) in bad {
+        let out = t.nook(args);
+        out.assert_code(1);
+        assert!(out.stderr.contains(message), "{args:?}: {out}");
+    }
+    let leftovers: Vec<String> = entries(&t.storage)
+        .into_iter()
+        .filter(|e| e.starts_with(".cp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(!t.dir.join("y").exists());
+    t.nook(&["rm", "-f", "live", "stopped"]).assert_ok();
+}

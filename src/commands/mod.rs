@@ -2,6 +2,7 @@
 
 mod completion;
 mod containers;
+mod cp;
 mod images;
 mod info;
 pub mod log;
@@ -14,6 +15,7 @@ mod top;
 
 pub use completion::{completion, generate_man};
 pub use containers::{inspect, logs, ps, rm, stop};
+pub use cp::cp;
 pub use images::{commit, diff, export, images, import, rmi};
 pub use info::info;
 pub use run::run;
