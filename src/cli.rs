@@ -10,7 +10,7 @@ const VERSION: &str = concat!("version ", env!("CARGO_PKG_VERSION"), "\nspec: ",
 const AFTER_HELP: &str = "\
 Two faces, one binary:
   Human (podman-like), listed first above:
-          nook run [OPTIONS] IMAGE|DIR [CMD...]   ps   rm   logs   stop   exec NAME CMD...   top
+          nook run [OPTIONS] IMAGE|DIR [CMD...]   ps   rm   logs   stop   restart   exec   top
           cp   import   images   tag   rmi   commit   diff   export   inspect   info   version
           system df|prune   container ls|rm|inspect   image ls|rm|import|inspect   completion
   OCI runtime (runc-compatible, for podman/conmon and other engines), listed after them:
@@ -151,6 +151,9 @@ pub enum Command {
     Top(TopArgs),
     /// Copy files between a container (running or stopped) and the host, both ways
     Cp(CpArgs),
+    /// Stop a container (if it runs) and start it again in the background, over the same
+    /// writable layer
+    Restart(RestartArgs),
     /// Disk use and clean-up of the whole store: df, prune
     #[command(subcommand)]
     System(SystemCommand),
@@ -169,6 +172,16 @@ pub struct TagArgs {
     /// The new names, NAME or NAME:TAG
     #[arg(required = true, value_name = "NEW[:TAG]")]
     pub names: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RestartArgs {
+    /// Seconds to wait after SIGTERM before SIGKILL
+    #[arg(short = 't', long = "time", default_value_t = 10)]
+    pub time: u64,
+    /// Containers (names or ids)
+    #[arg(required = true, value_name = "CONTAINER")]
+    pub containers: Vec<String>,
 }
 
 #[derive(Args, Debug)]

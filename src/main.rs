@@ -90,6 +90,7 @@ fn main() {
         Command::Tag(args) => commands::tag(args),
         Command::Top(args) => commands::top(args),
         Command::Cp(args) => commands::cp(args),
+        Command::Restart(args) => commands::restart(args),
         Command::System(verb) => match verb {
             SystemCommand::Df(args) => commands::df(args),
             SystemCommand::Prune(args) => commands::prune(args),

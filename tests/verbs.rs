@@ -618,3 +618,124 @@ fn cp_stays_inside_the_containers_root_and_bad_input_leaves_nothing() {
     assert!(!t.dir.join("y").exists());
     t.nook(&["rm", "-f", "live", "stopped"]).assert_ok();
 }
+
+fn wait_for_status(t: &Nook, name: &str, status: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let c = t.container(name).expect("container listed");
+        if c["status"] == status || Instant::now() > deadline {
+            assert_eq!(c["status"], status, "{c}");
+            return c;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn restart_starts_a_container_again_over_its_layer() {
+    let Some(t) = Nook::new() else { return };
+    t.nook(&[
+        "run",
+        "-q",
+        "-d",
+        "--name",
+        "svc",
+        t.image(),
+        "sh",
+        "-c",
+        "echo started; exec sleep 1000",
+    ])
+    .assert_ok();
+    let first = wait_for_status(&t, "svc", "running")["pid"].clone();
+    t.nook(&["exec", "svc", "touch", "/kept"]).assert_ok();
+    t.nook(&["restart", "-t", "1", "svc"])
+        .assert_ok()
+        .assert_stdout("svc\n");
+    let again = wait_for_status(&t, "svc", "running");
+    assert_ne!(again["pid"], first, "the same process still runs");
+    t.nook(&["exec", "svc", "ls", "/kept"]).assert_ok();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while t.nook(&["logs", "svc"]).stdout != "started\nstarted\n" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t.nook(&["logs", "svc"]).assert_stdout("started\nstarted\n");
+
+    // A foreground container that exited runs again, in the background, with its hostname.
+    t.nook(&[
+        "run",
+        "-q",
+        "--name",
+        "once",
+        t.image(),
+        "sh",
+        "-c",
+        "cat /etc/hostname >> /runs",
+    ])
+    .assert_ok();
+    t.nook(&["restart", "once"]).assert_ok();
+    let done = wait_for_status(&t, "once", "exited");
+    assert_eq!(done["exit_code"], 0, "{done}");
+    let runs = t.dir.join("runs");
+    t.nook(&["cp", "once:/runs", runs.to_str().unwrap()])
+        .assert_ok();
+    let id = done["id"].as_str().unwrap();
+    assert_eq!(fs_read(&runs), format!("{0}\n{0}\n", &id[..12]));
+
+    // Bad input: named, nothing changed.
+    t.nook(&[
+        "run",
+        "-q",
+        "-d",
+        "--rm",
+        "--name",
+        "gone",
+        t.image(),
+        "sleep",
+        "1000",
+    ])
+    .assert_ok();
+    let out = t.nook(&["restart", "gone"]);
+    out.assert_code(1);
+    assert!(out.stderr.contains("was run with --rm"), "{out}");
+    wait_for_status(&t, "gone", "running");
+    let out = t.nook(&["restart", "nope"]);
+    out.assert_code(1);
+    assert!(out.stderr.contains("no such container: nope"), "{out}");
+    t.nook(&["rm", "-f", "svc", "once", "gone"]).assert_ok();
+}
+
+#[test]
+fn cp_and_restart_work_with_every_backend() {
+    let Some(t) = Nook::new() else { return };
+    let file = t.write_file("in", "in\n");
+    let mut backends = vec!["overlay", "copy"];
+    if common::required_tool("fuse-overlayfs", "fuse-overlayfs").is_some() {
+        backends.push("fuse");
+    }
+    for backend in backends {
+        let name = format!("b-{backend}");
+        t.nook(&[
+            "run",
+            "-q",
+            "--backend",
+            backend,
+            "--name",
+            &name,
+            t.image(),
+            "sh",
+            "-c",
+            "echo out > /out; cat /in 2>/dev/null; true",
+        ])
+        .assert_ok();
+        let out = t.dir.join(format!("out-{backend}"));
+        t.nook(&["cp", &format!("{name}:/out"), out.to_str().unwrap()])
+            .assert_ok();
+        assert_eq!(fs_read(&out), "out\n", "{backend}");
+        t.nook(&["cp", file.to_str().unwrap(), &format!("{name}:/in")])
+            .assert_ok();
+        t.nook(&["restart", &name]).assert_ok();
+        wait_for_status(&t, &name, "exited");
+        t.nook(&["logs", &name]).assert_stdout("in\n");
+        t.nook(&["rm", &name]).assert_ok();
+    }
+}

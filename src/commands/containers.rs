@@ -150,7 +150,7 @@ fn wait_until_stopped(container: &Container, timeout: Duration) -> bool {
 /// The container's state once any nook process that is still setting it up is done: a
 /// container is `created` only while its creator prepares the root and starts it (or after that
 /// creator died), and a verb arriving then must act on what it becomes, not on a passing stage.
-fn settled_state(container: &Container) -> State {
+pub(super) fn settled_state(container: &Container) -> State {
     let deadline = Instant::now() + SETUP_WAIT;
     loop {
         let state = container.state();
@@ -167,7 +167,7 @@ const SETUP_WAIT: Duration = Duration::from_secs(60);
 
 /// SIGTERM, a grace period, then SIGKILL; returns once the container's runner has recorded
 /// the end.
-fn stop_container(container: &Container, grace: Duration) -> Result<()> {
+pub(super) fn stop_container(container: &Container, grace: Duration) -> Result<()> {
     signal_container(&settled_state(container), Signal::SIGTERM)?;
     if wait_until_stopped(container, grace) {
         return Ok(());
@@ -184,7 +184,7 @@ fn stop_container(container: &Container, grace: Duration) -> Result<()> {
 
 /// Waits until the nook process that ran the container has exited, so that whatever it does
 /// last (removing a `--rm` container) is over.
-fn wait_for_runner(container: &Container, state: &State) -> Result<()> {
+pub(super) fn wait_for_runner(container: &Container, state: &State) -> Result<()> {
     let (Some(pid), Some(start)) = (state.runner_pid, state.runner_start) else {
         return Ok(());
     };

@@ -407,10 +407,13 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     let materialize = || -> Result<()> {
         store.materialize(&container)?;
         image_kept(&checked)?;
-        save_spec(&prepared.spec, &container)
+        save_spec(&prepared.spec, &container)?;
+        save_for_restart(args, &prepared, &container)
     };
     if !deferred {
-        if let Err(e) = save_spec(&prepared.spec, &container) {
+        if let Err(e) = save_spec(&prepared.spec, &container)
+            .and_then(|()| save_for_restart(args, &prepared, &container))
+        {
             let _ = store.remove(&container);
             return Err(e);
         }
@@ -432,7 +435,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         network: checked.net.as_ref(),
     };
     if args.detach {
-        return run_detached(&store, &container, &launch);
+        return run_detached(&store, &container, &launch, true);
     }
     let started = match launch::start(&launch) {
         Ok(s) => s,
@@ -555,6 +558,14 @@ fn save_spec(spec: &oci_spec::runtime::Spec, container: &Container) -> Result<()
         .with_context(|| format!("writing {}", spec_path.display()))
 }
 
+/// What `nook restart` needs beyond the spec, for a container that outlives its run.
+fn save_for_restart(args: &RunArgs, prepared: &Prepared, container: &Container) -> Result<()> {
+    if args.rm {
+        return Ok(());
+    }
+    super::restart::save(container, &prepared.files, args.init)
+}
+
 /// The copy backend's private copy, made inside the container's user namespace so the image's
 /// owners are the container's ids.
 fn copy_image(image: &Path, tree: &Path, idmap: &IdMapping) -> Result<()> {
@@ -657,8 +668,14 @@ fn finish(store: &Store, container: &Container, code: i32) -> Result<()> {
 
 /// `-d`: a monitor process (a fork of this one, in a session of its own) starts the container
 /// with its output going to the log, records its exit, and removes it if `--rm`. This process
-/// returns once the command runs.
-fn run_detached(store: &Store, container: &Container, launch: &Launch<'_>) -> Result<i32> {
+/// returns once the command runs. A `fresh` container (made by this run) is removed if it
+/// cannot start; a restarted one is kept, as exited.
+pub(super) fn run_detached(
+    store: &Store,
+    container: &Container,
+    launch: &Launch<'_>,
+    fresh: bool,
+) -> Result<i32> {
     let (mut report_rx, report_tx) = pipe()?;
     match sys::fork_process().context("fork of the monitor")? {
         sys::CloneResult::Parent(_) => {
@@ -685,7 +702,7 @@ fn run_detached(store: &Store, container: &Container, launch: &Launch<'_>) -> Re
         }
         sys::CloneResult::Child => {
             drop(report_rx);
-            let code = match monitor(store, container, launch, report_tx) {
+            let code = match monitor(store, container, launch, report_tx, fresh) {
                 Ok(()) => 0,
                 Err(_) => 1,
             };
@@ -699,6 +716,7 @@ fn monitor(
     container: &Container,
     launch: &Launch<'_>,
     mut report: fs::File,
+    fresh: bool,
 ) -> Result<()> {
     nix::unistd::setsid().context("setsid")?;
     let log = fs::OpenOptions::new()
@@ -719,7 +737,11 @@ fn monitor(
                 Some(f) => (f.code, f.message.clone()),
                 None => (125, format!("{e:#}")),
             };
-            let _ = store.remove(container);
+            if fresh {
+                let _ = store.remove(container);
+            } else {
+                let _ = finish(store, container, code);
+            }
             let _ = write!(report, "{code}\n{message}");
             return Err(e);
         }
