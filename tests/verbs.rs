@@ -460,6 +460,21 @@ fn copies_both_ways(t: &Nook) {
         t.runner().uid,
         "a copied-out file belongs to the user"
     );
+    // A setuid program of the container stays one only inside it.
+    t.nook(&[
+        "exec",
+        "live",
+        "sh",
+        "-c",
+        "cp /bin/busybox /tmp/suid && chmod 4755 /tmp/suid",
+    ])
+    .assert_ok();
+    let suid = t.dir.join("suid");
+    t.nook(&["cp", "live:/tmp/suid", suid.to_str().unwrap()])
+        .assert_ok();
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&suid).unwrap().permissions());
+    assert_eq!(mode & 0o7777, 0o755, "{mode:o}");
     let into = t.mkdir("into");
     t.nook(&["cp", "live:/etc/passwd", into.to_str().unwrap()])
         .assert_ok();

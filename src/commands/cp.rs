@@ -71,7 +71,7 @@ pub fn cp(args: &CpArgs) -> Result<i32> {
                 }
                 End::Host(dest) => {
                     let (dir, top) = destination(&dest, dest.is_dir(), &name)?;
-                    extract(archive, &dir, top.as_deref()).with_context(|| {
+                    extract(archive, &dir, top.as_deref(), false).with_context(|| {
                         format!("copying {}:{path} to {}", c.meta.name, dest.display())
                     })?;
                 }
@@ -105,7 +105,7 @@ pub fn cp(args: &CpArgs) -> Result<i32> {
                 };
                 // The parent directory, resolved in the container's root.
                 open_in_container(&dir, true)?;
-                extract(archive, &dir, rename.as_deref())
+                extract(archive, &dir, rename.as_deref(), true)
             })
             .with_context(|| format!("copying into {what}"))?;
         }
@@ -327,10 +327,17 @@ fn host_archive(src: &Path, name: &OsString, out: &File) -> Result<()> {
 
 /// Unpacks the tar stream into the directory `dir`, its top entry renamed to `rename` if
 /// given. No entry leaves `dir`: names are plain relative paths, and no entry is written
-/// below a symbolic link it or another entry made.
-fn extract(archive: impl io::Read, dir: &Path, rename: Option<&std::ffi::OsStr>) -> Result<()> {
+/// below a symbolic link it or another entry made. Setuid and setgid bits are kept only with
+/// `special_bits` (inside the container): on the host they would make a container's program
+/// run as you for whoever can reach the copy.
+fn extract(
+    archive: impl io::Read,
+    dir: &Path,
+    rename: Option<&std::ffi::OsStr>,
+    special_bits: bool,
+) -> Result<()> {
     let mut archive = tar::Archive::new(archive);
-    archive.set_preserve_permissions(true);
+    archive.set_preserve_permissions(special_bits);
     archive.set_preserve_ownerships(false);
     archive.set_preserve_mtime(true);
     archive.set_overwrite(true);
