@@ -102,6 +102,10 @@ pub fn run_in_container(pid: i32, work: impl FnOnce() -> Result<()>) -> Result<(
             drop(parent_chan);
             let result = (|| -> Result<()> {
                 sys::die_with_parent().context("prctl(PR_SET_PDEATHSIG)")?;
+                // Before it enters: the container's root, the same ids once it has, must not
+                // ptrace it or reach its descriptors through /proc (the host's stdio, the
+                // scratch file).
+                sys::set_not_dumpable().context("prctl(PR_SET_DUMPABLE)")?;
                 nix::sched::setns(user.as_fd(), nix::sched::CloneFlags::CLONE_NEWUSER)
                     .context("setns into the container's user namespace")?;
                 nix::sched::setns(mnt.as_fd(), nix::sched::CloneFlags::CLONE_NEWNS)
@@ -110,6 +114,8 @@ pub fn run_in_container(pid: i32, work: impl FnOnce() -> Result<()>) -> Result<(
                     .context("setresgid 0")?;
                 nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
                     .context("setresuid 0")?;
+                // A change of ids resets the flag to fs.suid_dumpable's value: set it again.
+                sys::set_not_dumpable().context("prctl(PR_SET_DUMPABLE)")?;
                 nix::unistd::chdir("/").context("chdir /")?;
                 work()
             })();
