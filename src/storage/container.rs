@@ -233,8 +233,8 @@ impl Store {
         Ok(container)
     }
 
-    /// The container `create` would make, decided but not yet on disk: its id, name, directory
-    /// and metadata. `run` plans first so the disk work can overlap the id-map helpers.
+    /// The container `create` would make, decided but not yet on disk (but for the claim of a
+    /// generated name): its id, name, directory and metadata. `run` plans first so the disk work can overlap the id-map helpers.
     pub fn plan(&self, new: NewContainer<'_>) -> Result<Container> {
         let id = random_id()?;
         let name = match new.name {
@@ -306,13 +306,19 @@ impl Store {
         Ok(())
     }
 
-    /// A podman-style `adjective_noun` no container holds; after a run of taken ones, one with
-    /// a few characters of the id added (the claim itself still decides, as for `--name`).
+    /// A podman-style `adjective_noun`, claimed for `id` at once: two containers planned at
+    /// the same moment never draw the same one (the claim is one `symlink(2)`). After a run of
+    /// taken ones, one with a few characters of the id added, claimed with the container.
     fn free_random_name(&self, id: &str) -> Result<String> {
         for _ in 0..32 {
             let name = super::names::random_name()?;
-            if fs::symlink_metadata(self.names_dir().join(&name)).is_err() {
-                return Ok(name);
+            let link = self.names_dir().join(&name);
+            match std::os::unix::fs::symlink(id, &link) {
+                Ok(()) => return Ok(name),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("claiming name at {}", link.display()))
+                }
             }
         }
         Ok(format!("{}_{}", super::names::random_name()?, &id[..6]))
@@ -323,6 +329,13 @@ impl Store {
         let claim = || std::os::unix::fs::symlink(id, &link);
         match claim() {
             Ok(()) => return Ok(()),
+            // Claimed already by `plan` (a generated name).
+            Err(e)
+                if e.kind() == io::ErrorKind::AlreadyExists
+                    && fs::read_link(&link).is_ok_and(|owner| owner == Path::new(id)) =>
+            {
+                return Ok(())
+            }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => {
                 return Err(e).with_context(|| format!("claiming name at {}", link.display()))
@@ -579,6 +592,33 @@ mod tests {
         store.remove(&c).unwrap();
         assert!(store.get("x").is_err());
         assert_eq!(fs::read_dir(root.join("containers")).unwrap().count(), 0);
+        let claims = fs::read_dir(root.join("names"))
+            .unwrap()
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .count();
+        assert_eq!(claims, 0);
+        remove_tree(&root).unwrap();
+    }
+
+    #[test]
+    fn generated_names_are_claimed_when_planned_and_never_shared() {
+        let (root, store) = scratch_store("names-test");
+        let idmap = IdMapping::caller_as_root(1000, 1000);
+        let plans: Vec<Container> = (0..300)
+            .map(|_| store.plan(new_container(None, true, &idmap)).unwrap())
+            .collect();
+        let names: std::collections::HashSet<&str> =
+            plans.iter().map(|c| c.meta.name.as_str()).collect();
+        assert_eq!(names.len(), plans.len(), "a name drawn twice");
+        store.materialize(&plans[0]).unwrap();
+        assert_eq!(
+            store.get(&plans[0].meta.name).unwrap().meta.id,
+            plans[0].meta.id
+        );
+        for plan in &plans {
+            store.remove(plan).unwrap();
+        }
         let claims = fs::read_dir(root.join("names"))
             .unwrap()
             .flatten()
