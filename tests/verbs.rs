@@ -241,7 +241,11 @@ fn top_lists_a_running_containers_processes_with_their_container_pids() {
     let out = loop {
         let out = t.nook(&["top", "busy"]);
         out.assert_ok();
-        if out.lines().len() == 3 || Instant::now() > deadline {
+        // Until the shell's child has become `sleep 1000` and the shell `sleep 1001`.
+        let settled = out.lines().len() == 3
+            && out.stdout.contains("sleep 1000\n")
+            && out.stdout.contains("sleep 1001\n");
+        if settled || Instant::now() > deadline {
             break out;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -554,7 +558,11 @@ fn cp_stays_inside_the_containers_root_and_bad_input_leaves_nothing() {
         &format!("{links} && exec sleep 1000"),
     ])
     .assert_ok();
-    std::thread::sleep(Duration::from_millis(300));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while t.nook(&["exec", "live", "test", "-d", "/deep/er"]).code != Some(0) {
+        assert!(Instant::now() < deadline, "the links never appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     for ct in ["stopped", "live"] {
         // Reads through the links find the container's files, not the host's.
         let out = t.dir.join(format!("passwd-{ct}"));
