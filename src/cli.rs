@@ -9,9 +9,11 @@ const VERSION: &str = concat!("version ", env!("CARGO_PKG_VERSION"), "\nspec: ",
 
 const AFTER_HELP: &str = "\
 Two faces, one binary:
-  Human:  nook run [OPTIONS] IMAGE|DIR [CMD...]   ps   rm   logs   stop   exec NAME CMD...
-          import   images   rmi   inspect   version   container ls|rm   image ls|rm
-  OCI runtime (runc-compatible, for podman/conmon and other engines):
+  Human (podman-like), listed first above:
+          nook run [OPTIONS] IMAGE|DIR [CMD...]   ps   rm   logs   stop   restart   exec   top
+          cp   import   images   tag   rmi   commit   diff   export   inspect   info   version
+          system df|prune   container ls|rm|inspect   image ls|rm|import|inspect   completion
+  OCI runtime (runc-compatible, for podman/conmon and other engines), listed after them:
           create start state kill delete list features spec, run --bundle/-b, exec, ps ID
 Which face a verb shows is decided by its arguments only:
   run     with --bundle/-b it is the OCI `run` (the positional is the container id);
@@ -24,6 +26,9 @@ Which face a verb shows is decided by its arguments only:
 
 Storage: $NOOK_STORAGE, else $XDG_DATA_HOME/nook, else ~/.local/share/nook.
 OCI state (--root): $XDG_RUNTIME_DIR/nook, else /tmp/nook-UID (mode 0700).";
+
+/// Where `nook run --help` puts the options of the OCI face, apart from the human ones.
+const OCI_HEADING: &str = "OCI runtime options (with --bundle, for engines)";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -47,6 +52,7 @@ pub enum LogFormat {
 
 /// runc's global options.
 #[derive(Args, Debug)]
+#[command(next_help_heading = "Global options (runc's, for engines)")]
 pub struct GlobalArgs {
     /// Directory of the OCI runtime state
     #[arg(long, global = true, value_name = "DIR")]
@@ -77,6 +83,7 @@ pub struct GlobalArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    // Human verbs come first in `--help`, the OCI-only verbs after them (display_order 100+).
     /// Run a command in a new container made from a root filesystem directory (or, with
     /// --bundle, run an OCI bundle: create + start, and wait unless --detach)
     Run(Box<RunArgs>),
@@ -105,20 +112,27 @@ pub enum Command {
     /// Run a command in a running container (OCI, or one of `nook ps`)
     Exec(Box<ExecArgs>),
     /// OCI: create a container from a bundle; its process waits for `start`
+    #[command(display_order = 100)]
     Create(CreateArgs),
     /// OCI: start the process of a created container
+    #[command(display_order = 101)]
     Start(IdArg),
     /// OCI: print the state of a container as JSON
+    #[command(display_order = 102)]
     State(IdArg),
     /// Send a signal to a container's process (an OCI container, or one of `nook ps`)
     Kill(KillArgs),
     /// OCI: delete a container's state (and the container, with --force)
+    #[command(display_order = 103)]
     Delete(DeleteArgs),
     /// OCI: list the containers under --root
+    #[command(display_order = 104)]
     List(ListArgs),
     /// OCI: write a config.json for a bundle
+    #[command(display_order = 105)]
     Spec(SpecArgs),
     /// OCI: print the features this runtime supports, as JSON
+    #[command(display_order = 106)]
     Features,
     /// OCI: freeze every process of a container (needs its cgroup: a delegated cgroup v2)
     Pause(IdArg),
@@ -136,6 +150,112 @@ pub enum Command {
     /// Image verbs as podman groups them: ls (images), rm (rmi), import, inspect
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Give an image another name: both names are the same image (no copy); `nook rmi` of
+    /// one name keeps the others
+    Tag(TagArgs),
+    /// List the processes of a running container
+    Top(TopArgs),
+    /// Copy files between a container (running or stopped) and the host, both ways
+    Cp(CpArgs),
+    /// Stop a container (if it runs) and start it again in the background, over the same
+    /// writable layer
+    Restart(RestartArgs),
+    /// Disk use and clean-up of the whole store: df, prune
+    #[command(subcommand)]
+    System(SystemCommand),
+    /// Print a shell completion script (bash, zsh or fish) made from nook's own arguments
+    Completion(CompletionArgs),
+    /// Write man pages for nook and each of its verbs into a directory
+    #[command(hide = true)]
+    GenerateMan(GenerateManArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TagArgs {
+    /// The image (a name of `nook images`)
+    #[arg(value_name = "IMAGE")]
+    pub image: String,
+    /// The new names, NAME or NAME:TAG
+    #[arg(required = true, value_name = "NEW[:TAG]")]
+    pub names: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RestartArgs {
+    /// Seconds to wait after SIGTERM before SIGKILL
+    #[arg(short = 't', long = "time", default_value_t = 10)]
+    pub time: u64,
+    /// Containers (names or ids)
+    #[arg(required = true, value_name = "CONTAINER")]
+    pub containers: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct CpArgs {
+    /// CONTAINER:PATH, a host path, or `-` for a tar archive on stdin (unpacked into the
+    /// container's directory PATH)
+    #[arg(value_name = "SOURCE")]
+    pub source: String,
+    /// CONTAINER:PATH, a host path, or `-` for a tar archive on stdout
+    #[arg(value_name = "DESTINATION")]
+    pub destination: String,
+}
+
+#[derive(Args, Debug)]
+pub struct TopArgs {
+    /// A running container (name or id, see `nook ps`)
+    #[arg(value_name = "CONTAINER")]
+    pub container: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SystemCommand {
+    /// Show the disk space images and containers take, files shared between images counted
+    /// once
+    Df(DfArgs),
+    /// Remove stopped containers (and, with -a, images no container uses)
+    Prune(PruneArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DfArgs {
+    /// Output format
+    #[arg(short, long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Also list each image and container
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Also remove every image no container uses
+    #[arg(short, long)]
+    pub all: bool,
+    /// Do not ask for confirmation (needed when stdin is not a terminal)
+    #[arg(short, long)]
+    pub force: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionArgs {
+    /// The shell to complete for
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: Shell,
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateManArgs {
+    /// Directory to write nook.1 and nook-VERB.1 into (created if missing)
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -149,6 +269,7 @@ pub struct InspectArgs {
     /// Look only among containers or only among images
     #[arg(long = "type", value_enum, value_name = "container|image")]
     pub kind: Option<InspectType>,
+    /// Container or image names (or container ids)
     #[arg(required = true, value_name = "NAME")]
     pub names: Vec<String>,
 }
@@ -179,6 +300,7 @@ pub enum ImageCommand {
 
 #[derive(Args, Debug)]
 pub struct IdArg {
+    /// Container id under --root
     #[arg(value_name = "ID")]
     pub id: String,
 }
@@ -190,6 +312,7 @@ pub struct CreateArgs {
     pub bundle: PathBuf,
     #[command(flatten)]
     pub oci: OciCreateArgs,
+    /// Id of the new container (unique under --root)
     #[arg(value_name = "ID")]
     pub id: String,
 }
@@ -198,22 +321,22 @@ pub struct CreateArgs {
 #[derive(Args, Debug, Default)]
 pub struct OciCreateArgs {
     /// Write the container's pid to this file
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = OCI_HEADING)]
     pub pid_file: Option<PathBuf>,
     /// Send the terminal's master over this Unix socket (SCM_RIGHTS)
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", help_heading = OCI_HEADING)]
     pub console_socket: Option<PathBuf>,
     /// Pass descriptors 3..3+N to the container's process
-    #[arg(long, default_value_t = 0, value_name = "N")]
+    #[arg(long, default_value_t = 0, value_name = "N", help_heading = OCI_HEADING)]
     pub preserve_fds: u32,
     /// Accepted for runc compatibility: nook always uses pivot_root in its own mount namespace
-    #[arg(long)]
+    #[arg(long, help_heading = OCI_HEADING)]
     pub no_pivot: bool,
     /// Accepted for runc compatibility: nook creates no session keyring
-    #[arg(long)]
+    #[arg(long, help_heading = OCI_HEADING)]
     pub no_new_keyring: bool,
     /// Accepted for runc compatibility
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, help_heading = OCI_HEADING)]
     pub no_subreaper: bool,
 }
 
@@ -239,6 +362,7 @@ pub struct DeleteArgs {
     /// Kill the container first if it still runs
     #[arg(short, long)]
     pub force: bool,
+    /// Container id under --root
     #[arg(value_name = "ID")]
     pub id: String,
 }
@@ -420,17 +544,17 @@ pub struct RunArgs {
     #[arg(long, action = clap::ArgAction::Help)]
     pub help: Option<bool>,
     /// OCI: run this bundle (the positional is then the container id)
-    #[arg(short = 'b', long, value_name = "DIR")]
+    #[arg(short = 'b', long, value_name = "DIR", help_heading = OCI_HEADING)]
     pub bundle: Option<PathBuf>,
     #[command(flatten)]
     pub oci: OciCreateArgs,
     /// OCI: keep the container's state after it exits (with --bundle)
-    #[arg(long, requires = "bundle")]
+    #[arg(long, requires = "bundle", help_heading = OCI_HEADING)]
     pub keep: bool,
     /// Remove the container (and its writable layer) when it exits
     #[arg(long, conflicts_with = "bundle")]
     pub rm: bool,
-    /// Name the container (default: the image directory's name and a few characters of the id)
+    /// Name the container (default: a random adjective_noun, as podman)
     #[arg(long, conflicts_with = "bundle")]
     pub name: Option<String>,
     /// Set an environment variable (KEY=VALUE, or KEY to pass nook's own value)
@@ -460,7 +584,7 @@ pub struct RunArgs {
         conflicts_with = "bundle"
     )]
     pub volumes: Vec<String>,
-    /// Hostname inside the container (default: the container's name)
+    /// Hostname inside the container (default: the first 12 characters of its id, as podman)
     #[arg(short = 'h', long, conflicts_with = "bundle")]
     pub hostname: Option<String>,
     /// Keep stdin open and pass it to the container
@@ -601,7 +725,7 @@ pub struct PsArgs {
     /// OCI: list the processes of this container instead
     #[arg(value_name = "ID")]
     pub container: Option<String>,
-    /// Accepted for runc compatibility (ps(1) options)
+    /// OCI: ps(1) options, accepted for runc compatibility
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
     pub ps_args: Vec<String>,
 }
@@ -627,6 +751,7 @@ pub struct LogsArgs {
     /// Not supported: nook's log keeps no times; an error says so
     #[arg(short = 't', long)]
     pub timestamps: bool,
+    /// A detached container (name or id)
     #[arg(value_name = "CONTAINER")]
     pub container: String,
 }
@@ -636,6 +761,7 @@ pub struct StopArgs {
     /// Seconds to wait after SIGTERM before SIGKILL
     #[arg(short = 't', long = "time", default_value_t = 10)]
     pub time: u64,
+    /// Containers (names or ids)
     #[arg(required = true, value_name = "CONTAINER")]
     pub containers: Vec<String>,
 }
@@ -673,6 +799,7 @@ pub struct RmiArgs {
     /// podman does
     #[arg(short, long)]
     pub force: bool,
+    /// Image names
     #[arg(required = true, value_name = "IMAGE")]
     pub images: Vec<String>,
 }
@@ -686,6 +813,7 @@ pub struct CommitArgs {
     /// Do not print notes
     #[arg(short, long)]
     pub quiet: bool,
+    /// The container (name or id)
     #[arg(value_name = "CONTAINER")]
     pub container: String,
     /// Name of the new image
@@ -695,6 +823,7 @@ pub struct CommitArgs {
 
 #[derive(Args, Debug)]
 pub struct DiffArgs {
+    /// The container (name or id)
     #[arg(value_name = "CONTAINER")]
     pub container: String,
 }
@@ -731,4 +860,93 @@ pub struct InfoArgs {
 pub enum InfoFormat {
     Text,
     Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn walk(cmd: &clap::Command, path: &str, visit: &mut impl FnMut(&str, &clap::Command)) {
+        visit(path, cmd);
+        for sub in cmd.get_subcommands() {
+            walk(sub, &format!("{path} {}", sub.get_name()), visit);
+        }
+    }
+
+    #[test]
+    fn definitions_are_consistent_and_every_positional_is_described() {
+        Cli::command().debug_assert();
+        let mut cli = Cli::command();
+        cli.build();
+        let mut undescribed = Vec::new();
+        walk(&cli, "nook", &mut |path, cmd| {
+            for arg in cmd.get_positionals() {
+                if !arg.is_hide_set() && arg.get_help().is_none() {
+                    undescribed.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+        });
+        assert!(
+            undescribed.is_empty(),
+            "positionals without help: {undescribed:?}"
+        );
+    }
+
+    #[test]
+    fn run_help_shows_the_human_options_first_and_the_oci_ones_apart() {
+        let help = Cli::command()
+            .find_subcommand_mut("run")
+            .expect("run")
+            .render_long_help()
+            .to_string();
+        let oci = help.find(OCI_HEADING).expect("OCI heading");
+        // Where the option's own entry starts ("  -b, --bundle <DIR>", "      --keep").
+        let entry = |flag: &str| {
+            let mut at = 0;
+            for line in help.split_inclusive('\n') {
+                let l = line.trim_start();
+                if l.starts_with(flag) || (l.starts_with('-') && l.contains(&format!(", {flag}"))) {
+                    return at;
+                }
+                at += line.len();
+            }
+            panic!("{flag} has no entry in:\n{help}");
+        };
+        for human in [
+            "--rm",
+            "--name",
+            "--volume",
+            "--hostname",
+            "--userns",
+            "--env-file",
+        ] {
+            assert!(entry(human) < oci, "{human} after the OCI heading");
+        }
+        for engine in [
+            "--bundle",
+            "--pid-file",
+            "--console-socket",
+            "--preserve-fds",
+            "--keep",
+        ] {
+            assert!(entry(engine) > oci, "{engine} before the heading");
+        }
+    }
+
+    #[test]
+    fn top_level_help_lists_human_verbs_before_the_oci_ones() {
+        let help = Cli::command().render_help().to_string();
+        let at = |verb: &str| {
+            help.find(&format!("\n  {verb} "))
+                .unwrap_or_else(|| panic!("{verb} missing from:\n{help}"))
+        };
+        for human in ["run", "ps", "images", "tag", "top", "system", "completion"] {
+            for oci in [
+                "create", "start", "state", "delete", "list", "spec", "features",
+            ] {
+                assert!(at(human) < at(oci), "{human} listed after {oci}");
+            }
+        }
+    }
 }

@@ -1,6 +1,6 @@
 use clap::Parser;
 
-use nook::cli::{Cli, Command, ContainerCommand, ImageCommand, InspectType};
+use nook::cli::{Cli, Command, ContainerCommand, ImageCommand, InspectType, SystemCommand};
 use nook::commands::{self, cgroups, log, oci};
 use nook::launch::ChildFailed;
 
@@ -90,6 +90,16 @@ fn main() {
             ImageCommand::Import(args) => commands::import(args),
             ImageCommand::Inspect(args) => commands::inspect(args, Some(InspectType::Image)),
         },
+        Command::Tag(args) => commands::tag(args),
+        Command::Top(args) => commands::top(args),
+        Command::Cp(args) => commands::cp(args),
+        Command::Restart(args) => commands::restart(args),
+        Command::System(verb) => match verb {
+            SystemCommand::Df(args) => commands::df(args),
+            SystemCommand::Prune(args) => commands::prune(args),
+        },
+        Command::Completion(args) => commands::completion(args),
+        Command::GenerateMan(args) => commands::generate_man(args),
     };
     let code = match result {
         Ok(code) => code,

@@ -650,6 +650,17 @@ pub fn hangup_ignored() -> bool {
 
 /// Ends the process at once, without running destructors or flushing stdio buffers that the
 /// parent may also hold copies of.
+/// Clock ticks per second, the unit of the times in `/proc/PID/stat`.
+pub fn clock_ticks() -> u64 {
+    // SAFETY: sysconf reads a constant of the C library and touches no memory of ours.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as u64
+    } else {
+        100
+    }
+}
+
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit never returns and has no preconditions.
     unsafe { libc::_exit(code) }

@@ -22,7 +22,7 @@ fn proc_shows_only_the_container_processes() {
 }
 
 #[test]
-fn hostname_is_the_container_name_by_default() {
+fn hostname_is_the_short_id_by_default_whatever_the_name() {
     let Some(t) = Nook::new() else { return };
     let host_before = nix::unistd::gethostname().expect("gethostname");
     let out = t.nook(&[
@@ -36,7 +36,15 @@ fn hostname_is_the_container_name_by_default() {
         "hostname; cat /etc/hostname; echo $HOSTNAME",
     ]);
     out.assert_ok();
-    assert_eq!(out.lines(), ["web-1", "web-1", "web-1"], "{out}");
+    // As podman: the first 12 characters of the id.
+    let id = t
+        .container("web-1")
+        .map(|c| c["id"].as_str().unwrap()[..12].to_string());
+    assert_eq!(id, None, "--rm container still listed");
+    let short = out.lines()[0].to_string();
+    assert_eq!(short.len(), 12, "{out}");
+    assert!(short.chars().all(|c| c.is_ascii_hexdigit()), "{out}");
+    assert_eq!(out.lines(), [short.as_str(); 3], "{out}");
     assert_eq!(
         nix::unistd::gethostname().expect("gethostname"),
         host_before,
@@ -45,15 +53,15 @@ fn hostname_is_the_container_name_by_default() {
 }
 
 #[test]
-fn hostname_of_an_unnamed_container_is_its_generated_name() {
+fn hostname_of_an_unnamed_container_is_its_short_id() {
     let Some(t) = Nook::new() else { return };
     let out = t.nook(&["run", t.image(), "hostname"]);
     out.assert_ok();
     let ps = t.ps();
     assert_eq!(ps.len(), 1, "{ps:?}");
     assert_eq!(
-        ps[0]["name"].as_str(),
         Some(out.stdout.trim()),
+        ps[0]["id"].as_str().map(|id| &id[..12]),
         "{ps:?}\n{out}"
     );
 }

@@ -270,7 +270,12 @@ fn default_environment_is_path_home_hostname_and_container_only() {
     // The convention systemd and other tools use to detect a container.
     assert_eq!(env["container"], "nook", "{out}");
     assert_eq!(env["HOME"], "/root", "{out}");
-    assert_eq!(env["HOSTNAME"], "envcheck", "{out}");
+    // The short id, as in podman, whatever the name.
+    let hostname = &env["HOSTNAME"];
+    assert!(
+        hostname.len() == 12 && hostname.chars().all(|c| c.is_ascii_hexdigit()),
+        "{out}"
+    );
     assert!(env["PATH"].split(':').any(|d| d == "/bin"), "{out}");
 }
 

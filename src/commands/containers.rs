@@ -58,11 +58,13 @@ pub fn ps(args: &PsArgs) -> Result<i32> {
         }
         return Ok(0);
     }
+    let images = super::tag::image_labels(&containers);
     match args.format {
         Format::Json => {
             let rows: Vec<_> = containers
                 .iter()
-                .map(|c| {
+                .zip(&images)
+                .map(|(c, image_name)| {
                     let state = c.state();
                     let status = state.effective_status();
                     json!({
@@ -72,6 +74,7 @@ pub fn ps(args: &PsArgs) -> Result<i32> {
                         "exit_code": if status == Status::Exited { state.exit_code } else { None },
                         "pid": if status == Status::Running { state.pid } else { None },
                         "image": c.meta.image,
+                        "image_name": image_name,
                         "command": c.meta.command,
                         "created": c.meta.created,
                         "backend": c.meta.backend,
@@ -86,11 +89,12 @@ pub fn ps(args: &PsArgs) -> Result<i32> {
         Format::Table => {
             let rows: Vec<[String; 5]> = containers
                 .iter()
-                .map(|c| {
+                .zip(images)
+                .map(|(c, image)| {
                     [
                         c.meta.name.clone(),
                         status_text(&c.state()),
-                        c.meta.image.display().to_string(),
+                        image,
                         c.meta.command.join(" "),
                         ago(&c.meta.created),
                     ]
@@ -156,7 +160,7 @@ fn wait_until_stopped(container: &Container, timeout: Duration) -> bool {
 /// The container's state once any nook process that is still setting it up is done: a
 /// container is `created` only while its creator prepares the root and starts it (or after that
 /// creator died), and a verb arriving then must act on what it becomes, not on a passing stage.
-fn settled_state(container: &Container) -> State {
+pub(super) fn settled_state(container: &Container) -> State {
     let deadline = Instant::now() + SETUP_WAIT;
     loop {
         let state = container.state();
@@ -173,7 +177,7 @@ const SETUP_WAIT: Duration = Duration::from_secs(60);
 
 /// SIGTERM, a grace period, then SIGKILL; returns once the container's runner has recorded
 /// the end (or, should the runner be slower than [`RUNNER_WAIT`], once its processes are gone).
-fn stop_container(container: &Container, grace: Duration) -> Result<()> {
+pub(super) fn stop_container(container: &Container, grace: Duration) -> Result<()> {
     signal_container(&settled_state(container), Signal::SIGTERM)?;
     if !wait_until_stopped(container, grace) {
         signal_container(&container.state(), Signal::SIGKILL)?;
@@ -201,7 +205,7 @@ const RUNNER_WAIT: Duration = Duration::from_secs(120);
 
 /// Waits until the nook process that ran the container has exited, so that whatever it does
 /// last (removing a `--rm` container) is over.
-fn wait_for_runner(container: &Container, state: &State) -> Result<()> {
+pub(super) fn wait_for_runner(container: &Container, state: &State) -> Result<()> {
     let (Some(pid), Some(start)) = (state.runner_pid, state.runner_start) else {
         return Ok(());
     };

@@ -65,30 +65,7 @@ fn report_build(meta: &ImageMeta, found: &Found) {
     }
 }
 
-/// Apparent size of a tree in bytes, hard links counted once.
-fn tree_size(path: &std::path::Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut seen = std::collections::HashSet::new();
-    let mut total = 0;
-    let mut stack = vec![path.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let Ok(meta) = std::fs::symlink_metadata(&p) else {
-            continue;
-        };
-        if meta.nlink() > 1 && !meta.is_dir() && !seen.insert((meta.dev(), meta.ino())) {
-            continue;
-        }
-        total += meta.len();
-        if meta.is_dir() {
-            if let Ok(entries) = std::fs::read_dir(&p) {
-                stack.extend(entries.flatten().map(|e| e.path()));
-            }
-        }
-    }
-    total
-}
-
-fn human_size(bytes: u64) -> String {
+pub(super) fn human_size(bytes: u64) -> String {
     let units = ["B", "kB", "MB", "GB", "TB"];
     let mut value = bytes as f64;
     let mut unit = 0;
@@ -113,14 +90,17 @@ pub fn images(args: &ImagesArgs) -> Result<i32> {
         }
         return Ok(0);
     }
+    let usage = super::system::ImageUsage::of(&images);
     match args.format {
         Format::Json => {
             let rows: Vec<_> = images
                 .iter()
-                .map(|i| {
+                .enumerate()
+                .map(|(n, i)| {
                     json!({
                         "name": i.meta.name,
-                        "size": tree_size(&i.rootfs()),
+                        "size": usage.size(n),
+                        "shared": usage.shared(n),
                         "created": i.meta.created,
                         "source": i.meta.source,
                         "idmap": i.meta.idmap,
@@ -132,15 +112,16 @@ pub fn images(args: &ImagesArgs) -> Result<i32> {
         Format::Table => {
             writeln!(
                 out,
-                "{:<24}  {:>10}  {:<20}  SOURCE",
-                "NAME", "SIZE", "CREATED"
+                "{:<24}  {:>10}  {:>10}  {:<20}  SOURCE",
+                "NAME", "SIZE", "SHARED", "CREATED"
             )?;
-            for i in &images {
+            for (n, i) in images.iter().enumerate() {
                 writeln!(
                     out,
-                    "{:<24}  {:>10}  {:<20}  {}",
+                    "{:<24}  {:>10}  {:>10}  {:<20}  {}",
                     i.meta.name,
-                    human_size(tree_size(&i.rootfs())),
+                    human_size(usage.size(n)),
+                    human_size(usage.shared(n)),
                     i.meta.created,
                     i.meta.source
                 )?;
@@ -155,43 +136,7 @@ pub fn rmi(args: &RmiArgs) -> Result<i32> {
     let containers = Store::open()?;
     let mut failed = false;
     for name in &args.images {
-        let result = store.get(name).and_then(|image| {
-            // Every container made from the image, running or not: none may lose its image.
-            let users: Vec<Container> = containers
-                .list()?
-                .into_iter()
-                .filter(|c| c.meta.image == image.rootfs())
-                .collect();
-            if !users.is_empty() && !args.force {
-                let names: Vec<&str> = users.iter().map(|c| c.meta.name.as_str()).collect();
-                bail!(
-                    "image {name} is used by container(s) {}: remove them first (`nook rm`), or \
-                     use `nook rmi -f` to remove them with the image",
-                    names.join(", ")
-                );
-            }
-            // As podman's `rmi -f`: the containers go first (running ones are stopped), so that
-            // no container is left without its image.
-            for c in &users {
-                super::containers::remove_container(&containers, c, true).with_context(|| {
-                    format!("removing container {} of image {name}", c.meta.name)
-                })?;
-                eprintln!(
-                    "nook: removed container {} (it used image {name})",
-                    c.meta.name
-                );
-            }
-            let rootfs = image.rootfs();
-            store.remove_unless_used(&image, || {
-                Ok(containers
-                    .list()?
-                    .into_iter()
-                    .filter(|c| c.meta.image == rootfs)
-                    .map(|c| c.meta.name)
-                    .collect())
-            })
-        });
-        match result {
+        match remove_image(&store, &containers, name, args.force) {
             Ok(()) => println!("{name}"),
             Err(e) => {
                 eprintln!("nook: {e:#}");
@@ -200,6 +145,57 @@ pub fn rmi(args: &RmiArgs) -> Result<i32> {
         }
     }
     Ok(if failed { 1 } else { 0 })
+}
+
+/// `nook rmi NAME`: one name of several goes alone; an image's last name takes the image with
+/// it, unless containers use it (with `force`, they go first, as podman's `rmi -f`).
+pub(super) fn remove_image(
+    store: &ImageStore,
+    containers: &Store,
+    name: &str,
+    force: bool,
+) -> Result<()> {
+    store.get(name).and_then(|image| {
+        // One name of several: the image stays, under the others, for its containers too.
+        if store.untag(name, &image)? {
+            return Ok(());
+        }
+        // Every container made from the image, running or not: none may lose its image.
+        let users: Vec<Container> = containers
+            .list()?
+            .into_iter()
+            .filter(|c| c.meta.image == image.rootfs())
+            .collect();
+        if !users.is_empty() && !force {
+            let names: Vec<&str> = users.iter().map(|c| c.meta.name.as_str()).collect();
+            bail!(
+                "image {name} is used by container(s) {}: remove them first (`nook rm`), or \
+                     use `nook rmi -f` to remove them with the image",
+                names.join(", ")
+            );
+        }
+        // As podman's `rmi -f`: the containers go first (running ones are stopped), so that
+        // no container is left without its image.
+        for c in &users {
+            super::containers::remove_container(containers, c, true)
+                .with_context(|| format!("removing container {} of image {name}", c.meta.name))?;
+            eprintln!(
+                "nook: removed container {} (it used image {name})",
+                c.meta.name
+            );
+        }
+        let rootfs = image.rootfs();
+        store.remove_unless_used(&image, || {
+            Ok(containers
+                .list()?
+                .into_iter()
+                .filter(|c| c.meta.image == rootfs)
+                .map(|c| c.meta.name)
+                .collect())
+        })?;
+        store.forget_tag(name);
+        Ok(())
+    })
 }
 
 /// A container's layer and the image it started from (if that is a stored image).

@@ -1,18 +1,30 @@
 //! One function per verb: turns parsed arguments into calls to the layers below.
 
 pub mod cgroups;
+mod completion;
 mod containers;
+mod cp;
 mod images;
 mod info;
 pub mod log;
 pub mod oci;
 mod podman;
+mod restart;
 mod run;
+mod system;
+mod tag;
+mod top;
 
+pub use completion::{completion, generate_man};
 pub use containers::{inspect, logs, ps, rm, stop};
+pub use cp::cp;
 pub use images::{commit, diff, export, images, import, rmi};
 pub use info::info;
+pub use restart::restart;
 pub use run::run;
+pub use system::{df, prune};
+pub use tag::tag;
+pub use top::top;
 
 use crate::cli::UsernsArg;
 use crate::idmap::{Caller, IdMapping, UsernsMode};

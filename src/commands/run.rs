@@ -409,6 +409,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     let mut container = store.plan(NewContainer {
         name: args.name.as_deref(),
         image: &checked.image,
+        image_name: checked.stored.as_ref().map(|(name, _)| name.as_str()),
         backend: decision.backend.name(),
         backend_reason: &decision.reason,
         root_emulation: &checked.root_emulation,
@@ -454,10 +455,13 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     let materialize = || -> Result<()> {
         store.materialize(&container)?;
         image_kept(&checked)?;
-        save_spec(&prepared.spec, &container)
+        save_spec(&prepared.spec, &container)?;
+        save_for_restart(args, &prepared, &container)
     };
     if !deferred {
-        if let Err(e) = save_spec(&prepared.spec, &container) {
+        if let Err(e) = save_spec(&prepared.spec, &container)
+            .and_then(|()| save_for_restart(args, &prepared, &container))
+        {
             let _ = store.remove(&container);
             return Err(e);
         }
@@ -481,7 +485,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         supervision: checked.root_emulation.supervision,
     };
     if args.detach {
-        return run_detached(&store, &container, &launch);
+        return run_detached(&store, &container, &launch, true);
     }
     let started = match launch::start(&launch) {
         Ok(s) => s,
@@ -542,7 +546,8 @@ fn prepare(
     let hostname = args
         .hostname
         .clone()
-        .unwrap_or_else(|| container.meta.name.clone());
+        // As podman: the short id, whatever the name (a name may hold `_`, no hostname can).
+        .unwrap_or_else(|| container.meta.id[..12].to_string());
     let file = |destination: &str, content: Vec<u8>| GeneratedFile {
         destination: PathBuf::from(destination),
         content,
@@ -624,6 +629,14 @@ fn save_spec(spec: &oci_spec::runtime::Spec, container: &Container) -> Result<()
     let spec_path = container.dir.join("config.json");
     spec.save(&spec_path)
         .with_context(|| format!("writing {}", spec_path.display()))
+}
+
+/// What `nook restart` needs beyond the spec, for a container that outlives its run.
+fn save_for_restart(args: &RunArgs, prepared: &Prepared, container: &Container) -> Result<()> {
+    if args.rm {
+        return Ok(());
+    }
+    super::restart::save(container, &prepared.files, args.init)
 }
 
 /// The copy backend's private copy, made inside the container's user namespace so the image's
@@ -731,8 +744,14 @@ fn finish(store: &Store, container: &Container, code: i32) -> Result<()> {
 
 /// `-d`: a monitor process (a fork of this one, in a session of its own) starts the container
 /// with its output going to the log, records its exit, and removes it if `--rm`. This process
-/// returns once the command runs.
-fn run_detached(store: &Store, container: &Container, launch: &Launch<'_>) -> Result<i32> {
+/// returns once the command runs. A `fresh` container (made by this run) is removed if it
+/// cannot start; a restarted one is kept, as exited.
+pub(super) fn run_detached(
+    store: &Store,
+    container: &Container,
+    launch: &Launch<'_>,
+    fresh: bool,
+) -> Result<i32> {
     let (mut report_rx, report_tx) = pipe()?;
     match sys::fork_process().context("fork of the monitor")? {
         sys::CloneResult::Parent(_) => {
@@ -759,7 +778,7 @@ fn run_detached(store: &Store, container: &Container, launch: &Launch<'_>) -> Re
         }
         sys::CloneResult::Child => {
             drop(report_rx);
-            let code = match monitor(store, container, launch, report_tx) {
+            let code = match monitor(store, container, launch, report_tx, fresh) {
                 Ok(()) => 0,
                 Err(_) => 1,
             };
@@ -773,6 +792,7 @@ fn monitor(
     container: &Container,
     launch: &Launch<'_>,
     mut report: fs::File,
+    fresh: bool,
 ) -> Result<()> {
     nix::unistd::setsid().context("setsid")?;
     let log = fs::OpenOptions::new()
@@ -793,7 +813,11 @@ fn monitor(
                 Some(f) => (f.code, f.message.clone()),
                 None => (125, format!("{e:#}")),
             };
-            let _ = store.remove(container);
+            if fresh {
+                let _ = store.remove(container);
+            } else {
+                let _ = finish(store, container, code);
+            }
             let _ = write!(report, "{code}\n{message}");
             return Err(e);
         }

@@ -85,3 +85,70 @@ pub fn run_in_userns(mapping: &IdMapping, work: impl FnOnce() -> Result<()>) -> 
         None => anyhow::bail!("the helper process in the user namespace ended with {status:?}"),
     }
 }
+
+/// Runs `work` in a child process that has joined the user and mount namespaces of the running
+/// container whose first process is `pid`, as root there: its root directory is then the
+/// container's root, so every path it uses resolves as the container's own processes see it.
+/// Its error comes back as this function's error.
+pub fn run_in_container(pid: i32, work: impl FnOnce() -> Result<()>) -> Result<()> {
+    use std::os::fd::AsFd;
+    let (parent_chan, child_chan) = Channel::pair()?;
+    // Opened here, while the container is known to run: a failure names the cause.
+    let open = |name: &str| {
+        let path = format!("/proc/{pid}/ns/{name}");
+        nix::fcntl::open(
+            path.as_str(),
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .with_context(|| format!("opening {path} (is the container still running?)"))
+    };
+    let (user, mnt) = (open("user")?, open("mnt")?);
+    let child = match sys::fork_process().context("fork of the helper")? {
+        sys::CloneResult::Child => {
+            drop(parent_chan);
+            let result = (|| -> Result<()> {
+                sys::die_with_parent().context("prctl(PR_SET_PDEATHSIG)")?;
+                // Before it enters: the container's root, the same ids once it has, must not
+                // ptrace it or reach its descriptors through /proc (the host's stdio, the
+                // scratch file).
+                sys::set_not_dumpable().context("prctl(PR_SET_DUMPABLE)")?;
+                nix::sched::setns(user.as_fd(), nix::sched::CloneFlags::CLONE_NEWUSER)
+                    .context("setns into the container's user namespace")?;
+                nix::sched::setns(mnt.as_fd(), nix::sched::CloneFlags::CLONE_NEWNS)
+                    .context("setns into the container's mount namespace")?;
+                nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+                    .context("setresgid 0")?;
+                nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+                    .context("setresuid 0")?;
+                // A change of ids resets the flag to fs.suid_dumpable's value: set it again.
+                sys::set_not_dumpable().context("prctl(PR_SET_DUMPABLE)")?;
+                nix::unistd::chdir("/").context("chdir /")?;
+                work()
+            })();
+            if let Err(e) = &result {
+                let _ = child_chan.send(&Msg::Failed {
+                    code: 1,
+                    message: format!("{e:#}"),
+                });
+            }
+            sys::exit_now(if result.is_ok() { 0 } else { 1 })
+        }
+        sys::CloneResult::Parent(pid) => pid,
+    };
+    drop(child_chan);
+    drop((user, mnt));
+    let outcome = parent_chan.recv();
+    let status = loop {
+        match waitpid(child, None) {
+            Err(nix::Error::EINTR) => continue,
+            other => break other.context("waitpid")?,
+        }
+    };
+    match outcome? {
+        Some((Msg::Failed { message, .. }, _)) => anyhow::bail!("{message}"),
+        Some((other, _)) => anyhow::bail!("unexpected message {other:?}"),
+        None if status == WaitStatus::Exited(child, 0) => Ok(()),
+        None => anyhow::bail!("the helper process in the container ended with {status:?}"),
+    }
+}

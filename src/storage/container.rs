@@ -35,6 +35,10 @@ pub struct Meta {
     pub name: String,
     /// The image directory, absolute.
     pub image: PathBuf,
+    /// The image's name as `run` was given it (`None` for a directory): what `ps` shows while
+    /// that name still names the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_name: Option<String>,
     pub created: String,
     pub backend: String,
     pub backend_reason: String,
@@ -184,6 +188,7 @@ impl Container {
 pub struct NewContainer<'a> {
     pub name: Option<&'a str>,
     pub image: &'a Path,
+    pub image_name: Option<&'a str>,
     pub backend: &'a str,
     pub backend_reason: &'a str,
     pub root_emulation: &'a crate::security::root_emulation::Verdict,
@@ -237,8 +242,8 @@ impl Store {
         Ok(container)
     }
 
-    /// The container `create` would make, decided but not yet on disk: its id, name, directory
-    /// and metadata. `run` plans first so the disk work can overlap the id-map helpers.
+    /// The container `create` would make, decided but not yet on disk (but for the claim of a
+    /// generated name): its id, name, directory and metadata. `run` plans first so the disk work can overlap the id-map helpers.
     pub fn plan(&self, new: NewContainer<'_>) -> Result<Container> {
         let id = random_id()?;
         let name = match new.name {
@@ -246,13 +251,14 @@ impl Store {
                 validate_name(name)?;
                 name.to_string()
             }
-            None => default_name(new.image, &id),
+            None => self.free_random_name(&id)?,
         };
         let dir = self.containers_dir().join(&id);
         let meta = Meta {
             id: id.clone(),
             name: name.clone(),
             image: new.image.to_path_buf(),
+            image_name: new.image_name.map(str::to_string),
             created: now_rfc3339(),
             backend: new.backend.to_string(),
             backend_reason: new.backend_reason.to_string(),
@@ -309,11 +315,36 @@ impl Store {
         Ok(())
     }
 
+    /// A podman-style `adjective_noun`, claimed for `id` at once: two containers planned at
+    /// the same moment never draw the same one (the claim is one `symlink(2)`). After a run of
+    /// taken ones, one with a few characters of the id added, claimed with the container.
+    fn free_random_name(&self, id: &str) -> Result<String> {
+        for _ in 0..32 {
+            let name = super::names::random_name()?;
+            let link = self.names_dir().join(&name);
+            match std::os::unix::fs::symlink(id, &link) {
+                Ok(()) => return Ok(name),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("claiming name at {}", link.display()))
+                }
+            }
+        }
+        Ok(format!("{}_{}", super::names::random_name()?, &id[..6]))
+    }
+
     fn claim_name(&self, name: &str, id: &str) -> Result<()> {
         let link = self.names_dir().join(name);
         let claim = || std::os::unix::fs::symlink(id, &link);
         match claim() {
             Ok(()) => return Ok(()),
+            // Claimed already by `plan` (a generated name).
+            Err(e)
+                if e.kind() == io::ErrorKind::AlreadyExists
+                    && fs::read_link(&link).is_ok_and(|owner| owner == Path::new(id)) =>
+            {
+                return Ok(())
+            }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => {
                 return Err(e).with_context(|| format!("claiming name at {}", link.display()))
@@ -512,24 +543,6 @@ fn random_id() -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// A readable default name: the image directory's name and a few characters of the id.
-fn default_name(image: &Path, id: &str) -> String {
-    let base: String = image
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-        .take(40)
-        .collect();
-    let base = base.trim_start_matches(['-', '_']);
-    if base.is_empty() {
-        format!("nook-{}", &id[..8])
-    } else {
-        format!("{base}-{}", &id[..6])
-    }
-}
-
 /// Names are what hostnames and file names can both hold.
 pub fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
@@ -566,14 +579,6 @@ mod tests {
     }
 
     #[test]
-    fn default_name_comes_from_the_image_directory() {
-        let id = "0123456789abcdef";
-        assert_eq!(default_name(Path::new("/x/rootfs"), id), "rootfs-012345");
-        assert_eq!(default_name(Path::new("/"), id), "nook-01234567");
-        assert_eq!(default_name(Path::new("/x/.hidden"), id), "hidden-012345");
-    }
-
-    #[test]
     fn start_time_of_this_process_is_known() {
         assert!(process_start_time(std::process::id() as i32).is_some());
         assert!(process_start_time(i32::MAX).is_none());
@@ -603,6 +608,7 @@ mod tests {
         NewContainer {
             name,
             image: Path::new("/img"),
+            image_name: None,
             backend: "overlay",
             backend_reason: "test",
             root_emulation: &NO_EMULATION,
@@ -625,6 +631,33 @@ mod tests {
         store.remove(&c).unwrap();
         assert!(store.get("x").is_err());
         assert_eq!(fs::read_dir(root.join("containers")).unwrap().count(), 0);
+        let claims = fs::read_dir(root.join("names"))
+            .unwrap()
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .count();
+        assert_eq!(claims, 0);
+        remove_tree(&root).unwrap();
+    }
+
+    #[test]
+    fn generated_names_are_claimed_when_planned_and_never_shared() {
+        let (root, store) = scratch_store("names-test");
+        let idmap = IdMapping::caller_as_root(1000, 1000);
+        let plans: Vec<Container> = (0..300)
+            .map(|_| store.plan(new_container(None, true, &idmap)).unwrap())
+            .collect();
+        let names: std::collections::HashSet<&str> =
+            plans.iter().map(|c| c.meta.name.as_str()).collect();
+        assert_eq!(names.len(), plans.len(), "a name drawn twice");
+        store.materialize(&plans[0]).unwrap();
+        assert_eq!(
+            store.get(&plans[0].meta.name).unwrap().meta.id,
+            plans[0].meta.id
+        );
+        for plan in &plans {
+            store.remove(plan).unwrap();
+        }
         let claims = fs::read_dir(root.join("names"))
             .unwrap()
             .flatten()

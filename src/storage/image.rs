@@ -101,9 +101,18 @@ impl ImageStore {
         &self.root
     }
 
+    /// The store at `root`, as it is (nothing created or cleaned).
+    pub(crate) fn at(root: PathBuf) -> ImageStore {
+        ImageStore { root }
+    }
+
+    /// The image `name` names; `dir` is the directory of its files even when `name` is a tag
+    /// (see `storage::tags`), and `meta.name` is `name`.
     pub fn get(&self, name: &str) -> Result<Image> {
         validate_image_name(name)?;
-        let dir = self.root.join(name);
+        let Some(dir) = crate::storage::tags::locate(&self.root, name) else {
+            bail!("no such image: {name} (see `nook images`)")
+        };
         let path = dir.join("image.json");
         let data = match fs::read(&path) {
             Ok(d) => d,
@@ -112,13 +121,16 @@ impl ImageStore {
             }
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        let meta =
+        let mut meta: ImageMeta =
             serde_json::from_slice(&data).with_context(|| format!("parsing {}", path.display()))?;
+        meta.name = name.to_string();
         Ok(Image { dir, meta })
     }
 
     pub fn exists(&self, name: &str) -> bool {
-        validate_image_name(name).is_ok() && self.root.join(name).join("image.json").exists()
+        validate_image_name(name).is_ok()
+            && crate::storage::tags::locate(&self.root, name)
+                .is_some_and(|dir| dir.join("image.json").exists())
     }
 
     pub fn list(&self) -> Result<Vec<Image>> {
@@ -187,8 +199,8 @@ impl ImageStore {
         fill: impl FnOnce(&Path) -> Result<Built>,
     ) -> Result<(ImageMeta, Found)> {
         validate_image_name(name)?;
-        if self.root.join(name).exists() {
-            bail!("image {name} already exists; remove it first with `nook rmi {name}`");
+        if let Some(why) = crate::storage::tags::name_taken(&self.root, name) {
+            bail!(why);
         }
         let tmp = self.root.join(format!(
             ".import-{}-{}",
