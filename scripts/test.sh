@@ -53,6 +53,9 @@ DEBIAN_IMAGE=$FIXTURES/debian-bookworm.tar
 PACKAGES+=(podman skopeo umoci)
 # passt: pasta joins --network private containers (tests/network.rs).
 PACKAGES+=(passt)
+# slirp4netns: the fallback where pasta is not on PATH (tests/network.rs hides pasta).
+# iperf3: scripts/bench.d/network.sh measures throughput through -p.
+PACKAGES+=(slirp4netns iperf3)
 # ---------------------------------------------------------------------------------------------
 
 log() {

@@ -8,7 +8,7 @@ pub mod oci;
 mod podman;
 mod run;
 
-pub use containers::{inspect, logs, ps, rm, stop};
+pub use containers::{inspect, logs, port, ps, rm, stop};
 pub use images::{commit, diff, export, images, import, rmi};
 pub use info::info;
 pub use run::run;
