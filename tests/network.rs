@@ -4,6 +4,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
 use common::Nook;
@@ -660,4 +661,78 @@ fn sigkill_of_nook_at_random_moments_leaves_no_helper() {
         t.assert_no_processes_left();
     }
     assert!(t.ps().is_empty(), "{:?}", t.ps());
+}
+
+/// GET / on 127.0.0.1:port inside the network namespace of `pid`, from a thread of the test
+/// (root) that enters it; the rest of the test stays in the host's.
+fn http_get_in_netns_of(pid: u32, port: u16) -> Option<String> {
+    let netns = std::fs::File::open(format!("/proc/{pid}/ns/net")).expect("open netns");
+    std::thread::spawn(move || {
+        nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        http_get(port)
+    })
+    .join()
+    .ok()
+}
+
+#[test]
+fn on_a_host_without_a_default_route_slirp4netns_forwards_loopback_ports() {
+    let Some(t) = Nook::new() else { return };
+    let Some(unshare) = common::required_tool("unshare", "util-linux") else {
+        return;
+    };
+    if common::required_tool("slirp4netns", "slirp4netns").is_none() {
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        common::prerequisite_missing("the test enters nook's network namespace, as root");
+        return;
+    }
+    let port = free_port();
+    let image = web_image(&t, "web", "routeless\n");
+    // A network namespace with only `lo`, as on a machine with no network at all; nook runs
+    // in it (in a user namespace that owns it) with pasta and slirp4netns both on PATH.
+    let script = format!(
+        "ip link set lo up && exec {} run --name web -p 127.0.0.1:{port}:80 {image} httpd -f \
+         -h /www",
+        t.bin().display()
+    );
+    let mut holder = t
+        .command_for(
+            &unshare,
+            &["-rn".into(), "sh".into(), "-c".into(), script],
+            &[],
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("unshare");
+    // Once the container runs, `unshare` has long made the namespace and become nook.
+    let running = common::wait_until(Duration::from_secs(20), || {
+        t.container("web")
+            .is_some_and(|c| c["pid"].as_i64().is_some())
+    });
+    let body = running
+        .then(|| http_get_in_netns_of(holder.id(), port))
+        .flatten();
+    let Some(body) = body else {
+        let _ = holder.kill();
+        let out = holder.wait_with_output().unwrap();
+        panic!(
+            "nook without a route: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    assert!(body.contains("routeless"), "{body}");
+    let inspect = t.nook(&["inspect", "web"]);
+    assert!(
+        inspect.stdout.contains("the host has no default route"),
+        "{inspect}"
+    );
+    // `unshare` became nook; killed, it takes the container and slirp4netns with it.
+    holder.kill().unwrap();
+    let status = holder.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    t.assert_no_processes_left();
+    t.nook(&["rm", "-f", "web"]).assert_ok();
 }

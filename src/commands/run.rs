@@ -208,7 +208,8 @@ fn check(args: &RunArgs) -> Result<Checked> {
     let net = match want {
         None => None,
         Some(want) => {
-            let (helper, program, reason) = net::choose(want)?;
+            let no_route = !net::host_has_default_route();
+            let (helper, program, reason) = net::choose(want, no_route)?;
             let mut ports: Vec<net::PortMap> = Vec::new();
             for arg in &args.publish {
                 ports.extend(net::PortMap::parse(arg)?);
@@ -232,12 +233,6 @@ fn check(args: &RunArgs) -> Result<Checked> {
                     }
                 }
             }
-            let no_route = !net::host_has_default_route();
-            let reason = if no_route {
-                format!("{reason}; the host has no default route")
-            } else {
-                reason
-            };
             Some(net::Plan {
                 helper,
                 program,

@@ -47,10 +47,22 @@ pub struct Plan {
     pub state_dir: Option<PathBuf>,
 }
 
-/// Chooses the helper, with the reason shown by `nook info` and kept in the metadata.
-pub fn choose(want: Want) -> Result<(Helper, PathBuf, String)> {
+/// Chooses the helper, with the reason shown by `nook info` and kept in the metadata. On a
+/// host without a default route (`no_route`) slirp4netns comes first: the pasta of Debian
+/// bookworm refuses such a host whatever addresses it is given, while slirp4netns brings its
+/// own (10.0.2.0/24) and forwards loopback ports all the same.
+pub fn choose(want: Want, no_route: bool) -> Result<(Helper, PathBuf, String)> {
     let pasta = on_path("pasta");
     let slirp = on_path("slirp4netns");
+    if let (Want::Any, true, Some(s)) = (want, no_route, &slirp) {
+        return Ok((
+            Helper::Slirp4netns,
+            s.clone(),
+            "the host has no default route, which pasta cannot start without; slirp4netns \
+             can"
+            .to_string(),
+        ));
+    }
     match (want, pasta, slirp) {
         (Want::Any | Want::Exactly(Helper::Pasta), Some(p), _) => {
             Ok((Helper::Pasta, p, "pasta found on PATH".to_string()))

@@ -91,7 +91,8 @@ pub fn start(plan: &Plan, pid: i32) -> Result<Running> {
         // Measured with Debian bookworm's pasta (2023-03): no -a/-g/-i/--outbound-if4
         // combination starts it on a host without a route ("External interface not usable").
         let route_hint = if plan.no_route {
-            "; the host has no default route, and this pasta cannot start without one: add a \
+            "; the host has no default route, and this pasta cannot start without one: use \
+             --network slirp4netns (Debian/Ubuntu: `sudo apt-get install slirp4netns`), add a \
              route (`ip route add default dev eth0`), install a newer passt, or use --network \
              host"
         } else {
