@@ -736,3 +736,119 @@ fn on_a_host_without_a_default_route_slirp4netns_forwards_loopback_ports() {
     t.assert_no_processes_left();
     t.nook(&["rm", "-f", "web"]).assert_ok();
 }
+
+/// A user and a network namespace made by the test user as an engine makes them
+/// (`unshare -Urn`), held by a sleeping process, with a veth pair that tells that
+/// network namespace apart.
+fn namespace_holder(t: &Nook) -> Option<std::process::Child> {
+    let unshare = common::required_tool("unshare", "util-linux")?;
+    let holder = t
+        .command_for(
+            &unshare,
+            &[
+                "-Urn".into(),
+                "sh".into(),
+                "-c".into(),
+                "ip link add nookjoin0 type veth peer name nookjoin1 && exec sleep 120".into(),
+            ],
+            &[],
+        )
+        .spawn()
+        .expect("unshare");
+    let pid = holder.id();
+    let ready = common::wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+    });
+    assert!(ready, "the namespace holder did not start");
+    Some(holder)
+}
+
+/// `nook spec --rootless` in `dir`, changed by `edit`.
+fn oci_bundle(
+    t: &Nook,
+    dir: &str,
+    args: &[&str],
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> String {
+    let dir = t.mkdir(dir);
+    let dir = dir.to_str().unwrap().to_string();
+    t.nook(&["spec", "--rootless", "--bundle", &dir])
+        .assert_ok();
+    let path = format!("{dir}/config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    spec["root"] = serde_json::json!({"path": t.image(), "readonly": true});
+    spec["process"]["args"] = serde_json::json!(args);
+    edit(&mut spec);
+    t.write_file(&path, &spec.to_string());
+    dir
+}
+
+/// Replaces the spec's namespace of `kind` (or adds one) with one joined by `path`.
+fn join_by_path(spec: &mut serde_json::Value, kind: &str, path: &str) {
+    let namespaces = spec["linux"]["namespaces"].as_array_mut().unwrap();
+    namespaces.retain(|ns| ns["type"] != kind);
+    namespaces.push(serde_json::json!({"type": kind, "path": path}));
+}
+
+#[test]
+fn an_oci_bundle_joins_an_engines_user_and_network_namespaces_by_path() {
+    let Some(t) = Nook::new() else { return };
+    let Some(mut holder) = namespace_holder(&t) else {
+        return;
+    };
+    let pid = holder.id();
+    let seen = t.dir.join("hook-saw");
+    let bundle = oci_bundle(&t, "joined", &["cat", "/proc/net/dev"], |spec| {
+        // As podman passes its own: the user namespace first, then the network namespace it
+        // owns; the maps are that user namespace's.
+        join_by_path(spec, "user", &format!("/proc/{pid}/ns/user"));
+        join_by_path(spec, "network", &format!("/proc/{pid}/ns/net"));
+        let linux = spec["linux"].as_object_mut().unwrap();
+        linux.remove("uidMappings");
+        linux.remove("gidMappings");
+        // A createRuntime hook (where an engine sets up networking) sees the container's
+        // network namespace through its pid.
+        spec["hooks"] = serde_json::json!({"createRuntime": [{
+            "path": "/bin/sh",
+            "args": ["sh", "-c", format!(
+                "pid=$(sed 's/.*\"pid\": *\\([0-9]*\\).*/\\1/'); \
+                 grep -o nookjoin0 /proc/$pid/net/dev > {}", seen.display())],
+        }]});
+    });
+    let out = t.nook(&["run", "--bundle", &bundle, "joined"]);
+    out.assert_ok();
+    assert!(
+        out.stdout.contains("nookjoin0"),
+        "not the engine's network namespace: {out}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&seen).unwrap_or_default(),
+        "nookjoin0\n",
+        "the createRuntime hook did not see the namespace"
+    );
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    t.assert_no_processes_left();
+}
+
+#[test]
+fn joining_a_pid_or_mount_namespace_by_path_is_refused_with_the_reason() {
+    let Some(t) = Nook::new() else { return };
+    for (kind, reason) in [
+        ("pid", "init of a pid namespace of its own"),
+        ("mount", "mount namespace of its own"),
+    ] {
+        let bundle = oci_bundle(&t, kind, &["true"], |spec| {
+            join_by_path(spec, kind, "/proc/self/ns/pid");
+        });
+        let out = t.nook(&["run", "--bundle", &bundle, kind]);
+        assert_ne!(out.code, Some(0), "{out}");
+        assert!(
+            out.stderr.contains("linux.namespaces[") && out.stderr.contains(reason),
+            "{out}"
+        );
+        let listed = t.nook(&["list", "-q"]);
+        assert_eq!(listed.stdout, "", "{listed}");
+    }
+}
