@@ -78,13 +78,11 @@ net_section() {
     run_user sh -c "echo hello > $www/index.html"
 
     # The ceiling: iperf3 on the host's loopback (not `-1`: the readiness probe is a connection).
-    local p server
+    local p
     p=$(net_port)
-    run_user iperf3 -s -B 127.0.0.1 -p "$p" >/dev/null 2>&1 &
-    server=$!
+    run_user iperf3 -s -D -B 127.0.0.1 -p "$p" -I "$work/net-iperf3.pid" >/dev/null 2>&1
     net_iperf "$tput" "host loopback (ceiling)" "$p"
-    kill "$server" 2>/dev/null || true
-    wait "$server" 2>/dev/null || true
+    run_user sh -c "kill \$(cat $work/net-iperf3.pid)" 2>/dev/null || true
 
     local nopasta=$work/net-nopasta
     run_user mkdir -p "$nopasta"
