@@ -55,6 +55,9 @@ PACKAGES+=(podman skopeo umoci)
 PACKAGES+=(passt)
 # bubblewrap: tests/nested.rs runs it beside nook inside rootless podman containers.
 PACKAGES+=(bubblewrap)
+# slirp4netns: the fallback where pasta is not on PATH (tests/network.rs hides pasta).
+# iperf3: scripts/bench.d/network.sh measures throughput through -p.
+PACKAGES+=(slirp4netns iperf3)
 # ---------------------------------------------------------------------------------------------
 
 log() {

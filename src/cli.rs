@@ -95,6 +95,8 @@ pub enum Command {
     Logs(LogsArgs),
     /// Stop a running container: SIGTERM, then SIGKILL after a grace period
     Stop(StopArgs),
+    /// List a container's published ports (`80/tcp -> 0.0.0.0:8080`), or where one goes
+    Port(PortArgs),
     /// Import a directory, tarball, OCI image layout or docker save archive as an image
     Import(ImportArgs),
     /// List images
@@ -593,12 +595,16 @@ pub struct RunArgs {
     /// Give the container a terminal
     #[arg(short = 't', long, conflicts_with = "bundle")]
     pub tty: bool,
-    /// Network mode (default: host; private when -p is given)
+    /// Network mode (default: host; private when -p or -P is given)
     #[arg(long, value_enum)]
     pub network: Option<NetworkArg>,
-    /// Publish a container port: [IP:]HOST:CTR[/tcp|udp], or CTR for a free host port
+    /// Publish a container port: [IP:]HOST:CTR[/tcp|udp], or CTR for a free host port;
+    /// ranges as 8000-8002:80-82
     #[arg(short = 'p', long = "publish", conflicts_with = "bundle")]
     pub publish: Vec<String>,
+    /// Publish every port the image exposes (EXPOSE) on a free host port
+    #[arg(short = 'P', long = "publish-all", conflicts_with = "bundle")]
+    pub publish_all: bool,
     /// DNS server for the container's resolv.conf (repeatable)
     #[arg(long, conflicts_with = "bundle")]
     pub dns: Vec<String>,
@@ -757,6 +763,15 @@ pub struct LogsArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct PortArgs {
+    #[arg(value_name = "CONTAINER")]
+    pub container: String,
+    /// Only this container port: PORT[/tcp|udp]; prints its host address
+    #[arg(value_name = "PORT")]
+    pub port: Option<String>,
+}
+
+#[derive(Args, Debug)]
 pub struct StopArgs {
     /// Seconds to wait after SIGTERM before SIGKILL
     #[arg(short = 't', long = "time", default_value_t = 10)]
@@ -807,7 +822,7 @@ pub struct RmiArgs {
 #[derive(Args, Debug)]
 pub struct CommitArgs {
     /// Change the image config, in Dockerfile syntax: CMD, ENTRYPOINT, ENV, WORKDIR, USER,
-    /// LABEL (e.g. -c 'CMD ["/bin/app"]' -c 'ENV MODE=prod')
+    /// LABEL, EXPOSE (e.g. -c 'CMD ["/bin/app"]' -c 'ENV MODE=prod' -c 'EXPOSE 80')
     #[arg(short, long = "change", value_name = "INSTRUCTION")]
     pub change: Vec<String>,
     /// Do not print notes

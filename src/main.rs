@@ -53,6 +53,7 @@ fn main() {
         Command::Rm(args) => commands::rm(args),
         Command::Logs(args) => commands::logs(args),
         Command::Stop(args) => commands::stop(args),
+        Command::Port(args) => commands::port(args),
         Command::Import(args) => commands::import(args),
         Command::Images(args) => commands::images(args),
         Command::Rmi(args) => commands::rmi(args),

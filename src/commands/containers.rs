@@ -8,7 +8,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::json;
 
-use crate::cli::{Format, InspectArgs, InspectType, LogsArgs, PsArgs, RmArgs, StopArgs};
+use crate::cli::{Format, InspectArgs, InspectType, LogsArgs, PortArgs, PsArgs, RmArgs, StopArgs};
 use crate::storage::container::{Container, State, Status, Store};
 
 fn status_text(state: &State) -> String {
@@ -315,6 +315,57 @@ fn tail_start(file: &mut std::fs::File, lines: usize) -> std::io::Result<u64> {
         }
         first = false;
         end = start;
+    }
+    Ok(0)
+}
+
+/// podman's `port`: each published port as `80/tcp -> 0.0.0.0:8080`, or with a port given only
+/// its host address.
+pub fn port(args: &PortArgs) -> Result<i32> {
+    let store = Store::open()?;
+    let container = store.get(&args.container)?;
+    let published: Vec<&String> = container
+        .meta
+        .network
+        .iter()
+        .flat_map(|n| n.ports.iter())
+        .collect();
+    let Some(wanted) = &args.port else {
+        for line in published {
+            println!("{line}");
+        }
+        return Ok(0);
+    };
+    let wanted = if wanted.contains('/') {
+        wanted.clone()
+    } else {
+        format!("{wanted}/tcp")
+    };
+    let prefix = format!("{wanted} -> ");
+    let found: Vec<&str> = published
+        .iter()
+        .filter_map(|line| line.strip_prefix(&prefix))
+        .collect();
+    if found.is_empty() {
+        bail!(
+            "container {} does not publish {wanted}{}",
+            container.meta.name,
+            if published.is_empty() {
+                " (it publishes no port)".to_string()
+            } else {
+                format!(
+                    "; it publishes {}",
+                    published
+                        .iter()
+                        .filter_map(|l| l.split_once(" -> ").map(|(c, _)| c))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        );
+    }
+    for address in found {
+        println!("{address}");
     }
     Ok(0)
 }

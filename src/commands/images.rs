@@ -290,9 +290,10 @@ pub fn export(args: &ExportArgs) -> Result<i32> {
             let (from, base) = container_layer(&images, &container)?;
             Exportable::Container {
                 from: Box::new(from),
-                config: base
-                    .map(|i| i.meta.config)
-                    .unwrap_or_else(ImageConfig::default),
+                config: Box::new(
+                    base.map(|i| i.meta.config)
+                        .unwrap_or_else(ImageConfig::default),
+                ),
                 name: container.meta.name.clone(),
             }
         }

@@ -338,7 +338,7 @@ fn id_map_helper(program: &'static str) -> Check {
 
 /// The helper `--network private` would use, and why.
 fn network_helper() -> Check {
-    match crate::net::choose(crate::net::Want::Any) {
+    match crate::net::choose(crate::net::Want::Any, !crate::net::host_has_default_route()) {
         Ok((_, program, reason)) => good(
             "network helper",
             format!("{} ({reason})", program.display()),

@@ -16,7 +16,7 @@ mod tag;
 mod top;
 
 pub use completion::{completion, generate_man};
-pub use containers::{inspect, logs, ps, rm, stop};
+pub use containers::{inspect, logs, port, ps, rm, stop};
 pub use cp::cp;
 pub use images::{commit, diff, export, images, import, rmi};
 pub use info::info;

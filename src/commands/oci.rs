@@ -126,18 +126,31 @@ fn check_spec(bundle: &Path, spec: &mut Spec) -> Result<()> {
     refuse_unsupported(spec)?;
     let linux = spec.linux().as_ref().context("field `linux` is missing")?;
     for (i, ns) in linux.namespaces().iter().flatten().enumerate() {
-        let joinable = matches!(
-            ns.typ(),
+        // runc and crun join every kind; a rootless nook joins those it can enter with the
+        // capabilities of the user namespace it runs in (or joins first, by path), and says
+        // why for the others.
+        let refused = match ns.typ() {
             LinuxNamespaceType::Network
-                | LinuxNamespaceType::Ipc
-                | LinuxNamespaceType::Uts
-                | LinuxNamespaceType::Cgroup
-        );
-        if ns.path().is_some() && !joinable {
+            | LinuxNamespaceType::Ipc
+            | LinuxNamespaceType::Uts
+            | LinuxNamespaceType::Cgroup
+            | LinuxNamespaceType::User => None,
+            LinuxNamespaceType::Pid => Some(
+                "the container's first process is the init of a pid namespace of its own \
+                 (nook's signal forwarding and reaping rest on it); joining another's is not \
+                 supported",
+            ),
+            LinuxNamespaceType::Mount => Some(
+                "nook builds the container's root in a mount namespace of its own, so that \
+                 its mounts vanish with it; joining another's would mount over that one's view",
+            ),
+            LinuxNamespaceType::Time => Some("time namespaces are not supported"),
+        };
+        if let (Some(path), Some(why)) = (ns.path(), refused) {
             bail!(
-                "field `linux.namespaces[{i}].path`: joining an existing {:?} namespace is not \
-                 supported by nook yet (network, ipc, uts and cgroup are); remove the path to \
-                 get a new one",
+                "field `linux.namespaces[{i}].path` ({}): {why}; remove the path to get a new \
+                 {:?} namespace",
+                path.display(),
                 ns.typ()
             );
         }
@@ -209,6 +222,18 @@ fn has_namespace(spec: &Spec, typ: LinuxNamespaceType) -> bool {
 fn bundle_idmap(spec: &Spec) -> Result<Option<IdMapping>> {
     let euid = nix::unistd::geteuid().as_raw();
     let egid = nix::unistd::getegid().as_raw();
+    // A user namespace joined by path has its maps already; as crun does, the spec's are
+    // not written again.
+    let joined = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .into_iter()
+        .flatten()
+        .any(|ns| ns.typ() == LinuxNamespaceType::User && ns.path().is_some());
+    if joined {
+        return Ok(None);
+    }
     if !has_namespace(spec, LinuxNamespaceType::User) {
         if euid != 0 {
             bail!(

@@ -200,7 +200,8 @@ fn check(args: &RunArgs) -> Result<Checked> {
         .clone()
         .or_else(|| config.working_dir.clone().filter(|w| !w.is_empty()));
     // Publishing a port needs a network of its own, as podman gives it.
-    let network_arg = args.network.unwrap_or(if args.publish.is_empty() {
+    let publishing = !args.publish.is_empty() || args.publish_all;
+    let network_arg = args.network.unwrap_or(if !publishing {
         NetworkArg::Host
     } else {
         NetworkArg::Private
@@ -217,9 +218,9 @@ fn check(args: &RunArgs) -> Result<Checked> {
         (_, None) => NetworkMode::None,
         (_, Some(_)) => NetworkMode::Private,
     };
-    if want.is_none() && !args.publish.is_empty() {
+    if want.is_none() && publishing {
         bail!(
-            "-p needs a network of its own: drop --network {} (or use --network private)",
+            "-p and -P need a network of its own: drop --network {} (or use --network private)",
             if network == NetworkMode::Host {
                 "host"
             } else {
@@ -246,12 +247,23 @@ fn check(args: &RunArgs) -> Result<Checked> {
     let net = match want {
         None => None,
         Some(want) => {
-            let (helper, program, reason) = net::choose(want)?;
-            let mut ports = args
-                .publish
-                .iter()
-                .map(|p| net::PortMap::parse(p))
-                .collect::<Result<Vec<_>>>()?;
+            let no_route = !net::host_has_default_route();
+            let (helper, program, reason) = net::choose(want, no_route)?;
+            let mut ports: Vec<net::PortMap> = Vec::new();
+            for arg in &args.publish {
+                ports.extend(net::PortMap::parse(arg)?);
+            }
+            if args.publish_all {
+                for key in config.exposed_ports.iter().flat_map(|e| e.keys()) {
+                    let exposed = net::PortMap::exposed(key)?;
+                    // A port -p publishes already keeps the host port it was given.
+                    if !ports.iter().any(|p| {
+                        (p.container_port, p.proto) == (exposed.container_port, exposed.proto)
+                    }) {
+                        ports.push(exposed);
+                    }
+                }
+            }
             for port in &mut ports {
                 if port.host_port.is_none() {
                     port.pick_host_port()?;
@@ -260,18 +272,13 @@ fn check(args: &RunArgs) -> Result<Checked> {
                     }
                 }
             }
-            let no_route = !net::host_has_default_route();
-            let reason = if no_route {
-                format!("{reason}; the host has no default route")
-            } else {
-                reason
-            };
             Some(net::Plan {
                 helper,
                 program,
                 reason,
                 ports,
                 no_route,
+                state_dir: None,
             })
         }
     };
@@ -394,7 +401,7 @@ fn choose_backend(arg: Option<BackendArg>, store: &Store, idmap: &IdMapping) -> 
 }
 
 pub fn run(args: &RunArgs) -> Result<i32> {
-    let checked = check(args)?;
+    let mut checked = check(args)?;
     let store = Store::open()?;
     let decision = choose_backend(args.backend, &store, &checked.idmap)?;
     if checked.root_emulation.supervision.owners && decision.backend == Backend::Fuse {
@@ -417,6 +424,9 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         auto_remove: args.rm,
         idmap: &checked.idmap,
     })?;
+    if let Some(plan) = &mut checked.net {
+        plan.state_dir = Some(container.dir.clone());
+    }
     container.meta.network =
         checked
             .net
@@ -562,7 +572,13 @@ fn prepare(
             "/etc/resolv.conf",
             match (&checked.net, args.dns.is_empty()) {
                 (None, true) => fs::read("/etc/resolv.conf").unwrap_or_default(),
-                _ => net::resolv_conf(&args.dns).into_bytes(),
+                // With --dns the helper does not matter.
+                (plan, _) => net::resolv_conf(
+                    &args.dns,
+                    plan.as_ref().map_or(net::Helper::Pasta, |p| p.helper),
+                    &fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+                )
+                .into_bytes(),
             },
         ),
     ];

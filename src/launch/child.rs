@@ -205,6 +205,8 @@ fn join_spec_namespaces(spec: &oci_spec::runtime::Spec) -> Result<()> {
             LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
             LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
             LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+            // Joined by the parent before the clone (see `launch::join_user_namespace`).
+            LinuxNamespaceType::User => continue,
             other => anyhow::bail!(
                 "joining an existing {other:?} namespace ({}) is not supported",
                 path.display()

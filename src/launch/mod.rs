@@ -163,6 +163,9 @@ fn namespace_flags(spec: &Spec) -> libc::c_int {
 /// Creates the container and starts its command. Returns once the command runs, or with
 /// [`ChildFailed`] (after reaping the child) when it could not be started.
 pub fn start(launch: &Launch<'_>) -> Result<Started> {
+    if let Target::New { .. } = launch.target {
+        join_user_namespace(launch.spec)?;
+    }
     let (parent_chan, child_chan) = Channel::pair()?;
     let devnull = nix::fcntl::open(
         "/dev/null",
@@ -315,6 +318,37 @@ pub fn start(launch: &Launch<'_>) -> Result<Started> {
             Err(e)
         }
     }
+}
+
+/// Joins the user namespace the spec names by path (an engine's), before the clone: the
+/// namespaces the clone creates then belong to it, and the child holds the capabilities to
+/// enter the others the spec names (a network namespace that user namespace owns). As with
+/// runc's and crun's launchers there is no way back: this process stays a member of it.
+fn join_user_namespace(spec: &Spec) -> Result<()> {
+    let Some(path) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .into_iter()
+        .flatten()
+        .find(|ns| ns.typ() == LinuxNamespaceType::User)
+        .and_then(|ns| ns.path().as_ref())
+    else {
+        return Ok(());
+    };
+    let fd = nix::fcntl::open(
+        path,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .with_context(|| format!("opening the user namespace {}", path.display()))?;
+    nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWUSER).with_context(|| {
+        format!(
+            "setns into the user namespace {} (without privilege only a user namespace your \
+             own user created can be joined)",
+            path.display()
+        )
+    })
 }
 
 /// The spec's `root.path`, where the container's root is built.

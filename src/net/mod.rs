@@ -1,15 +1,16 @@
 //! Network modes beyond the host's: a private network namespace joined by a user-mode helper
-//! (pasta from Debian `passt`), with published ports and a DNS forwarder.
+//! (pasta from Debian `passt`, else slirp4netns), with published ports and a DNS forwarder.
 
 mod pasta;
 pub mod ports;
+mod slirp4netns;
 
 use std::path::PathBuf;
+use std::process::Child;
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-pub use pasta::{start, Running};
 pub use ports::PortMap;
 
 /// The address inside the container that pasta answers DNS on, forwarding to the host's
@@ -41,12 +42,27 @@ pub struct Plan {
     pub ports: Vec<PortMap>,
     /// No default route on the host, which the pasta of Debian bookworm cannot start without.
     pub no_route: bool,
+    /// The container's directory, where a helper keeps what it needs while it starts
+    /// (slirp4netns's API socket); known once the container is planned.
+    pub state_dir: Option<PathBuf>,
 }
 
-/// Chooses the helper, with the reason shown by `nook info` and kept in the metadata.
-pub fn choose(want: Want) -> Result<(Helper, PathBuf, String)> {
+/// Chooses the helper, with the reason shown by `nook info` and kept in the metadata. On a
+/// host without a default route (`no_route`) slirp4netns comes first: the pasta of Debian
+/// bookworm refuses such a host whatever addresses it is given, while slirp4netns brings its
+/// own (10.0.2.0/24) and forwards loopback ports all the same.
+pub fn choose(want: Want, no_route: bool) -> Result<(Helper, PathBuf, String)> {
     let pasta = on_path("pasta");
     let slirp = on_path("slirp4netns");
+    if let (Want::Any, true, Some(s)) = (want, no_route, &slirp) {
+        return Ok((
+            Helper::Slirp4netns,
+            s.clone(),
+            "the host has no default route, which pasta cannot start without; slirp4netns \
+             can"
+            .to_string(),
+        ));
+    }
     match (want, pasta, slirp) {
         (Want::Any | Want::Exactly(Helper::Pasta), Some(p), _) => {
             Ok((Helper::Pasta, p, "pasta found on PATH".to_string()))
@@ -55,9 +71,18 @@ pub fn choose(want: Want) -> Result<(Helper, PathBuf, String)> {
             "--network pasta: pasta is not on PATH; install it (Debian/Ubuntu: `sudo apt-get \
              install passt`), or use --network host"
         ),
-        (Want::Exactly(Helper::Slirp4netns), _, _) | (Want::Any, None, Some(_)) => bail!(
-            "nook does not drive slirp4netns yet; install pasta (Debian/Ubuntu: `sudo apt-get \
-             install passt`) and use --network private, or use --network host"
+        (Want::Any, None, Some(s)) => Ok((
+            Helper::Slirp4netns,
+            s,
+            "pasta is not on PATH; slirp4netns is".to_string(),
+        )),
+        (Want::Exactly(Helper::Slirp4netns), _, Some(s)) => {
+            Ok((Helper::Slirp4netns, s, "--network slirp4netns".to_string()))
+        }
+        (Want::Exactly(Helper::Slirp4netns), _, None) => bail!(
+            "--network slirp4netns: slirp4netns is not on PATH; install it (Debian/Ubuntu: \
+             `sudo apt-get install slirp4netns`), use --network private for pasta, or use \
+             --network host"
         ),
         (_, None, None) => bail!(
             "a private network needs pasta or slirp4netns, and neither is on PATH; install one \
@@ -91,17 +116,57 @@ pub fn host_has_default_route() -> bool {
     v4_default || v6_default
 }
 
-/// The container's resolv.conf: the servers of `--dns`, else pasta's forwarder.
-pub fn resolv_conf(dns: &[String]) -> String {
-    let servers: Vec<&str> = if dns.is_empty() {
-        vec![DNS_FORWARD]
-    } else {
-        dns.iter().map(String::as_str).collect()
+/// The container's resolv.conf: the servers of `--dns`, else pasta's forwarder, or for
+/// slirp4netns the host's resolvers (`host_resolv`, the host's resolv.conf).
+pub fn resolv_conf(dns: &[String], helper: Helper, host_resolv: &str) -> String {
+    let servers: Vec<String> = match (dns.is_empty(), helper) {
+        (false, _) => dns.to_vec(),
+        (true, Helper::Pasta) => vec![DNS_FORWARD.to_string()],
+        (true, Helper::Slirp4netns) => slirp4netns::resolvers(host_resolv),
     };
     servers
         .iter()
         .map(|s| format!("nameserver {s}\n"))
         .collect()
+}
+
+/// The helper of a running private network; dropping it ends the helper.
+pub struct Running {
+    child: Child,
+    /// Held, so that a late message of the helper's finds a reader rather than SIGPIPE.
+    _output: Option<std::fs::File>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Running {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// Connects the network namespace of `pid` (mapped already) through the plan's helper, and
+/// returns once the helper has set it up and listens on the published ports.
+pub fn start(plan: &Plan, pid: i32) -> Result<Running> {
+    match plan.helper {
+        Helper::Pasta => pasta::start(plan, pid),
+        Helper::Slirp4netns => slirp4netns::start(plan, pid),
+    }
+}
+
+/// Why a helper could not open its tap device, when that is the cause.
+fn tun_hint() -> String {
+    match tun_usable() {
+        Err(e) => {
+            format!(" (/dev/net/tun: {e}; an administrator can run `sudo chmod 0666 /dev/net/tun`)")
+        }
+        Ok(()) => String::new(),
+    }
 }
 
 /// `/dev/net/tun` opened read-write, which pasta needs for its tap device.

@@ -2,34 +2,14 @@
 //! process that started it (SIGKILL on its death) and when the container ends.
 
 use std::io::Read;
-use std::os::fd::AsRawFd;
-use std::process::{Child, Command, Stdio};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
 use super::ports::Proto;
-use super::{Plan, DNS_FORWARD};
+use super::{Plan, Running, DNS_FORWARD};
 use crate::sys;
-
-/// A running pasta; dropping it ends it.
-pub struct Running {
-    child: Child,
-    /// Held, so that a late message of pasta's finds a reader rather than SIGPIPE.
-    _stderr: Option<std::process::ChildStderr>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Running {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
 
 fn args(plan: &Plan, pid: i32, pid_fd: i32) -> Vec<String> {
     let mut args: Vec<String> = [
@@ -107,16 +87,12 @@ pub fn start(plan: &Plan, pid: i32) -> Result<Running> {
             let _ = e.read_to_string(&mut message);
         }
         let _ = child.wait();
-        let tun_hint = match super::tun_usable() {
-            Err(e) => format!(
-                " (/dev/net/tun: {e}; an administrator can run `sudo chmod 0666 /dev/net/tun`)"
-            ),
-            Ok(()) => String::new(),
-        };
+        let tun_hint = super::tun_hint();
         // Measured with Debian bookworm's pasta (2023-03): no -a/-g/-i/--outbound-if4
         // combination starts it on a host without a route ("External interface not usable").
         let route_hint = if plan.no_route {
-            "; the host has no default route, and this pasta cannot start without one: add a \
+            "; the host has no default route, and this pasta cannot start without one: use \
+             --network slirp4netns (Debian/Ubuntu: `sudo apt-get install slirp4netns`), add a \
              route (`ip route add default dev eth0`), install a newer passt, or use --network \
              host"
         } else {
@@ -129,6 +105,6 @@ pub fn start(plan: &Plan, pid: i32) -> Result<Running> {
     }
     Ok(Running {
         child,
-        _stderr: stderr,
+        _output: stderr.map(|e| std::fs::File::from(OwnedFd::from(e))),
     })
 }

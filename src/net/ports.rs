@@ -1,4 +1,5 @@
-//! `-p [IP:]HOST:CTR[/tcp|udp]` and `-p CTR`: what is published, and how pasta is told.
+//! `-p [IP:]HOST:CTR[/tcp|udp]`, ranges, `-p CTR` and `-P`: what is published, and how pasta
+//! is told.
 
 use std::net::{IpAddr, Ipv4Addr, TcpListener, UdpSocket};
 
@@ -37,8 +38,23 @@ fn port(text: &str, arg: &str) -> Result<u16> {
     }
 }
 
+/// `PORT` or `FIRST-LAST`, as the ports it names.
+fn port_range(text: &str, arg: &str) -> Result<std::ops::RangeInclusive<u16>> {
+    match text.split_once('-') {
+        Some((first, last)) => {
+            let (first, last) = (port(first, arg)?, port(last, arg)?);
+            if first > last {
+                bail!("-p {arg}: the range {text} ends before it starts");
+            }
+            Ok(first..=last)
+        }
+        None => port(text, arg).map(|p| p..=p),
+    }
+}
+
 impl PortMap {
-    pub fn parse(arg: &str) -> Result<PortMap> {
+    /// One `-p` argument, a range giving one map per port.
+    pub fn parse(arg: &str) -> Result<Vec<PortMap>> {
         let (spec, proto) = match arg.rsplit_once('/') {
             Some((s, "tcp")) => (s, Proto::Tcp),
             Some((s, "udp")) => (s, Proto::Udp),
@@ -69,14 +85,51 @@ impl PortMap {
                     .with_context(|| format!("-p {arg}: {ip:?} is not an IP address"))
             })
             .transpose()?;
-        let (host_port, container_port) = match rest.split_once(':') {
-            Some(("", ctr)) => (None, port(ctr, arg)?),
-            Some((host, ctr)) => (Some(port(host, arg)?), port(ctr, arg)?),
-            None => (None, port(rest, arg)?),
+        let (host, container) = match rest.split_once(':') {
+            Some(("", ctr)) => (None, port_range(ctr, arg)?),
+            Some((host, ctr)) => (Some(port_range(host, arg)?), port_range(ctr, arg)?),
+            None => (None, port_range(rest, arg)?),
+        };
+        if let Some(host) = &host {
+            if host.len() != container.len() {
+                bail!(
+                    "-p {arg}: the host side names {} port(s) and the container side {}; give \
+                     ranges of the same length",
+                    host.len(),
+                    container.len()
+                );
+            }
+        }
+        Ok(container
+            .enumerate()
+            .map(|(i, container_port)| PortMap {
+                host_ip,
+                host_port: host.as_ref().map(|h| h.start() + i as u16),
+                container_port,
+                proto,
+            })
+            .collect())
+    }
+
+    /// A port the image's config exposes (`80/tcp`, `53/udp`, `8080`), published on a free
+    /// host port by `-P`.
+    pub fn exposed(key: &str) -> Result<PortMap> {
+        let (number, proto) = match key.split_once('/') {
+            Some((n, "tcp")) => (n, Proto::Tcp),
+            Some((n, "udp")) => (n, Proto::Udp),
+            Some((_, other)) => bail!(
+                "the image exposes {key:?}, whose protocol {other:?} cannot be published: \
+                 publish its other ports with -p"
+            ),
+            None => (key, Proto::Tcp),
+        };
+        let container_port = match number.parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => bail!("the image exposes {key:?}, which is not a port"),
         };
         Ok(PortMap {
-            host_ip,
-            host_port,
+            host_ip: None,
+            host_port: None,
             container_port,
             proto,
         })
@@ -129,25 +182,68 @@ mod tests {
 
     #[test]
     fn forms_podman_accepts() {
-        let m = PortMap::parse("127.0.0.1:8080:80").unwrap();
+        let one = |arg: &str| {
+            let mut maps = PortMap::parse(arg).unwrap();
+            assert_eq!(maps.len(), 1, "{arg}");
+            maps.remove(0)
+        };
+        let m = one("127.0.0.1:8080:80");
         assert_eq!(m.host_ip, Some("127.0.0.1".parse().unwrap()));
         assert_eq!(
             (m.host_port, m.container_port, m.proto),
             (Some(8080), 80, Proto::Tcp)
         );
         assert_eq!(m.pasta_spec(), "127.0.0.1/8080:80");
-        let m = PortMap::parse("8080:80/udp").unwrap();
+        let m = one("8080:80/udp");
         assert_eq!((m.host_ip, m.proto), (None, Proto::Udp));
         assert_eq!(m.pasta_spec(), "8080:80");
-        let m = PortMap::parse("80").unwrap();
+        let m = one("80");
         assert_eq!((m.host_port, m.container_port), (None, 80));
-        let m = PortMap::parse("127.0.0.1::80").unwrap();
+        let m = one("127.0.0.1::80");
         assert_eq!(m.host_port, None);
-        let m = PortMap::parse("[::1]:8080:80").unwrap();
+        let m = one("[::1]:8080:80");
         assert_eq!(m.host_ip, Some("::1".parse().unwrap()));
         assert!(PortMap::parse("0").is_err());
         assert!(PortMap::parse("80/sctp").is_err());
         assert!(PortMap::parse("a:b:c:d").is_err());
         assert!(PortMap::parse("x:8080:80").is_err());
+    }
+
+    #[test]
+    fn ranges_give_one_map_per_port() {
+        let maps = PortMap::parse("8000-8002:80-82/udp").unwrap();
+        let pairs: Vec<_> = maps
+            .iter()
+            .map(|m| (m.host_port, m.container_port, m.proto))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                (Some(8000), 80, Proto::Udp),
+                (Some(8001), 81, Proto::Udp),
+                (Some(8002), 82, Proto::Udp)
+            ]
+        );
+        let maps = PortMap::parse("127.0.0.1::90-91").unwrap();
+        assert_eq!(maps.len(), 2);
+        assert!(maps.iter().all(|m| m.host_port.is_none()));
+        let err = PortMap::parse("8000-8002:80").unwrap_err().to_string();
+        assert!(
+            err.contains("3 port(s)") && err.contains("container side 1"),
+            "{err}"
+        );
+        assert!(PortMap::parse("82-80").is_err());
+    }
+
+    #[test]
+    fn exposed_ports_of_an_image_config() {
+        let m = PortMap::exposed("53/udp").unwrap();
+        assert_eq!(
+            (m.container_port, m.proto, m.host_port),
+            (53, Proto::Udp, None)
+        );
+        assert_eq!(PortMap::exposed("8080").unwrap().proto, Proto::Tcp);
+        assert!(PortMap::exposed("132/sctp").is_err());
+        assert!(PortMap::exposed("http").is_err());
     }
 }

@@ -197,6 +197,9 @@ pub struct RunConfig {
     pub user: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<String, String>>,
+    /// `{"80/tcp": {}}`, as the OCI image config spells it; `-P` publishes these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 /// What an import found besides the files.

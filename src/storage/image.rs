@@ -433,7 +433,7 @@ pub enum Exportable<'a> {
     Image(&'a Image),
     Container {
         from: Box<ContainerLayer>,
-        config: ImageConfig,
+        config: Box<ImageConfig>,
         name: String,
     },
 }
@@ -569,7 +569,7 @@ fn tempfile_near(path: &Path) -> Result<fs::File> {
 }
 
 /// Applies `--change` instructions (Dockerfile syntax: `CMD`, `ENTRYPOINT`, `ENV`, `WORKDIR`,
-/// `USER`, `LABEL`) to an image config.
+/// `USER`, `LABEL`, `EXPOSE`) to an image config.
 pub fn apply_changes(config: &mut ImageConfig, changes: &[String]) -> Result<()> {
     for change in changes {
         let (word, rest) = change
@@ -591,6 +591,19 @@ pub fn apply_changes(config: &mut ImageConfig, changes: &[String]) -> Result<()>
             "WORKDIR" if rest.starts_with('/') => config.working_dir = Some(rest.to_string()),
             "WORKDIR" => bail!("--change {change:?}: WORKDIR needs an absolute path"),
             "USER" if !rest.is_empty() => config.user = Some(rest.to_string()),
+            "EXPOSE" if !rest.is_empty() => {
+                for port in rest.split_whitespace() {
+                    let key = if port.contains('/') {
+                        port.to_string()
+                    } else {
+                        format!("{port}/tcp")
+                    };
+                    config
+                        .exposed_ports
+                        .get_or_insert_with(Default::default)
+                        .insert(key, serde_json::json!({}));
+                }
+            }
             "ENV" | "LABEL" => {
                 let (key, value) = rest
                     .split_once('=')
@@ -614,8 +627,8 @@ pub fn apply_changes(config: &mut ImageConfig, changes: &[String]) -> Result<()>
                 }
             }
             _ => bail!(
-                "--change {change:?}: use CMD, ENTRYPOINT, ENV, WORKDIR, USER or LABEL, as in a \
-                 Dockerfile"
+                "--change {change:?}: use CMD, ENTRYPOINT, ENV, WORKDIR, USER, LABEL or EXPOSE, \
+                 as in a Dockerfile"
             ),
         }
     }
