@@ -401,6 +401,7 @@ pub struct UpdateArgs {
     /// Memory nodes the container may use (`cpuset.mems`)
     #[arg(long, value_name = "LIST")]
     pub cpuset_mems: Option<String>,
+    /// Container id under --root
     #[arg(value_name = "ID")]
     pub id: String,
 }
@@ -764,6 +765,7 @@ pub struct LogsArgs {
 
 #[derive(Args, Debug)]
 pub struct PortArgs {
+    /// The container, by name or id (one of `nook ps`)
     #[arg(value_name = "CONTAINER")]
     pub container: String,
     /// Only this container port: PORT[/tcp|udp]; prints its host address

@@ -656,7 +656,14 @@ impl IdMapping {
     /// Whether processes inside may call `setgroups(2)`; the kernel forbids it when the maps were
     /// written without privilege.
     pub fn allows_setgroups(&self) -> bool {
-        self.writer != MapWriter::Direct
+        match self.writer {
+            MapWriter::Direct => false,
+            MapWriter::Helpers => true,
+            // A child namespace inherits `deny` from ours (`unshare -r`, some CI containers).
+            MapWriter::Privileged => {
+                fs::read_to_string("/proc/self/setgroups").map_or(true, |s| s.trim() != "deny")
+            }
+        }
     }
 
     /// A short description for messages and `nook info`.

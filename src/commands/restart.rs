@@ -140,6 +140,15 @@ fn restart_one(store: &Store, c: &Container, grace: Duration) -> Result<()> {
         die_with_parent: true,
         meanwhile: None,
         network: None,
+        cgroup: None,
+        // The filter saved with the container decides, as for `exec`: tier 2 gets its
+        // supervisor again.
+        supervision: spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.seccomp().as_ref())
+            .map(crate::security::root_emulation::supervision_of)
+            .unwrap_or_default(),
     };
     super::run::run_detached(store, c, &launch, false).map(|_| ())
 }
