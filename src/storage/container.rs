@@ -280,9 +280,7 @@ impl Store {
         // Built under a temporary name and renamed into place, so a create cut short leaves
         // nothing that looks like a container, only a `.creating-` directory the next listing
         // removes once its creator is gone.
-        let staging = self
-            .containers_dir()
-            .join(format!(".creating-{}-{id}", std::process::id()));
+        let staging = self.staging_dir(id);
         let made = (|| -> Result<()> {
             create_private_dir(&staging).map_err(|e| store_unwritable(&self.root, e))?;
             // The copy backend's `rootfs/` is made by the copy itself.
@@ -319,6 +317,10 @@ impl Store {
     /// the same moment never draw the same one (the claim is one `symlink(2)`). After a run of
     /// taken ones, one with a few characters of the id added, claimed with the container.
     fn free_random_name(&self, id: &str) -> Result<String> {
+        // The staging directory exists before the claim: a claim whose container is neither
+        // staged nor in place is then known to be stale (its planner was killed), and
+        // [`Store::list`] drops it.
+        create_private_dir(&self.staging_dir(id)).map_err(|e| store_unwritable(&self.root, e))?;
         for _ in 0..32 {
             let name = super::names::random_name()?;
             let link = self.names_dir().join(&name);
@@ -331,6 +333,54 @@ impl Store {
             }
         }
         Ok(format!("{}_{}", super::names::random_name()?, &id[..6]))
+    }
+
+    /// Where this process builds container `id` before renaming it into place.
+    fn staging_dir(&self, id: &str) -> PathBuf {
+        self.containers_dir()
+            .join(format!(".creating-{}-{id}", std::process::id()))
+    }
+
+    /// Removes name claims whose container is neither in place, staged nor being removed: what a
+    /// planner killed between drawing a name and building its container leaves. The claims are
+    /// read before the containers, and a planner stages before it claims, so a live one's
+    /// staging directory is always seen.
+    fn drop_dangling_claims(&self) {
+        let Ok(claims) = fs::read_dir(self.names_dir()) else {
+            return;
+        };
+        let claims: Vec<(PathBuf, String)> = claims
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .filter_map(|e| {
+                let id = fs::read_link(e.path()).ok()?;
+                Some((e.path(), id.to_string_lossy().into_owned()))
+            })
+            .collect();
+        if claims.is_empty() {
+            return;
+        }
+        let Ok(entries) = fs::read_dir(self.containers_dir()) else {
+            return;
+        };
+        let present: std::collections::HashSet<String> = entries
+            .flatten()
+            .map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(id) = name.strip_prefix(".removing-") {
+                    id.to_string()
+                } else if let Some(rest) = name.strip_prefix(".creating-") {
+                    rest.split_once('-').map_or(rest, |(_, id)| id).to_string()
+                } else {
+                    name
+                }
+            })
+            .collect();
+        for (link, id) in claims {
+            if !present.contains(&id) {
+                let _ = fs::remove_file(link);
+            }
+        }
     }
 
     fn claim_name(&self, name: &str, id: &str) -> Result<()> {
@@ -445,6 +495,7 @@ impl Store {
                 out.push(c);
             }
         }
+        self.drop_dangling_claims();
         out.sort_by(|a, b| a.meta.created.cmp(&b.meta.created));
         Ok(out)
     }
