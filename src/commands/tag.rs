@@ -19,7 +19,7 @@ pub fn tag(args: &TagArgs) -> Result<i32> {
 /// names the image, else another of the image's names, else the directory (a directory run, or
 /// an image removed since).
 pub(super) fn image_labels(containers: &[Container]) -> Vec<String> {
-    let images = ImageStore::open()
+    let images = ImageStore::open_read()
         .and_then(|store| store.list())
         .unwrap_or_default();
     containers
