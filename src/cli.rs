@@ -609,6 +609,12 @@ pub struct RunArgs {
     /// DNS server for the container's resolv.conf (repeatable)
     #[arg(long, conflicts_with = "bundle")]
     pub dns: Vec<String>,
+    /// A search domain for the container's resolv.conf (repeatable; `.` for none)
+    #[arg(long = "dns-search", value_name = "DOMAIN", conflicts_with = "bundle")]
+    pub dns_search: Vec<String>,
+    /// A resolver option for the container's resolv.conf, e.g. ndots:2 (repeatable)
+    #[arg(long = "dns-option", value_name = "OPTION", conflicts_with = "bundle")]
+    pub dns_option: Vec<String>,
     /// An /etc/hosts entry, NAME:IP (repeatable)
     #[arg(long = "add-host", conflicts_with = "bundle")]
     pub add_host: Vec<String>,

@@ -528,6 +528,61 @@ fn resolv_conf_and_hosts_of_a_private_network() {
 }
 
 #[test]
+fn dns_search_and_options_go_into_resolv_conf_and_bad_ones_are_refused() {
+    let Some(t) = Nook::new() else { return };
+    // The host's network (no helper needed): --dns replaces the servers, the search domains
+    // and options replace the host's own lines, as podman does.
+    let out = t.nook(&[
+        "run",
+        "--rm",
+        "--dns",
+        "10.9.9.9",
+        "--dns-search",
+        "x.test",
+        "--dns-search",
+        "y.test",
+        "--dns-option",
+        "ndots:3",
+        t.image(),
+        "cat",
+        "/etc/resolv.conf",
+    ]);
+    out.assert_ok();
+    assert_eq!(
+        out.stdout, "nameserver 10.9.9.9\nsearch x.test y.test\noptions ndots:3\n",
+        "{out}"
+    );
+    let out = t.nook(&[
+        "run",
+        "--rm",
+        "--dns-search",
+        ".",
+        t.image(),
+        "cat",
+        "/etc/resolv.conf",
+    ]);
+    out.assert_ok();
+    assert!(
+        !out.stdout
+            .lines()
+            .any(|l| l.starts_with("search ") || l.starts_with("domain ")),
+        "{out}"
+    );
+    for (flag, value, needle) in [
+        ("--dns-search", "a b", "without spaces"),
+        ("--dns-option", "", "without spaces"),
+    ] {
+        let out = t.nook(&["run", "--rm", flag, value, t.image(), "true"]);
+        assert_eq!(out.code, Some(125), "{out}");
+        assert!(
+            out.stderr.contains(flag) && out.stderr.contains(needle),
+            "{out}"
+        );
+    }
+    assert!(t.container_dirs().is_empty(), "{:?}", t.container_dirs());
+}
+
+#[test]
 fn network_none_has_only_lo() {
     let Some(t) = Nook::new() else { return };
     let out = t.nook(&[

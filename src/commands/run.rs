@@ -244,6 +244,20 @@ fn check(args: &RunArgs) -> Result<Checked> {
             bail!("--dns {server:?}: give the IP address of a DNS server");
         }
     }
+    for (flag, values) in [
+        ("--dns-search", &args.dns_search),
+        ("--dns-option", &args.dns_option),
+    ] {
+        if let Some(bad) = values
+            .iter()
+            .find(|v| v.is_empty() || v.chars().any(char::is_whitespace))
+        {
+            bail!("{flag} {bad:?}: give one word, without spaces");
+        }
+    }
+    if args.dns_search.len() > 1 && args.dns_search.iter().any(|d| d == ".") {
+        bail!("--dns-search .: `.` (no search domain) cannot be combined with other domains");
+    }
     let net = match want {
         None => None,
         Some(want) => {
@@ -570,16 +584,20 @@ fn prepare(
         ),
         file(
             "/etc/resolv.conf",
-            match (&checked.net, args.dns.is_empty()) {
-                (None, true) => fs::read("/etc/resolv.conf").unwrap_or_default(),
-                // With --dns the helper does not matter.
-                (plan, _) => net::resolv_conf(
-                    &args.dns,
-                    plan.as_ref().map_or(net::Helper::Pasta, |p| p.helper),
-                    &fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-                )
-                .into_bytes(),
-            },
+            net::with_search_and_options(
+                match (&checked.net, args.dns.is_empty()) {
+                    (None, true) => fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+                    // With --dns the helper does not matter.
+                    (plan, _) => net::resolv_conf(
+                        &args.dns,
+                        plan.as_ref().map_or(net::Helper::Pasta, |p| p.helper),
+                        &fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+                    ),
+                },
+                &args.dns_search,
+                &args.dns_option,
+            )
+            .into_bytes(),
         ),
     ];
     if args.userns == UsernsArg::KeepId && args.user.is_none() {

@@ -130,6 +130,31 @@ pub fn resolv_conf(dns: &[String], helper: Helper, host_resolv: &str) -> String 
         .collect()
 }
 
+/// `resolv` with `--dns-search` and `--dns-option` applied as podman applies them: given search
+/// domains replace the file's `search`/`domain` lines (`.` alone: none at all), given options
+/// its `options` lines.
+pub fn with_search_and_options(resolv: String, search: &[String], options: &[String]) -> String {
+    if search.is_empty() && options.is_empty() {
+        return resolv;
+    }
+    let mut out: String = resolv
+        .lines()
+        .filter(|l| {
+            let word = l.split_whitespace().next().unwrap_or_default();
+            !(!search.is_empty() && (word == "search" || word == "domain")
+                || !options.is_empty() && word == "options")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if !search.is_empty() && search != ["."] {
+        out.push_str(&format!("search {}\n", search.join(" ")));
+    }
+    if !options.is_empty() {
+        out.push_str(&format!("options {}\n", options.join(" ")));
+    }
+    out
+}
+
 /// The helper of a running private network; dropping it ends the helper.
 pub struct Running {
     child: Child,
@@ -176,4 +201,27 @@ pub fn tun_usable() -> std::io::Result<()> {
         .write(true)
         .open("/dev/net/tun")
         .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_domains_and_options_replace_the_files_own() {
+        let host = "domain corp\nsearch a.corp b.corp\nnameserver 10.0.0.1\noptions ndots:1\n";
+        assert_eq!(with_search_and_options(host.into(), &[], &[]), host);
+        assert_eq!(
+            with_search_and_options(
+                host.into(),
+                &["x.test".into()],
+                &["ndots:3".into(), "rotate".into()]
+            ),
+            "nameserver 10.0.0.1\nsearch x.test\noptions ndots:3 rotate\n"
+        );
+        assert_eq!(
+            with_search_and_options(host.into(), &[".".into()], &[]),
+            "nameserver 10.0.0.1\noptions ndots:1\n"
+        );
+    }
 }
