@@ -54,6 +54,9 @@ fn main() {
         Command::Logs(args) => commands::logs(args),
         Command::Stop(args) => commands::stop(args),
         Command::Import(args) => commands::import(args),
+        Command::Pull(args) => commands::pull(args),
+        Command::Login(args) => commands::login(args),
+        Command::Logout(args) => commands::logout(args),
         Command::Images(args) => commands::images(args),
         Command::Rmi(args) => commands::rmi(args),
         Command::Commit(args) => commands::commit(args),
@@ -85,6 +88,8 @@ fn main() {
             ImageCommand::Ls(args) => commands::images(args),
             ImageCommand::Rm(args) => commands::rmi(args),
             ImageCommand::Import(args) => commands::import(args),
+            ImageCommand::Pull(args) => commands::pull(args),
+            ImageCommand::Prune => commands::prune_blobs(),
             ImageCommand::Inspect(args) => commands::inspect(args, Some(InspectType::Image)),
         },
     };

@@ -6,11 +6,13 @@ mod info;
 pub mod log;
 pub mod oci;
 mod podman;
+mod registry;
 mod run;
 
 pub use containers::{inspect, logs, ps, rm, stop};
 pub use images::{commit, diff, export, images, import, rmi};
 pub use info::info;
+pub use registry::{login, logout, prune_blobs, pull};
 pub use run::run;
 
 use crate::cli::UsernsArg;

@@ -121,9 +121,14 @@ impl<R: Read> Hashing<R> {
     }
 
     /// Reads what is left, then returns ("sha256:HEX", bytes read).
-    pub fn finish(mut self) -> io::Result<(String, u64)> {
+    pub fn finish(self) -> io::Result<(String, u64)> {
+        self.finish_into().map(|(d, n, _)| (d, n))
+    }
+
+    /// As `finish`, and gives back the reader under it.
+    pub fn finish_into(mut self) -> io::Result<(String, u64, R)> {
         io::copy(&mut self, &mut io::sink())?;
-        Ok((hex_digest(self.hasher), self.count))
+        Ok((hex_digest(self.hasher), self.count, self.inner))
     }
 }
 
@@ -207,6 +212,12 @@ pub struct Found {
     /// How many layers were applied.
     pub layers: usize,
     pub notes: Vec<String>,
+    /// For a pull: the reference pulled, fully qualified.
+    #[serde(default)]
+    pub reference: Option<String>,
+    /// For a pull: the digest of the manifest (or list) the reference named.
+    #[serde(default)]
+    pub digest: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -663,6 +674,8 @@ fn import_oci(layout: &Layout, applier: &mut Applier, what: &str) -> Result<Foun
         kind: "oci-layout".into(),
         layers: manifest.layers.len(),
         notes: Vec::new(),
+        reference: None,
+        digest: None,
     })
 }
 
@@ -747,6 +760,8 @@ fn import_docker(layout: &Layout, applier: &mut Applier, what: &str) -> Result<F
         kind: "docker-archive".into(),
         layers: entry.layers.len(),
         notes,
+        reference: None,
+        digest: None,
     })
 }
 
@@ -845,6 +860,8 @@ pub fn import_source(source: &str, applier: &mut Applier, scratch: &Path) -> Res
         kind: "tarball".into(),
         layers: 1,
         notes: Vec::new(),
+        reference: None,
+        digest: None,
     })
 }
 
@@ -872,6 +889,8 @@ fn import_indexed(tar: &Path, applier: &mut Applier, what: &str) -> Result<Found
                 kind: "tarball".into(),
                 layers: 1,
                 notes: Vec::new(),
+                reference: None,
+                digest: None,
             })
         }
     }

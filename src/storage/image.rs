@@ -37,6 +37,12 @@ pub struct ImageMeta {
     /// Entries whose owner the mapping lacks: they were given to root.
     #[serde(default)]
     pub unmapped_owners: u64,
+    /// For a pulled image: the reference it was pulled by, fully qualified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// For a pulled image: the digest of the manifest (or list) the reference named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 pub struct Image {
@@ -193,6 +199,8 @@ impl ImageStore {
                 idmap: idmap.clone(),
                 skipped_devices: built.summary.skipped_devices,
                 unmapped_owners: built.summary.unmapped_owners,
+                reference: built.found.reference.clone(),
+                digest: built.found.digest.clone(),
             };
             write_atomic(
                 &tmp.join("image.json"),
