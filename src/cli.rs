@@ -92,6 +92,8 @@ pub enum Command {
     Import(ImportArgs),
     /// Pull an image from a registry into a flat image (blobs cached, resumable, verified)
     Pull(PullArgs),
+    /// Push an image to a registry as a one-layer OCI image
+    Push(PushArgs),
     /// Log in to a registry: check the credentials, then keep them where podman does
     Login(LoginArgs),
     /// Forget the credentials kept for a registry
@@ -660,6 +662,24 @@ pub struct PullArgs {
     /// looked up as registries.conf says, docker.io by default)
     #[arg(value_name = "REFERENCE")]
     pub reference: String,
+}
+
+#[derive(Args, Debug)]
+pub struct PushArgs {
+    /// Verify the registry's TLS certificate (false also allows plain HTTP)
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub tls_verify: bool,
+    /// Print only the pushed manifest's digest
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// The image to push (see `nook images`)
+    #[arg(value_name = "IMAGE")]
+    pub image: String,
+    /// Where: HOST[:PORT]/PATH[:TAG] (default: the image's own name at the first
+    /// unqualified-search registry)
+    #[arg(value_name = "REFERENCE")]
+    pub reference: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -55,6 +55,7 @@ fn main() {
         Command::Stop(args) => commands::stop(args),
         Command::Import(args) => commands::import(args),
         Command::Pull(args) => commands::pull(args),
+        Command::Push(args) => commands::push(args),
         Command::Login(args) => commands::login(args),
         Command::Logout(args) => commands::logout(args),
         Command::Images(args) => commands::images(args),

@@ -826,3 +826,173 @@ fn sigkill_at_any_moment_leaves_no_half_image_and_the_next_pull_completes() {
     t.nook(&["run", "--rm", "bb:latest", "true"]).assert_ok();
     eprintln!("{kills} kills, {completed} pulls finished before their kill");
 }
+
+/// podman, run as the test user with its storage in the test directory (vfs, as configured
+/// for the tests of images).
+fn podman(t: &Nook, args: &[&str]) -> std::process::Output {
+    let r = t.runner();
+    let mut cmd = Command::new("podman");
+    cmd.arg("--root")
+        .arg(t.dir.join("podman"))
+        .arg("--runroot")
+        .arg(podman_runroot())
+        .args([
+            "--storage-driver",
+            "vfs",
+            "--cgroup-manager=cgroupfs",
+            "--events-backend=file",
+        ])
+        .args(args)
+        .env_clear()
+        .env("HOME", &t.home)
+        .env("XDG_RUNTIME_DIR", &t.runtime)
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        .current_dir(&t.dir);
+    if r.switch {
+        use std::os::unix::process::CommandExt;
+        cmd.uid(r.uid).gid(r.gid);
+    }
+    cmd.output().expect("run podman")
+}
+
+/// podman wants its runroot path short: one per test process.
+fn podman_runroot() -> PathBuf {
+    PathBuf::from(format!("/tmp/nook-podman-r{}", std::process::id()))
+}
+
+/// Ends the pause process podman leaves holding its user namespace, and its runroot.
+fn end_podman(t: &Nook) {
+    let pause = t.runtime.join("libpod/tmp/pause.pid");
+    if let Some(pid) = fs::read_to_string(pause)
+        .ok()
+        .and_then(|p| p.trim().parse().ok())
+    {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    common::force_remove(&podman_runroot());
+}
+
+#[test]
+fn what_nook_pushes_podman_skopeo_and_nook_pull_and_run() {
+    let Some(t) = Nook::new() else { return };
+    required_tool("skopeo", "skopeo");
+    let Some(_) = required_tool("podman", "podman") else {
+        return;
+    };
+    let Some(reg) = docker_registry(&t, "push", "", "") else {
+        return;
+    };
+    let h = reg.host();
+    search_only(&t, &h);
+    t.nook(&["import", "-q", t.image(), "bb"]).assert_ok();
+    // More than one chunk (16 MiB): the layer goes up in PATCHes.
+    t.nook(&[
+        "run",
+        "--name",
+        "maker",
+        "bb",
+        "sh",
+        "-c",
+        "echo pushed by nook > /hello; head -c 20000000 /dev/urandom > /big",
+    ])
+    .assert_ok();
+    t.nook(&[
+        "commit",
+        "-q",
+        "--change",
+        "CMD [\"cat\", \"/hello\"]",
+        "maker",
+        "mine",
+    ])
+    .assert_ok();
+    t.nook(&["rm", "maker"]).assert_ok();
+
+    let out = t.nook(&["push", "mine", &format!("{h}/team/mine:1")]);
+    out.assert_ok();
+    let digest = out.stdout.trim().to_string();
+    assert!(digest.starts_with("sha256:"), "{out}");
+    assert_eq!(
+        out.stderr.matches(": uploaded").count(),
+        2,
+        "layer and config: {out}"
+    );
+    // To another repository of the registry: the blobs are mounted, not sent again; to the
+    // same one: they are there.
+    let out = t.nook(&["push", "mine", &format!("{h}/other/mine:2")]);
+    out.assert_ok();
+    assert_eq!(out.stderr.matches(": mounted").count(), 2, "{out}");
+    let out = t.nook(&["push", "mine", &format!("{h}/team/mine:1")]);
+    out.assert_ok();
+    assert_eq!(out.stderr.matches(": exists").count(), 2, "{out}");
+
+    let inspected: serde_json::Value = serde_json::from_str(&host(
+        "skopeo",
+        &[
+            "inspect",
+            "--tls-verify=false",
+            &format!("docker://{h}/team/mine:1"),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(inspected["Digest"].as_str(), Some(digest.as_str()));
+    let copy = t.dir.join("skopeo-copy");
+    host(
+        "skopeo",
+        &[
+            "copy",
+            "-q",
+            "--src-tls-verify=false",
+            &format!("docker://{h}/other/mine:2"),
+            &format!("oci:{}:x", copy.display()),
+        ],
+    );
+    t.give(&copy);
+    t.nook(&["import", "-q", copy.to_str().unwrap(), "via-skopeo"])
+        .assert_ok();
+    t.nook(&["run", "--rm", "via-skopeo"])
+        .assert_ok()
+        .assert_stdout("pushed by nook\n");
+
+    let pulled = podman(
+        &t,
+        &[
+            "pull",
+            "-q",
+            "--tls-verify=false",
+            &format!("{h}/team/mine:1"),
+        ],
+    );
+    let ran = pulled.status.success().then(|| {
+        podman(
+            &t,
+            &[
+                "run",
+                "--rm",
+                "--pid",
+                "host",
+                "--network",
+                "none",
+                &format!("{h}/team/mine:1"),
+            ],
+        )
+    });
+    end_podman(&t);
+    assert!(
+        pulled.status.success(),
+        "podman pull: {}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
+    let ran = ran.expect("ran");
+    assert!(
+        ran.status.success(),
+        "podman run: {}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&ran.stdout), "pushed by nook\n");
+
+    t.nook(&["pull", "--name", "back", "team/mine:1"])
+        .assert_ok();
+    t.nook(&["run", "--rm", "back"])
+        .assert_ok()
+        .assert_stdout("pushed by nook\n");
+}

@@ -12,7 +12,7 @@ mod run;
 pub use containers::{inspect, logs, ps, rm, stop};
 pub use images::{commit, diff, export, images, import, rmi};
 pub use info::info;
-pub use registry::{login, logout, prune_blobs, pull};
+pub use registry::{login, logout, prune_blobs, pull, push};
 pub use run::run;
 
 use crate::cli::UsernsArg;

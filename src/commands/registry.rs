@@ -5,7 +5,9 @@ use std::io::Read;
 use anyhow::{bail, Context, Result};
 
 use super::mapping_for;
-use crate::cli::{LoginArgs, LogoutArgs, ProgressFormat, PullArgs, PullPolicy, UsernsArg};
+use crate::cli::{
+    LoginArgs, LogoutArgs, ProgressFormat, PullArgs, PullPolicy, PushArgs, UsernsArg,
+};
 use crate::idmap::Caller;
 use crate::registry::progress::{Mode, Progress};
 use crate::registry::pull::{Platform, Request};
@@ -89,6 +91,33 @@ pub fn image_for_run(arg: &str, policy: PullPolicy) -> Result<Option<String>> {
     pull_one(&req, UsernsArg::Auto, false)
         .with_context(|| format!("{arg}: no such image here, and pulling it failed"))
         .map(Some)
+}
+
+pub fn push(args: &PushArgs) -> Result<i32> {
+    let store = ImageStore::open()?;
+    let image = store.get(&args.image)?;
+    let target = args.reference.clone().unwrap_or_else(|| args.image.clone());
+    let config = crate::config::load()?;
+    let pushed = crate::registry::push::push(
+        &store,
+        &storage_root()?,
+        &image,
+        &target,
+        args.tls_verify,
+        config.registry_timeout,
+    )
+    .with_context(|| format!("pushing {} to {target}", args.image))?;
+    if !args.quiet {
+        for (digest, how) in &pushed.blobs {
+            eprintln!("nook: blob {digest}: {how}");
+        }
+        eprintln!(
+            "nook: pushed {} as {} ({})",
+            args.image, pushed.reference, pushed.digest
+        );
+    }
+    println!("{}", pushed.digest);
+    Ok(0)
 }
 
 fn read_password(args: &LoginArgs) -> Result<String> {

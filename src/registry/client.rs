@@ -298,8 +298,9 @@ impl Session {
         }
     }
 
-    pub fn is_plain_http(&self) -> bool {
-        self.base.starts_with("http:")
+    /// `scheme://host`, which relative `Location`s are relative to.
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
     fn basic(&self) -> Option<String> {
@@ -353,8 +354,9 @@ impl Session {
         if let Some(s) = service {
             req = req.query("service", s);
         }
-        if !scope.is_empty() {
-            req = req.query("scope", scope);
+        // Several scopes (a mount's source and target) are several parameters.
+        for s in scope.split(' ').filter(|s| !s.is_empty()) {
+            req = req.query("scope", s);
         }
         if let Some(b) = self.basic() {
             req = req.set("Authorization", &b);

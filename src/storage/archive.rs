@@ -290,7 +290,7 @@ pub fn host_architecture() -> &'static str {
 }
 
 /// Where the files of an image archive are: a directory, or members of an (uncompressed) tar.
-enum Layout {
+pub enum Layout {
     Dir(PathBuf),
     Tar {
         file: File,
@@ -298,7 +298,7 @@ enum Layout {
     },
 }
 
-enum Member {
+pub enum Member {
     Data { offset: u64, size: u64 },
     Link(String),
 }
@@ -311,7 +311,7 @@ fn member_name(raw: &Path) -> String {
 }
 
 impl Layout {
-    fn index_tar(path: &Path) -> Result<Layout> {
+    pub fn index_tar(path: &Path) -> Result<Layout> {
         let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let mut archive = tar::Archive::new(BufReader::new(
             file.try_clone().context("duplicating a descriptor")?,
@@ -362,7 +362,7 @@ impl Layout {
         }
     }
 
-    fn has(&self, name: &str) -> bool {
+    pub fn has(&self, name: &str) -> bool {
         match self {
             Layout::Dir(d) => d.join(name).is_file(),
             Layout::Tar { members, .. } => members.contains_key(name),
@@ -370,7 +370,7 @@ impl Layout {
     }
 
     /// Opens a member; returns it and its size.
-    fn open(&self, name: &str) -> Result<(Box<dyn Read + '_>, u64)> {
+    pub fn open(&self, name: &str) -> Result<(Box<dyn Read + '_>, u64)> {
         match self {
             Layout::Dir(d) => {
                 let path = d.join(name);
@@ -399,7 +399,7 @@ impl Layout {
         }
     }
 
-    fn read_small(&self, name: &str) -> Result<Vec<u8>> {
+    pub fn read_small(&self, name: &str) -> Result<Vec<u8>> {
         let (reader, size) = self.open(name)?;
         if size > 16 << 20 {
             bail!("{name} is {size} bytes: too large for image metadata");

@@ -352,13 +352,14 @@ impl ImageStore {
     /// scratch directory of the store), to `out` as a tar stream or an OCI image layout archive.
     pub fn export(&self, what: &Exportable<'_>, out: fs::File, format: ExportFormat) -> Result<()> {
         match what {
+            // An image's export says when the image was made: the same image exports (and
+            // pushes) to the same digest.
             Exportable::Image(image) => write_export(
                 &image.rootfs(),
                 &image.meta.idmap,
                 out,
                 format,
-                &image.meta.config,
-                &image.meta.name,
+                (&image.meta.config, &image.meta.name, &image.meta.created),
             ),
             Exportable::Container { from, config, name } => {
                 let tmp = self
@@ -372,7 +373,13 @@ impl ImageStore {
                         false,
                     )?;
                     flatten_in_userns(from, &tmp.join("rootfs"))?;
-                    write_export(&tmp.join("rootfs"), &from.idmap, out, format, config, name)
+                    write_export(
+                        &tmp.join("rootfs"),
+                        &from.idmap,
+                        out,
+                        format,
+                        (config, name, &now_rfc3339()),
+                    )
                 })();
                 let removed = remove_owned_tree(&tmp, Some(&from.idmap));
                 result.and(removed)
@@ -447,11 +454,10 @@ fn write_export(
     idmap: &IdMapping,
     out: fs::File,
     format: ExportFormat,
-    config: &ImageConfig,
-    name: &str,
+    (config, name, created): (&ImageConfig, &str, &str),
 ) -> Result<()> {
     let rootfs = rootfs.to_path_buf();
-    let (config, name) = (config.clone(), name.to_string());
+    let (config, name, created) = (config.clone(), name.to_string(), created.to_string());
     // The layer of an OCI export goes to an unnamed temporary file first: its digest and size
     // come before its data in the archive.
     let scratch = match format {
@@ -477,13 +483,7 @@ fn write_export(
                     .map_err(|e| e.into_error())
                     .context("writing the layer")?;
                 let mut out = crate::storage::archive::write_oci_archive(
-                    out,
-                    layer,
-                    &digest,
-                    size,
-                    &config,
-                    &name,
-                    &now_rfc3339(),
+                    out, layer, &digest, size, &config, &name, &created,
                 )?;
                 io::Write::flush(&mut out).context("writing the archive")?;
             }
