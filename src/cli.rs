@@ -515,7 +515,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "bundle")]
     pub cidfile: Option<PathBuf>,
     /// When to pull IMAGE from a registry: missing (when no image has its name; the default),
-    /// always (ask the registry for a newer one), never
+    /// always (ask the registry each time; an image that changed there is refused until
+    /// `nook rmi` removes the old one), never
     #[arg(long, value_enum, value_name = "POLICY", conflicts_with = "bundle")]
     pub pull: Option<PullPolicy>,
     /// Pass the signals nook receives to the container (only true: nook always does)
