@@ -51,6 +51,9 @@ impl Server {
     }
 }
 
+/// For a pull of the whole Debian image (a debug build, on a shared machine).
+const SLOW: Duration = Duration::from_secs(300);
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -317,7 +320,7 @@ fn pull_of_a_short_name_applies_every_layer_and_runs() {
     search_only(&t, &host);
 
     // A short name, resolved through the user's registries.conf; three gzip layers.
-    let out = t.nook(&["pull", "debian:bookworm"]);
+    let out = t.cmd(&["pull", "debian:bookworm"]).timeout(SLOW).run();
     out.assert_ok();
     assert_eq!(out.stdout.trim(), "debian:bookworm", "{out}");
     assert!(
@@ -379,7 +382,10 @@ fn pull_of_a_short_name_applies_every_layer_and_runs() {
     out.assert_ok();
     assert!(out.stderr.contains("up to date"), "{out}");
     let by_digest = format!("{host}/debian@{digest}");
-    let out = t.nook(&["pull", "--format", "json", "--name", "deb2", &by_digest]);
+    let out = t
+        .cmd(&["pull", "--format", "json", "--name", "deb2", &by_digest])
+        .timeout(SLOW)
+        .run();
     out.assert_ok();
     let events: Vec<serde_json::Value> = out
         .stdout
