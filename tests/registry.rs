@@ -243,7 +243,7 @@ fn sha256_hex(data: &[u8]) -> String {
 }
 
 /// The blob cache holds only blobs whose content matches their name, and partial downloads
-/// (plus the `oci-layout` marker, and locks of killed pulls).
+/// (plus locks and the temporary file of a config being written, left by killed pulls).
 #[track_caller]
 fn assert_cache_clean(t: &Nook) {
     let dir = t.storage.join("blobs/sha256");
@@ -253,7 +253,10 @@ fn assert_cache_clean(t: &Nook) {
     for entry in entries {
         let entry = entry.unwrap();
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".partial") || name.ends_with(".lock") {
+        if name.ends_with(".partial")
+            || name.ends_with(".lock")
+            || (name.starts_with('.') && name.contains(".tmp"))
+        {
             continue;
         }
         assert_eq!(name.len(), 64, "unexpected file in the cache: {name}");
