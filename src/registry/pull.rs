@@ -681,7 +681,7 @@ pub fn pull(
         digest: Some(res.digest.clone()),
     };
     req.progress.start(&r, &res.digest, &res.layers);
-    let (meta, _) = store.build(&name, idmap, &source, |tmp| {
+    store.build(&name, idmap, &source, |tmp| {
         let (ready_rx, ready_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let (report_rx, report_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let rootfs = tmp.join("rootfs");
@@ -739,7 +739,6 @@ pub fn pull(
         let summary = serde_json::from_str(&report).context("parsing the pull's report")?;
         Ok(Built { found, summary })
     })?;
-    let _ = meta;
     req.progress
         .finish(&name, &res.digest, false, started.elapsed());
     Ok(Pulled {
