@@ -53,9 +53,10 @@ DEBIAN_IMAGE=$FIXTURES/debian-bookworm.tar
 PACKAGES+=(podman skopeo umoci)
 # passt: pasta joins --network private containers (tests/network.rs).
 PACKAGES+=(passt)
-# docker-registry: tests/registry.rs starts its own on 127.0.0.1 (plain, TLS, htpasswd, token
-# auth); apache2-utils: htpasswd makes its bcrypt password file.
-PACKAGES+=(docker-registry apache2-utils)
+# docker-registry: tests/registry.rs starts its own on 127.0.0.1 (plain, TLS, htpasswd);
+# apache2-utils: htpasswd makes its bcrypt password file; openssl: the test's CA and server
+# certificate; python3: tests/fixtures/fault-registry.py (the token flow and the faults).
+PACKAGES+=(docker-registry apache2-utils openssl python3)
 # ---------------------------------------------------------------------------------------------
 
 log() {
