@@ -31,10 +31,10 @@ registry_ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b > 0) printf
 
 registry_note() { printf '%s\t%s\t\t\t\t%s\n' "registry: pull of Debian (3 layers) from 127.0.0.1" "$1" "$2" >>"$results"; }
 
-# Peak RSS in kB of a command run once after PREPARE.
+# Peak RSS in kB of a command (VAR=VALUE... PROGRAM ARGS) run once after PREPARE.
 registry_rss() {
     run_user sh -c "$1" >/dev/null 2>&1 || true
-    run_user /usr/bin/time -f %M sh -c "exec $2" 2>&1 >/dev/null | tail -1
+    run_user /usr/bin/time -f %M env $2 2>&1 >/dev/null | tail -1 || true
 }
 
 registry_section() {
@@ -55,8 +55,10 @@ storage:
 http:
   addr: 127.0.0.1:$port
 YAML
-    run_user docker-registry serve "$dir/config.yml" >/dev/null 2>&1 &
-    local registry_pid=$!
+    # Through a pid file: $! would be the subshell, not the registry.
+    run_user sh -c "echo \$\$ > $dir/registry.pid; exec docker-registry serve $dir/config.yml" \
+        >/dev/null 2>&1 &
+    local job=$!
     for _ in $(seq 50); do
         (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
         sleep 0.1
@@ -85,8 +87,8 @@ YAML
     rss_podman=$(registry_rss "$pod rmi -a -f" "$pod pull -q --tls-verify=false docker://$ref")
     registry_note "peak RSS kB: nook pull / podman pull" "$rss_nook / $rss_podman (goal: nook <= podman)"
     log "registry: cold $cold ms, warm $warm ms, podman $podman ms, skopeo+import $skopeo_plus ms, RSS $rss_nook / $rss_podman kB"
-    kill "$registry_pid" 2>/dev/null || true
-    wait "$registry_pid" 2>/dev/null || true
+    kill "$(cat "$dir/registry.pid")" 2>/dev/null || true
+    wait "$job" 2>/dev/null || true
     run_user sh -c "$pod rmi -a -f >/dev/null 2>&1; chmod -R u+rwX $dir 2>/dev/null; rm -rf $dir /tmp/nook-bench-podrun" 2>/dev/null || true
 }
 
