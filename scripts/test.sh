@@ -58,6 +58,10 @@ PACKAGES+=(bubblewrap)
 # slirp4netns: the fallback where pasta is not on PATH (tests/network.rs hides pasta).
 # iperf3: scripts/bench.d/network.sh measures throughput through -p.
 PACKAGES+=(slirp4netns iperf3)
+# docker-registry: tests/registry.rs starts its own on 127.0.0.1 (plain, TLS, htpasswd);
+# apache2-utils: htpasswd makes its bcrypt password file; openssl: the test's CA and server
+# certificate; python3: tests/fixtures/fault-registry.py (the token flow and the faults).
+PACKAGES+=(docker-registry apache2-utils openssl python3)
 # ---------------------------------------------------------------------------------------------
 
 log() {

@@ -99,6 +99,14 @@ pub enum Command {
     Port(PortArgs),
     /// Import a directory, tarball, OCI image layout or docker save archive as an image
     Import(ImportArgs),
+    /// Pull an image from a registry into a flat image (blobs cached, resumable, verified)
+    Pull(PullArgs),
+    /// Push an image to a registry as a one-layer OCI image
+    Push(PushArgs),
+    /// Log in to a registry: check the credentials, then keep them where podman does
+    Login(LoginArgs),
+    /// Forget the credentials kept for a registry
+    Logout(LogoutArgs),
     /// List images
     Images(ImagesArgs),
     /// Remove images
@@ -149,7 +157,7 @@ pub enum Command {
     /// Container verbs as podman groups them: ls (ps), rm, inspect
     #[command(subcommand)]
     Container(ContainerCommand),
-    /// Image verbs as podman groups them: ls (images), rm (rmi), import, inspect
+    /// Image verbs as podman groups them: ls (images), rm (rmi), import, pull, inspect, prune (the blob cache)
     #[command(subcommand)]
     Image(ImageCommand),
     /// Give an image another name: both names are the same image (no copy); `nook rmi` of
@@ -296,6 +304,10 @@ pub enum ImageCommand {
     Rm(RmiArgs),
     /// Import an image (as `nook import`)
     Import(ImportArgs),
+    /// Pull an image (as `nook pull`)
+    Pull(PullArgs),
+    /// Remove every cached registry blob (pulled images stay)
+    Prune,
     /// Print images as JSON
     Inspect(InspectArgs),
 }
@@ -688,10 +700,11 @@ pub struct RunArgs {
     /// Write the container's id to this file (which must not exist)
     #[arg(long, value_name = "FILE", conflicts_with = "bundle")]
     pub cidfile: Option<PathBuf>,
-    /// Only `never` (or `missing` for an image already imported): nook has no registry
-    /// client; import images with `nook import`
-    #[arg(long, value_name = "POLICY", conflicts_with = "bundle")]
-    pub pull: Option<String>,
+    /// When to pull IMAGE from a registry: missing (when no image has its name; the default),
+    /// always (ask the registry each time; an image that changed there is refused until
+    /// `nook rmi` removes the old one), never
+    #[arg(long, value_enum, value_name = "POLICY", conflicts_with = "bundle")]
+    pub pull: Option<PullPolicy>,
     /// Pass the signals nook receives to the container (only true: nook always does)
     #[arg(long, value_name = "BOOL", conflicts_with = "bundle")]
     pub sig_proxy: Option<bool>,
@@ -806,11 +819,103 @@ pub struct ImportArgs {
     pub name: String,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PullPolicy {
+    Missing,
+    Always,
+    Never,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProgressFormat {
+    /// Bars on a terminal, then one line
+    Text,
+    /// One JSON event per line on stdout
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// The platform to pull from a multi-platform image: OS/ARCH[/VARIANT] (default: this
+    /// machine's)
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    /// Print only the image's name
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Verify the registry's TLS certificate (false also allows plain HTTP)
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub tls_verify: bool,
+    /// Store the image under this name (default: the repository's last part and the tag, as
+    /// in debian:bookworm)
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// How user ids of the pulled files map (they keep this mapping for good)
+    #[arg(long, value_enum, default_value_t = UsernsArg::Auto)]
+    pub userns: UsernsArg,
+    /// Progress output
+    #[arg(long, value_enum, default_value_t = ProgressFormat::Text)]
+    pub format: ProgressFormat,
+    /// The image: NAME[:TAG], HOST[:PORT]/PATH[:TAG], …@sha256:DIGEST (short names are
+    /// looked up as registries.conf says, docker.io by default)
+    #[arg(value_name = "REFERENCE")]
+    pub reference: String,
+}
+
+#[derive(Args, Debug)]
+pub struct PushArgs {
+    /// Verify the registry's TLS certificate (false also allows plain HTTP)
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub tls_verify: bool,
+    /// Print only the pushed manifest's digest
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// The image to push (see `nook images`)
+    #[arg(value_name = "IMAGE")]
+    pub image: String,
+    /// Where: HOST[:PORT]/PATH[:TAG] (default: the image's own name at the first
+    /// unqualified-search registry)
+    #[arg(value_name = "REFERENCE")]
+    pub reference: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct LoginArgs {
+    /// User name
+    #[arg(short, long)]
+    pub username: Option<String>,
+    /// Password (visible to other users in the process list: prefer --password-stdin)
+    #[arg(short, long)]
+    pub password: Option<String>,
+    /// Read the password from stdin
+    #[arg(long, conflicts_with = "password")]
+    pub password_stdin: bool,
+    /// Verify the registry's TLS certificate (false also allows plain HTTP)
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub tls_verify: bool,
+    /// The registry: HOST[:PORT]
+    #[arg(value_name = "REGISTRY")]
+    pub registry: String,
+}
+
+#[derive(Args, Debug)]
+pub struct LogoutArgs {
+    /// The registry: HOST[:PORT]
+    #[arg(value_name = "REGISTRY")]
+    pub registry: String,
+}
+
 #[derive(Args, Debug)]
 pub struct ImagesArgs {
     /// Output format
     #[arg(short, long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// Show the digest of each pulled image's manifest
+    #[arg(long)]
+    pub digests: bool,
     /// Print only names
     #[arg(short, long)]
     pub quiet: bool,

@@ -18,6 +18,11 @@ pub struct Config {
     pub backend: Choice,
     /// Whether one-id containers get root emulation unless `--root-emulation` says otherwise.
     pub root_emulation: root_emulation::Mode,
+    /// How many layers a pull downloads at once.
+    pub pull_parallel: usize,
+    /// How long a registry may stay silent (connecting, or mid-transfer) before a pull gives up
+    /// (and the next one resumes).
+    pub registry_timeout: std::time::Duration,
     /// The file the settings came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -27,6 +32,8 @@ impl Default for Config {
         Config {
             backend: Choice::Auto,
             root_emulation: root_emulation::Mode::Auto,
+            pull_parallel: 3,
+            registry_timeout: std::time::Duration::from_secs(30),
             source: None,
         }
     }
@@ -90,8 +97,29 @@ pub fn parse(text: &str, path: &Path) -> Result<Config> {
                 config.root_emulation = root_emulation::Mode::parse(value)
                     .with_context(|| format!("{}: root_emulation", at()))?;
             }
+            "pull_parallel" => {
+                config.pull_parallel = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=16).contains(n))
+                    .with_context(|| {
+                        format!(
+                            "{}: pull_parallel must be a number from 1 to 16, not {value:?}",
+                            at()
+                        )
+                    })?;
+            }
+            "registry_timeout" => {
+                config.registry_timeout = humantime::parse_duration(value)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .with_context(|| {
+                        format!("{}: registry_timeout must be a duration such as \"30s\", not {value:?}", at())
+                    })?;
+            }
             other => bail!(
-                "{}: unknown setting {other:?} (known: backend, root_emulation)",
+                "{}: unknown setting {other:?} (known: backend, root_emulation, pull_parallel, \
+                 registry_timeout)",
                 at()
             ),
         }
@@ -109,6 +137,18 @@ mod tests {
         let config = parse(text, Path::new("configs/nook.conf")).unwrap();
         assert_eq!(config.backend, Choice::Auto);
         assert_eq!(config.root_emulation, root_emulation::Mode::Auto);
+        assert_eq!(config.pull_parallel, 3);
+        assert_eq!(config.registry_timeout, std::time::Duration::from_secs(30));
+    }
+
+    #[test]
+    fn pull_settings_are_read_and_bounded() {
+        let p = Path::new("/c/nook.conf");
+        let config = parse("pull_parallel = \"6\"\nregistry_timeout = \"2m\"\n", p).unwrap();
+        assert_eq!(config.pull_parallel, 6);
+        assert_eq!(config.registry_timeout, std::time::Duration::from_secs(120));
+        assert!(parse("pull_parallel = \"0\"", p).is_err());
+        assert!(parse("registry_timeout = \"soon\"", p).is_err());
     }
 
     #[test]

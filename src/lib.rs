@@ -13,6 +13,7 @@ pub mod hooks;
 pub mod idmap;
 pub mod launch;
 pub mod net;
+pub mod registry;
 pub mod rootfs;
 pub mod security;
 pub mod spec;

@@ -197,8 +197,7 @@ fn ulimit_shm_size_device_and_cidfile() {
 fn flags_nook_cannot_honour_say_what_to_do() {
     let Some(t) = Nook::new() else { return };
     for (flags, advice) in [
-        (&["--pull", "always"][..], "nook import"),
-        (&["--label", "a=b"], "--name"),
+        (&["--label", "a=b"][..], "--name"),
         (&["--stop-signal", "KILL"], "nook kill"),
         (&["--stop-timeout", "3"], "nook stop -t"),
         (&["--sig-proxy=false"], "-d"),
@@ -209,6 +208,11 @@ fn flags_nook_cannot_honour_say_what_to_do() {
         assert!(!out.stderr.contains("similar argument"), "{out}");
     }
     run_sh(&t, &["--pull", "never", "--sig-proxy=true"], "true").assert_ok();
+    // A directory is run as it is: no policy pulls it.
+    run_sh(&t, &["--pull", "always"], "true").assert_ok();
+    let out = run_sh(&t, &["--pull", "sometimes"], "true");
+    out.assert_code(125);
+    assert!(out.stderr.contains("missing, always, never"), "{out}");
     assert_eq!(t.container_dirs(), Vec::<String>::new());
 }
 

@@ -103,6 +103,8 @@ pub fn images(args: &ImagesArgs) -> Result<i32> {
                         "shared": usage.shared(n),
                         "created": i.meta.created,
                         "source": i.meta.source,
+                        "reference": i.meta.reference,
+                        "digest": i.meta.digest,
                         "idmap": i.meta.idmap,
                     })
                 })
@@ -110,15 +112,25 @@ pub fn images(args: &ImagesArgs) -> Result<i32> {
             writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
         }
         Format::Table => {
+            let digest_head = if args.digests {
+                format!("{:<71}  ", "DIGEST")
+            } else {
+                String::new()
+            };
             writeln!(
                 out,
-                "{:<24}  {:>10}  {:>10}  {:<20}  SOURCE",
+                "{:<24}  {digest_head}{:>10}  {:>10}  {:<20}  SOURCE",
                 "NAME", "SIZE", "SHARED", "CREATED"
             )?;
             for (n, i) in images.iter().enumerate() {
+                let digest = if args.digests {
+                    format!("{:<71}  ", i.meta.digest.as_deref().unwrap_or("<none>"))
+                } else {
+                    String::new()
+                };
                 writeln!(
                     out,
-                    "{:<24}  {:>10}  {:>10}  {:<20}  {}",
+                    "{:<24}  {digest}{:>10}  {:>10}  {:<20}  {}",
                     i.meta.name,
                     human_size(usage.size(n)),
                     human_size(usage.shared(n)),

@@ -109,14 +109,7 @@ fn refuse_unsupported(args: &RunArgs) -> Result<()> {
              run it detached (-d) to keep them apart"
         );
     }
-    match args.pull.as_deref() {
-        None | Some("never") | Some("missing") => Ok(()),
-        Some(policy) => bail!(
-            "--pull {policy}: nook has no registry client yet; fetch the image with podman or \
-             skopeo, `nook import` the archive, then run it (--pull never and missing are \
-             accepted)"
-        ),
-    }
+    Ok(())
 }
 
 /// Reads `--env-file` files: `KEY=VALUE` lines, `KEY` alone for nook's own value, blank lines

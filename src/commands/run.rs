@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use super::{mapping_and_notice, podman};
+use crate::cli::PullPolicy;
 use crate::cli::{BackendArg, NetworkArg, RootEmulationArg, RunArgs, UsernsArg};
 use crate::idmap::{Caller, IdMapping};
 use crate::launch::{self, run_in_userns, ChildFailed, Launch, StdinMode, Target};
@@ -89,7 +90,7 @@ fn check(args: &RunArgs) -> Result<Checked> {
         );
     }
     let podman = podman::check(args)?;
-    let (image, stored) = resolve_image(&args.image)?;
+    let (image, stored) = resolve_image(&args.image, args.pull)?;
     let config = stored
         .as_ref()
         .map(|i| i.meta.config.clone())
@@ -352,13 +353,22 @@ fn command_line(config: &ImageConfig, entrypoint: Option<&str>, args: &[String])
     command
 }
 
-/// An image name from the store, else a directory.
-fn resolve_image(arg: &str) -> Result<(PathBuf, Option<Image>)> {
+/// An image name from the store, else a directory, else a reference to pull (as `--pull`
+/// says; the registry code runs only then).
+fn resolve_image(arg: &str, pull: Option<PullPolicy>) -> Result<(PathBuf, Option<Image>)> {
     let looks_like_path = arg.contains('/') || arg == "." || arg == "..";
-    if !looks_like_path {
+    let policy = pull.unwrap_or(PullPolicy::Missing);
+    if !looks_like_path && policy != PullPolicy::Always {
         let store = ImageStore::open()?;
         if store.exists(arg) {
             let image = store.get(arg)?;
+            return Ok((image.rootfs(), Some(image)));
+        }
+    }
+    let is_dir = fs::metadata(arg).is_ok_and(|m| m.is_dir());
+    if !is_dir && !arg.starts_with('.') && !arg.starts_with('/') {
+        if let Some(name) = super::registry::image_for_run(arg, policy)? {
+            let image = ImageStore::open()?.get(&name)?;
             return Ok((image.rootfs(), Some(image)));
         }
     }

@@ -37,7 +37,7 @@ use crate::sys;
 
 pub use io::StdinMode;
 use sync::{Channel, Msg};
-pub use userns::{run_in_container, run_in_userns};
+pub use userns::{run_in_container, run_in_userns, spawn_in_userns, InUserns};
 
 /// Setting up the container failed in the child, or its command could not be run.
 #[derive(Debug, thiserror::Error)]

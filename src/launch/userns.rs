@@ -16,6 +16,19 @@ const BROKEN_PIPE: i32 = 128 + libc::SIGPIPE;
 /// Runs `work` in a child process inside a new user (and mount) namespace with `mapping`, as
 /// root there when the mapping has a root. Its error comes back as this function's error.
 pub fn run_in_userns(mapping: &IdMapping, work: impl FnOnce() -> Result<()>) -> Result<()> {
+    spawn_in_userns(mapping, work)?.wait()
+}
+
+/// A child started by [`spawn_in_userns`], running while the caller goes on.
+pub struct InUserns {
+    pid: nix::unistd::Pid,
+    chan: Channel,
+}
+
+/// Starts `work` as [`run_in_userns`] does, but returns once the child's maps are written: the
+/// caller works beside it (a pull downloads what the child applies) and then `wait`s. The
+/// caller must be single-threaded until this returns.
+pub fn spawn_in_userns(mapping: &IdMapping, work: impl FnOnce() -> Result<()>) -> Result<InUserns> {
     let (parent_chan, child_chan) = Channel::pair()?;
     let cloned = sys::clone_process(libc::CLONE_NEWUSER | libc::CLONE_NEWNS).map_err(|e| {
         let why = crate::security::outer::userns_refusal(e.raw_os_error().unwrap_or(0));
@@ -61,28 +74,55 @@ pub fn run_in_userns(mapping: &IdMapping, work: impl FnOnce() -> Result<()>) -> 
         sys::CloneResult::Parent(pid) => pid,
     };
     drop(child_chan);
-    let outcome = mapping
-        .write_for(pid)
-        .and_then(|()| parent_chan.send(&Msg::MapsWritten))
-        .and_then(|()| parent_chan.recv());
-    if outcome.is_err() {
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-    }
-    let status = loop {
-        match waitpid(pid, None) {
-            Err(nix::Error::EINTR) => continue,
-            other => break other.context("waitpid")?,
-        }
+    let child = InUserns {
+        pid,
+        chan: parent_chan,
     };
-    match outcome? {
-        // Kept as an io error, so that the caller can tell it from a failure.
-        Some((Msg::Failed { code, message }, _)) if code == BROKEN_PIPE => {
-            Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe)).context(message)
+    if let Err(e) = mapping
+        .write_for(pid)
+        .and_then(|()| child.chan.send(&Msg::MapsWritten))
+    {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = child.reap();
+        return Err(e);
+    }
+    Ok(child)
+}
+
+impl InUserns {
+    fn reap(&self) -> Result<WaitStatus> {
+        loop {
+            match waitpid(self.pid, None) {
+                Err(nix::Error::EINTR) => continue,
+                other => return other.context("waitpid"),
+            }
         }
-        Some((Msg::Failed { message, .. }, _)) => anyhow::bail!("{message}"),
-        Some((other, _)) => anyhow::bail!("unexpected message {other:?}"),
-        None if status == WaitStatus::Exited(pid, 0) => Ok(()),
-        None => anyhow::bail!("the helper process in the user namespace ended with {status:?}"),
+    }
+
+    /// Stops the child (the caller gave up on its work) and reaps it.
+    pub fn kill(self) {
+        let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.reap();
+    }
+
+    /// Waits for the child; its error is this function's error.
+    pub fn wait(self) -> Result<()> {
+        let pid = self.pid;
+        let outcome = self.chan.recv();
+        if outcome.is_err() {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        let status = self.reap()?;
+        match outcome? {
+            // Kept as an io error, so that the caller can tell it from a failure.
+            Some((Msg::Failed { code, message }, _)) if code == BROKEN_PIPE => {
+                Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe)).context(message)
+            }
+            Some((Msg::Failed { message, .. }, _)) => anyhow::bail!("{message}"),
+            Some((other, _)) => anyhow::bail!("unexpected message {other:?}"),
+            None if status == WaitStatus::Exited(pid, 0) => Ok(()),
+            None => anyhow::bail!("the helper process in the user namespace ended with {status:?}"),
+        }
     }
 }
 

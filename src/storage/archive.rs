@@ -122,9 +122,14 @@ impl<R: Read> Hashing<R> {
     }
 
     /// Reads what is left, then returns ("sha256:HEX", bytes read).
-    pub fn finish(mut self) -> io::Result<(String, u64)> {
+    pub fn finish(self) -> io::Result<(String, u64)> {
+        self.finish_into().map(|(d, n, _)| (d, n))
+    }
+
+    /// As `finish`, and gives back the reader under it.
+    pub fn finish_into(mut self) -> io::Result<(String, u64, R)> {
         io::copy(&mut self, &mut io::sink())?;
-        Ok((hex_digest(self.hasher), self.count))
+        Ok((hex_digest(self.hasher), self.count, self.inner))
     }
 }
 
@@ -211,6 +216,12 @@ pub struct Found {
     /// How many layers were applied.
     pub layers: usize,
     pub notes: Vec<String>,
+    /// For a pull: the reference pulled, fully qualified.
+    #[serde(default)]
+    pub reference: Option<String>,
+    /// For a pull: the digest of the manifest (or list) the reference named.
+    #[serde(default)]
+    pub digest: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -283,7 +294,7 @@ pub fn host_architecture() -> &'static str {
 }
 
 /// Where the files of an image archive are: a directory, or members of an (uncompressed) tar.
-enum Layout {
+pub enum Layout {
     Dir(PathBuf),
     Tar {
         file: File,
@@ -291,7 +302,7 @@ enum Layout {
     },
 }
 
-enum Member {
+pub enum Member {
     Data { offset: u64, size: u64 },
     Link(String),
 }
@@ -304,7 +315,7 @@ fn member_name(raw: &Path) -> String {
 }
 
 impl Layout {
-    fn index_tar(path: &Path) -> Result<Layout> {
+    pub fn index_tar(path: &Path) -> Result<Layout> {
         let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let mut archive = tar::Archive::new(BufReader::new(
             file.try_clone().context("duplicating a descriptor")?,
@@ -355,7 +366,7 @@ impl Layout {
         }
     }
 
-    fn has(&self, name: &str) -> bool {
+    pub fn has(&self, name: &str) -> bool {
         match self {
             Layout::Dir(d) => d.join(name).is_file(),
             Layout::Tar { members, .. } => members.contains_key(name),
@@ -363,7 +374,7 @@ impl Layout {
     }
 
     /// Opens a member; returns it and its size.
-    fn open(&self, name: &str) -> Result<(Box<dyn Read + '_>, u64)> {
+    pub fn open(&self, name: &str) -> Result<(Box<dyn Read + '_>, u64)> {
         match self {
             Layout::Dir(d) => {
                 let path = d.join(name);
@@ -392,7 +403,7 @@ impl Layout {
         }
     }
 
-    fn read_small(&self, name: &str) -> Result<Vec<u8>> {
+    pub fn read_small(&self, name: &str) -> Result<Vec<u8>> {
         let (reader, size) = self.open(name)?;
         if size > 16 << 20 {
             bail!("{name} is {size} bytes: too large for image metadata");
@@ -667,6 +678,8 @@ fn import_oci(layout: &Layout, applier: &mut Applier, what: &str) -> Result<Foun
         kind: "oci-layout".into(),
         layers: manifest.layers.len(),
         notes: Vec::new(),
+        reference: None,
+        digest: None,
     })
 }
 
@@ -751,6 +764,8 @@ fn import_docker(layout: &Layout, applier: &mut Applier, what: &str) -> Result<F
         kind: "docker-archive".into(),
         layers: entry.layers.len(),
         notes,
+        reference: None,
+        digest: None,
     })
 }
 
@@ -849,6 +864,8 @@ pub fn import_source(source: &str, applier: &mut Applier, scratch: &Path) -> Res
         kind: "tarball".into(),
         layers: 1,
         notes: Vec::new(),
+        reference: None,
+        digest: None,
     })
 }
 
@@ -876,6 +893,8 @@ fn import_indexed(tar: &Path, applier: &mut Applier, what: &str) -> Result<Found
                 kind: "tarball".into(),
                 layers: 1,
                 notes: Vec::new(),
+                reference: None,
+                digest: None,
             })
         }
     }

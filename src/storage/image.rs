@@ -37,6 +37,12 @@ pub struct ImageMeta {
     /// Entries whose owner the mapping lacks: they were given to root.
     #[serde(default)]
     pub unmapped_owners: u64,
+    /// For a pulled image: the reference it was pulled by, fully qualified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// For a pulled image: the digest of the manifest (or list) the reference named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 pub struct Image {
@@ -222,6 +228,8 @@ impl ImageStore {
                 idmap: idmap.clone(),
                 skipped_devices: built.summary.skipped_devices,
                 unmapped_owners: built.summary.unmapped_owners,
+                reference: built.found.reference.clone(),
+                digest: built.found.digest.clone(),
             };
             write_atomic(
                 &tmp.join("image.json"),
@@ -374,21 +382,21 @@ impl ImageStore {
     /// or an OCI image layout archive.
     pub fn export(&self, what: &Exportable<'_>, out: fs::File, format: ExportFormat) -> Result<()> {
         match what {
+            // An image's export says when the image was made: the same image exports (and
+            // pushes) to the same digest.
             Exportable::Image(image) => write_export(
                 Tree::Dir(image.rootfs()),
                 &image.meta.idmap,
                 out,
                 format,
-                &image.meta.config,
-                &image.meta.name,
+                (&image.meta.config, &image.meta.name, &image.meta.created),
             ),
             Exportable::Container { from, config, name } => write_export(
                 Tree::Layer(from.layer.clone()),
                 &from.idmap,
                 out,
                 format,
-                config,
-                name,
+                (config, name, &now_rfc3339()),
             ),
         }
     }
@@ -494,10 +502,9 @@ fn write_export(
     idmap: &IdMapping,
     out: fs::File,
     format: ExportFormat,
-    config: &ImageConfig,
-    name: &str,
+    (config, name, created): (&ImageConfig, &str, &str),
 ) -> Result<()> {
-    let (config, name) = (config.clone(), name.to_string());
+    let (config, name, created) = (config.clone(), name.to_string(), created.to_string());
     // The layer of an OCI export goes to an unnamed temporary file first: its digest and size
     // come before its data in the archive.
     let scratch = match format {
@@ -523,13 +530,7 @@ fn write_export(
                     .map_err(|e| e.into_error())
                     .context("writing the layer")?;
                 let mut out = crate::storage::archive::write_oci_archive(
-                    out,
-                    layer,
-                    &digest,
-                    size,
-                    &config,
-                    &name,
-                    &now_rfc3339(),
+                    out, layer, &digest, size, &config, &name, &created,
                 )?;
                 io::Write::flush(&mut out).context("writing the archive")?;
             }

@@ -2,6 +2,7 @@
 //! upper layers and OCI state), with the archive and layer formats they read and write.
 
 pub mod archive;
+pub mod blobs;
 pub mod container;
 pub mod image;
 pub mod layer;
