@@ -271,7 +271,7 @@ pub fn start(launch: &Launch<'_>) -> Result<Started> {
         }
     };
     let (pid, early) = match launch.target {
-        Target::New { .. } => (cloned, None),
+        Target::New { .. } => (cloned, Vec::new()),
         Target::Join { .. } => match joined_pid(&parent_chan, cloned) {
             Ok(joined) => joined,
             Err(e) => {
@@ -395,13 +395,14 @@ type Received = (Msg, Option<OwnedFd>);
 
 /// Reaps the helper that joined the container's namespaces; returns the pid of the process it
 /// cloned for us, and that process's first message if it came before the helper's.
-fn joined_pid(chan: &Channel, helper: Pid) -> Result<(Pid, Option<Received>)> {
-    // The process it cloned runs at once and may send its terminal before the helper reports.
-    let mut early = None;
+fn joined_pid(chan: &Channel, helper: Pid) -> Result<(Pid, Vec<Received>)> {
+    // The process it cloned runs at once and may send its terminal or its seccomp listener
+    // before the helper reports; the handshake takes them in the order they came.
+    let mut early = Vec::new();
     let reply = loop {
         match chan.recv() {
-            Ok(Some((Msg::PtyMaster, fd))) if early.is_none() => {
-                early = Some((Msg::PtyMaster, fd));
+            Ok(Some((msg @ (Msg::PtyMaster | Msg::Listener), fd))) if early.len() < 2 => {
+                early.push((msg, fd));
             }
             other => break other,
         }
@@ -430,7 +431,7 @@ fn handshake(
     chan: &Channel,
     pid: Pid,
     maps_written: bool,
-    mut early: Option<Received>,
+    early: Vec<Received>,
 ) -> Result<Handshake> {
     let mut network = None;
     let mut supervisor: Option<Supervisor> = None;
@@ -454,8 +455,9 @@ fn handshake(
         chan.send(&Msg::MapsWritten)?;
     }
     let mut pty = None;
+    let mut early = early.into_iter();
     loop {
-        let received = match early.take() {
+        let received = match early.next() {
             Some(msg) => Some(msg),
             None => chan.recv()?,
         };
