@@ -3,7 +3,7 @@
 //! never overlap.
 
 use libfuzzer_sys::fuzz_target;
-use nook::idmap::{Caller, IdMapping, IdRange, SubRange};
+use nook::idmap::{Caller, IdMapping, IdRange, Standing, SubRange};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(spec) = serde_json::from_slice::<oci_spec::runtime::Spec>(data) else {
@@ -36,6 +36,9 @@ fuzz_target!(|data: &[u8]| {
             count: 65536,
         }],
         helpers_unusable: None,
+        standing: Standing::User,
+        privileged: false,
+        ranges_origin: "/etc/subuid and /etc/subgid",
     };
     let uids = ranges(linux.uid_mappings());
     if let Ok(mapping) = IdMapping::from_oci(uids, ranges(linux.gid_mappings()), &caller) {
