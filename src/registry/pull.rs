@@ -21,7 +21,7 @@ use super::progress::Progress;
 use super::reference::{Reference, Written};
 use crate::idmap::IdMapping;
 use crate::storage::archive::{
-    host_architecture, peek, Compression, Decoder, Found, Hashing, RunConfig,
+    host_architecture, peek, Compression, Decoder, Found, Hashing, ImageConfigFile,
 };
 use crate::storage::blobs::BlobCache;
 use crate::storage::image::{Built, ImageStore};
@@ -119,24 +119,6 @@ struct Manifest {
     config: Option<Descriptor>,
     #[serde(default)]
     layers: Option<Vec<Descriptor>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct ConfigFile {
-    #[serde(default)]
-    architecture: Option<String>,
-    #[serde(default)]
-    os: Option<String>,
-    #[serde(default)]
-    config: Option<RunConfig>,
-    #[serde(default)]
-    rootfs: Option<RootFs>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct RootFs {
-    #[serde(default)]
-    diff_ids: Vec<String>,
 }
 
 /// What `nook pull` is asked.
@@ -649,7 +631,7 @@ pub fn pull(
         );
     }
     let config_data = fetch_config(&res, cache)?;
-    let config: ConfigFile = serde_json::from_slice(&config_data)
+    let config: ImageConfigFile = serde_json::from_slice(&config_data)
         .with_context(|| format!("{r}: parsing the image config {}", res.config.digest))?;
     if let (Some(os), Some(arch)) = (&config.os, &config.architecture) {
         if *os != req.platform.os || *arch != req.platform.architecture {

@@ -253,22 +253,23 @@ struct Manifest {
     layers: Vec<Descriptor>,
 }
 
+/// The parts of an OCI / docker image config that nook reads (imports and pulls).
 #[derive(Debug, Default, Deserialize)]
-struct ImageConfigFile {
+pub(crate) struct ImageConfigFile {
     #[serde(default)]
-    architecture: Option<String>,
+    pub architecture: Option<String>,
     #[serde(default)]
-    os: Option<String>,
+    pub os: Option<String>,
     #[serde(default)]
-    config: Option<RunConfig>,
+    pub config: Option<RunConfig>,
     #[serde(default)]
-    rootfs: Option<RootFs>,
+    pub rootfs: Option<RootFs>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-struct RootFs {
+pub(crate) struct RootFs {
     #[serde(default)]
-    diff_ids: Vec<String>,
+    pub diff_ids: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
