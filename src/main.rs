@@ -1,4 +1,4 @@
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use nook::cli::{Cli, Command, ContainerCommand, ImageCommand, InspectType, SystemCommand};
 use nook::commands::{self, cgroups, log, oci};
@@ -30,7 +30,20 @@ fn main() {
         }
         default_hook(info);
     }));
-    let cli = match Cli::try_parse() {
+    // Cli::try_parse, but the parser's whole command tree (every verb's arguments, built
+    // at each start) is not freed: the process exits soon, and freeing it was a tenth of the
+    // instructions a `run` executes in user space.
+    let mut command = Cli::command();
+    let parsed = match command.try_get_matches_from_mut(std::env::args_os()) {
+        Ok(mut matches) => {
+            let cli = Cli::from_arg_matches_mut(&mut matches).map_err(|e| e.format(&mut command));
+            std::mem::forget(matches);
+            cli
+        }
+        Err(e) => Err(e),
+    };
+    std::mem::forget(command);
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
             let _ = e.print();
