@@ -174,39 +174,38 @@ const S_IFMT: u64 = libc::S_IFMT as u64;
 pub fn add_to_profile(profile: &mut LinuxSeccomp, supervision: Supervision) {
     let mknod_names: Vec<&str> = MKNOD.iter().map(|(name, _)| *name).collect();
     // A stat the profile denies stays denied.
-    let allowed: Vec<String> = profile
-        .syscalls()
-        .iter()
-        .flatten()
-        .filter(|r| r.action() == LinuxSeccompAction::ScmpActAllow && r.args().is_none())
-        .flat_map(|r| r.names().iter().cloned())
-        .collect();
+    let allowed = |name: &str| {
+        profile.syscalls().iter().flatten().any(|r| {
+            r.action() == LinuxSeccompAction::ScmpActAllow
+                && r.args().is_none()
+                && r.names().iter().any(|a| a == name)
+        })
+    };
     let stat: Vec<&str> = STAT
         .iter()
         .copied()
         .filter(|n| {
             supervision.owners
-                && (profile.default_action() == LinuxSeccompAction::ScmpActAllow
-                    || allowed.iter().any(|a| a == n))
+                && (profile.default_action() == LinuxSeccompAction::ScmpActAllow || allowed(n))
         })
         .collect();
+    let moved = |n: &String| {
+        FAKED.contains(&n.as_str())
+            || mknod_names.contains(&n.as_str())
+            || stat.contains(&n.as_str())
+    };
+    // Most rules name none of the moved calls: those are cloned once, as they are.
     let mut syscalls: Vec<LinuxSyscall> = profile
         .syscalls()
         .iter()
         .flatten()
         .filter_map(|rule| {
-            let mut rule = rule.clone();
-            let names: Vec<String> = rule
-                .names()
-                .iter()
-                .filter(|n| {
-                    !FAKED.contains(&n.as_str())
-                        && !mknod_names.contains(&n.as_str())
-                        && !stat.contains(&n.as_str())
-                })
-                .cloned()
-                .collect();
+            if !rule.names().iter().any(moved) {
+                return Some(rule.clone());
+            }
+            let names: Vec<String> = rule.names().iter().filter(|n| !moved(n)).cloned().collect();
             (!names.is_empty()).then(|| {
+                let mut rule = rule.clone();
                 rule.set_names(names);
                 rule
             })
