@@ -4,6 +4,7 @@
 //! `storage` (images, containers, archives, layers), `config` → `spec` → `launch` → `idmap`,
 //! `rootfs` (the root, its backends and mounts), `security`, `net` → `sys`.
 
+pub mod build;
 pub mod cgroup;
 pub mod cli;
 pub mod commands;

@@ -1,0 +1,3 @@
+//! `nook build`: the pure parts (variable expansion so far).
+
+pub mod expand;
