@@ -887,23 +887,115 @@ fn an_oci_bundle_joins_an_engines_user_and_network_namespaces_by_path() {
     t.assert_no_processes_left();
 }
 
+/// A process holding a user, pid and mount namespace of its own (`unshare -Upm --fork`), as an
+/// engine's infra container would: returns unshare and the pid of the namespaces' init.
+fn pid_and_mount_holder(t: &Nook) -> Option<(std::process::Child, u32)> {
+    let unshare = common::required_tool("unshare", "util-linux")?;
+    let holder = t
+        .command_for(
+            &unshare,
+            &[
+                "-Urpm".into(),
+                "--fork".into(),
+                "--kill-child".into(),
+                "--mount-proc".into(),
+                "sleep".into(),
+                "120".into(),
+            ],
+            &[],
+        )
+        .spawn()
+        .expect("unshare");
+    let pid = holder.id();
+    let mut init = 0;
+    let ready = common::wait_until(Duration::from_secs(10), || {
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        init = children
+            .split_whitespace()
+            .next()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        init != 0
+            && std::fs::read_to_string(format!("/proc/{init}/comm"))
+                .is_ok_and(|c| c.trim() == "sleep")
+    });
+    assert!(ready, "the namespace holder did not start");
+    Some((holder, init))
+}
+
 #[test]
-fn joining_a_pid_or_mount_namespace_by_path_is_refused_with_the_reason() {
+fn an_oci_bundle_joins_pid_and_mount_namespaces_by_path_as_runc_does() {
     let Some(t) = Nook::new() else { return };
-    for (kind, reason) in [
-        ("pid", "init of a pid namespace of its own"),
-        ("mount", "mount namespace of its own"),
-    ] {
-        let bundle = oci_bundle(&t, kind, &["true"], |spec| {
-            join_by_path(spec, kind, "/proc/self/ns/pid");
+    let Some((mut holder, init)) = pid_and_mount_holder(&t) else {
+        return;
+    };
+    let link = |n: &str| std::fs::read_link(format!("/proc/{init}/ns/{n}")).unwrap();
+    let (their_pid, their_mnt) = (link("pid"), link("mnt"));
+    let script = "readlink /proc/self/ns/pid; readlink /proc/self/ns/mnt; cat /proc/1/comm";
+    for (name, kinds) in [("pid", &["pid"][..]), ("both", &["pid", "mount"][..])] {
+        let bundle = oci_bundle(&t, name, &["sh", "-c", script], |spec| {
+            join_by_path(spec, "user", &format!("/proc/{init}/ns/user"));
+            for kind in kinds {
+                let file = if *kind == "mount" { "mnt" } else { kind };
+                join_by_path(spec, kind, &format!("/proc/{init}/ns/{file}"));
+            }
+            let linux = spec["linux"].as_object_mut().unwrap();
+            linux.remove("uidMappings");
+            linux.remove("gidMappings");
         });
-        let out = t.nook(&["run", "--bundle", &bundle, kind]);
+        let out = t.nook(&["run", "--bundle", &bundle, name]);
+        out.assert_ok();
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        assert_eq!(
+            lines.first().copied(),
+            their_pid.to_str(),
+            "not the holder's pid namespace: {out}"
+        );
+        // Its /proc is the joined namespace's: pid 1 there is the holder's init.
+        assert_eq!(lines.get(2).copied(), Some("sleep"), "{out}");
+        let same_mnt = lines.get(1).copied() == their_mnt.to_str();
+        assert_eq!(same_mnt, kinds.contains(&"mount"), "mount namespace: {out}");
+    }
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let gone = common::wait_until(Duration::from_secs(10), || {
+        !std::path::Path::new(&format!("/proc/{init}")).exists()
+    });
+    assert!(gone, "the holder's init outlived it");
+    t.assert_no_processes_left();
+}
+
+#[test]
+fn a_namespace_path_of_the_wrong_kind_or_not_a_namespace_is_refused_by_name() {
+    let Some(t) = Nook::new() else { return };
+    for (name, kind, path, reason) in [
+        ("pidnet", "pid", "/proc/self/ns/net", "not a pid namespace"),
+        (
+            "mntnet",
+            "mount",
+            "/proc/self/ns/net",
+            "not a mount namespace",
+        ),
+        ("pidfile", "pid", "/etc/hostname", "is not a namespace file"),
+        (
+            "mntfile",
+            "mount",
+            "/etc/hostname",
+            "is not a namespace file",
+        ),
+    ] {
+        let bundle = oci_bundle(&t, name, &["true"], |spec| {
+            join_by_path(spec, kind, path);
+        });
+        let out = t.nook(&["run", "--bundle", &bundle, name]);
         assert_ne!(out.code, Some(0), "{out}");
         assert!(
-            out.stderr.contains("linux.namespaces[") && out.stderr.contains(reason),
+            out.stderr.contains(path) && out.stderr.contains(reason),
             "{out}"
         );
         let listed = t.nook(&["list", "-q"]);
         assert_eq!(listed.stdout, "", "{listed}");
     }
+    t.assert_no_processes_left();
 }

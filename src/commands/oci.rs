@@ -126,25 +126,10 @@ fn check_spec(bundle: &Path, spec: &mut Spec) -> Result<()> {
     refuse_unsupported(spec)?;
     let linux = spec.linux().as_ref().context("field `linux` is missing")?;
     for (i, ns) in linux.namespaces().iter().flatten().enumerate() {
-        // runc and crun join every kind; a rootless nook joins those it can enter with the
-        // capabilities of the user namespace it runs in (or joins first, by path), and says
-        // why for the others.
+        // runc and crun join every kind by path; so does nook, but time namespaces.
         let refused = match ns.typ() {
-            LinuxNamespaceType::Network
-            | LinuxNamespaceType::Ipc
-            | LinuxNamespaceType::Uts
-            | LinuxNamespaceType::Cgroup
-            | LinuxNamespaceType::User => None,
-            LinuxNamespaceType::Pid => Some(
-                "the container's first process is the init of a pid namespace of its own \
-                 (nook's signal forwarding and reaping rest on it); joining another's is not \
-                 supported",
-            ),
-            LinuxNamespaceType::Mount => Some(
-                "nook builds the container's root in a mount namespace of its own, so that \
-                 its mounts vanish with it; joining another's would mount over that one's view",
-            ),
             LinuxNamespaceType::Time => Some("time namespaces are not supported"),
+            _ => None,
         };
         if let (Some(path), Some(why)) = (ns.path(), refused) {
             bail!(

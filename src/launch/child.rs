@@ -198,22 +198,29 @@ fn join_spec_namespaces(spec: &oci_spec::runtime::Spec) -> Result<()> {
         .and_then(|l| l.namespaces().as_ref())
         .into_iter()
         .flatten();
-    for ns in namespaces {
+    // The mount namespace last, as runc and crun do: it changes the root that later paths
+    // (another /proc/PID/ns/...) resolve against.
+    let mut joined: Vec<_> = namespaces.filter(|ns| ns.path().is_some()).collect();
+    joined.sort_by_key(|ns| ns.typ() == LinuxNamespaceType::Mount);
+    for ns in joined {
         let Some(path) = ns.path() else { continue };
         let flag = match ns.typ() {
             LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
             LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
             LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
             LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
-            // Joined by the parent before the clone (see `launch::join_user_namespace`).
-            LinuxNamespaceType::User => continue,
+            // The container's root is then mounted and pivoted inside the joined namespace,
+            // as under runc and crun.
+            LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
+            // Joined by the parent before the clone (see `launch::join_user_namespace` and
+            // `launch::join_pid_namespace`).
+            LinuxNamespaceType::User | LinuxNamespaceType::Pid => continue,
             other => anyhow::bail!(
                 "joining an existing {other:?} namespace ({}) is not supported",
                 path.display()
             ),
         };
-        let fd = nix::fcntl::open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
-            .with_context(|| format!("opening the namespace {}", path.display()))?;
+        let fd = super::open_namespace(path, ns.typ())?;
         nix::sched::setns(fd.as_fd(), flag).with_context(|| {
             format!(
                 "setns into the {:?} namespace {} (it must belong to a user namespace nook \

@@ -165,6 +165,7 @@ fn namespace_flags(spec: &Spec) -> libc::c_int {
 pub fn start(launch: &Launch<'_>) -> Result<Started> {
     if let Target::New { .. } = launch.target {
         join_user_namespace(launch.spec)?;
+        join_pid_namespace(launch.spec)?;
     }
     let (parent_chan, child_chan) = Channel::pair()?;
     let devnull = nix::fcntl::open(
@@ -349,6 +350,82 @@ fn join_user_namespace(spec: &Spec) -> Result<()> {
             path.display()
         )
     })
+}
+
+/// Joins the pid namespace the spec names by path, as runc and crun do: setns(CLONE_NEWPID)
+/// moves only the children of this process, so the clone that follows is a member of it (not
+/// its init: the namespace's own init reaps what the command orphans). Done after the user
+/// namespace, which must own the pid namespace for us to hold CAP_SYS_ADMIN over it.
+fn join_pid_namespace(spec: &Spec) -> Result<()> {
+    let Some(path) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .into_iter()
+        .flatten()
+        .find(|ns| ns.typ() == LinuxNamespaceType::Pid)
+        .and_then(|ns| ns.path().as_ref())
+    else {
+        return Ok(());
+    };
+    let fd = open_namespace(path, LinuxNamespaceType::Pid)?;
+    nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWPID).with_context(|| {
+        format!(
+            "setns into the pid namespace {} (it must belong to the user namespace the \
+             container runs in: join that one by path too)",
+            path.display()
+        )
+    })
+}
+
+/// Opens a namespace file named by a spec and checks it is one, of the kind the spec says: the
+/// kernel's EINVAL for a wrong kind names neither.
+pub(crate) fn open_namespace(path: &std::path::Path, typ: LinuxNamespaceType) -> Result<OwnedFd> {
+    let fd = nix::fcntl::open(
+        path,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .with_context(|| format!("opening the {typ:?} namespace {}", path.display()))?;
+    let (want, name) = match typ {
+        LinuxNamespaceType::User => (libc::CLONE_NEWUSER, "user"),
+        LinuxNamespaceType::Mount => (libc::CLONE_NEWNS, "mount"),
+        LinuxNamespaceType::Pid => (libc::CLONE_NEWPID, "pid"),
+        LinuxNamespaceType::Uts => (libc::CLONE_NEWUTS, "uts"),
+        LinuxNamespaceType::Ipc => (libc::CLONE_NEWIPC, "ipc"),
+        LinuxNamespaceType::Network => (libc::CLONE_NEWNET, "network"),
+        LinuxNamespaceType::Cgroup => (libc::CLONE_NEWCGROUP, "cgroup"),
+        LinuxNamespaceType::Time => (libc::CLONE_NEWTIME, "time"),
+    };
+    // NS_GET_NSTYPE (linux/nsfs.h): _IO(0xb7, 0x3).
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    // SAFETY: the ioctl takes no argument and only reads the descriptor we own.
+    let got = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), NS_GET_NSTYPE as _) };
+    if got < 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ENOTTY) {
+            anyhow::bail!(
+                "{} is not a namespace file: give a {name} namespace's path, such as \
+                 /proc/PID/ns/{}",
+                path.display(),
+                if name == "mount" {
+                    "mnt"
+                } else if name == "network" {
+                    "net"
+                } else {
+                    name
+                }
+            );
+        }
+        return Err(err).with_context(|| format!("ioctl(NS_GET_NSTYPE) on {}", path.display()));
+    }
+    if got != want {
+        anyhow::bail!(
+            "{} is a namespace of another kind, not a {name} namespace",
+            path.display()
+        );
+    }
+    Ok(fd)
 }
 
 /// The spec's `root.path`, where the container's root is built.
