@@ -1,7 +1,9 @@
 //! `nook build`: the pure parts so far — reading a Containerfile (`containerfile`), Docker's
-//! variable expansion (`expand`) and the ignore-file rules (`ignore`). The executor that runs
-//! the steps is not written yet.
+//! variable expansion (`expand`), the ignore-file rules (`ignore`) and the build context's
+//! sources and their content hash (`context`). The executor that runs the steps is not
+//! written yet.
 
 pub mod containerfile;
+pub mod context;
 pub mod expand;
 pub mod ignore;
