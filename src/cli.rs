@@ -111,6 +111,8 @@ pub enum Command {
     Images(ImagesArgs),
     /// Remove images
     Rmi(RmiArgs),
+    /// Build an image from a Containerfile (or Dockerfile), with a step cache
+    Build(BuildArgs),
     /// Make a new image from a container: its image with the container's changes
     Commit(CommitArgs),
     /// List what a container changed: A (added), C (changed), D (deleted)
@@ -930,6 +932,38 @@ pub struct RmiArgs {
     /// Image names
     #[arg(required = true, value_name = "IMAGE")]
     pub images: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// Name of the image (default: build-ID); `:latest` is dropped, as nook names carry no
+    /// default tag
+    #[arg(short = 't', long = "tag", value_name = "NAME[:TAG]")]
+    pub tag: Option<String>,
+    /// The Containerfile (default: CONTEXT/Containerfile, else CONTEXT/Dockerfile)
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// A build argument: KEY=VALUE (or KEY, to pass nook's own environment value)
+    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+    pub build_arg: Vec<String>,
+    /// Build up to this stage (FROM … AS NAME)
+    #[arg(long, value_name = "STAGE")]
+    pub target: Option<String>,
+    /// Run every step, using no cached one (the results replace the cached ones)
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Network of RUN steps (default: host, as `nook run`)
+    #[arg(long, value_enum)]
+    pub network: Option<NetworkArg>,
+    /// Print only the image name
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Accepted for podman's habit (nook's steps are always cached as flat trees)
+    #[arg(long, hide = true)]
+    pub layers: Option<Option<bool>>,
+    /// The build context directory
+    #[arg(value_name = "CONTEXT", default_value = ".")]
+    pub context: PathBuf,
 }
 
 #[derive(Args, Debug)]

@@ -74,6 +74,7 @@ fn main() {
         Command::Logout(args) => commands::logout(args),
         Command::Images(args) => commands::images(args),
         Command::Rmi(args) => commands::rmi(args),
+        Command::Build(args) => commands::build(args),
         Command::Commit(args) => commands::commit(args),
         Command::Diff(args) => commands::diff(args),
         Command::Export(args) => commands::export(args),

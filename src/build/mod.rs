@@ -10,6 +10,7 @@
 
 pub mod containerfile;
 pub mod context;
+pub mod executor;
 pub mod expand;
 pub mod ignore;
 pub mod key;

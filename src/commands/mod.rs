@@ -1,5 +1,6 @@
 //! One function per verb: turns parsed arguments into calls to the layers below.
 
+mod build;
 pub mod cgroups;
 mod completion;
 mod containers;
@@ -16,6 +17,7 @@ mod system;
 mod tag;
 mod top;
 
+pub use build::build;
 pub use completion::{completion, generate_man};
 pub use containers::{inspect, logs, port, ps, rm, stop};
 pub use cp::cp;

@@ -234,9 +234,9 @@ fn confirmed(what: &str) -> Result<bool> {
 
 pub fn prune(args: &PruneArgs) -> Result<i32> {
     let what = if args.all {
-        "every stopped container and every image no container uses"
+        "every stopped container, the build step cache and every image no container uses"
     } else {
-        "every stopped container"
+        "every stopped container and the build step cache"
     };
     if !args.force && !confirmed(what)? {
         eprintln!("nook: nothing removed");
@@ -295,6 +295,32 @@ pub fn prune(args: &PruneArgs) -> Result<i32> {
                     failed = true;
                 }
             }
+        }
+        let kept = (0..before.dirs.len()).filter(|&t| !removed.contains(&before.dirs[t]));
+        freed += before.measured.total() - before.measured.union(kept);
+    }
+    // Build steps no container is running over: what `nook build` keeps to reuse.
+    let cache_root = crate::storage::container::storage_root()?.join("build-cache");
+    if cache_root.is_dir() {
+        let cache = ImageStore::at(cache_root);
+        let steps = cache.list()?;
+        let before = ImageUsage::of(&steps);
+        let in_use: Vec<PathBuf> = store.list()?.into_iter().map(|c| c.meta.image).collect();
+        let mut removed = Vec::new();
+        for step in &steps {
+            if in_use.contains(&step.rootfs()) {
+                continue;
+            }
+            match cache.remove_unless_used(step, || Ok(Vec::new())) {
+                Ok(()) => removed.push(step.dir.clone()),
+                Err(e) => {
+                    eprintln!("nook: {e:#}");
+                    failed = true;
+                }
+            }
+        }
+        if !removed.is_empty() {
+            println!("Deleted Build Cache\n{} step(s)", removed.len());
         }
         let kept = (0..before.dirs.len()).filter(|&t| !removed.contains(&before.dirs[t]));
         freed += before.measured.total() - before.measured.union(kept);
