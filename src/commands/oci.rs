@@ -641,6 +641,17 @@ pub fn parse_signal(text: &str) -> Result<libc::c_int> {
         })
 }
 
+/// Whether `pid` is pid 1 of its own pid namespace (the last `NSpid` field of its status).
+fn is_namespace_init(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
+            Some(line.split_whitespace().last()? == "1")
+        })
+        .unwrap_or(true)
+}
+
 /// Host pids of every process in the pid namespace of `pid1` (the container's first process).
 fn container_pids(pid1: i32) -> Vec<i32> {
     let Ok(ns) = fs::read_link(format!("/proc/{pid1}/ns/pid")) else {
@@ -653,6 +664,29 @@ fn container_pids(pid1: i32) -> Vec<i32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|p| fs::read_link(format!("/proc/{p}/ns/pid")).is_ok_and(|l| l == ns))
         .collect();
+    // In a pid namespace joined by path the namespace is another's (its init, its other
+    // processes): only the container's first process and its descendants are the container's.
+    if !is_namespace_init(pid1) {
+        let parent = |p: i32| -> Option<i32> {
+            let stat = fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            stat.rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        };
+        let descends = |mut p: i32| loop {
+            if p == pid1 {
+                break true;
+            }
+            match parent(p) {
+                Some(up) if up > 0 && up != p => p = up,
+                _ => break false,
+            }
+        };
+        pids.retain(|&p| descends(p));
+    }
     if !pids.contains(&pid1) {
         pids.push(pid1);
     }
