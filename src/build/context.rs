@@ -3,7 +3,6 @@
 //! keys them by.
 
 use std::fs;
-use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -213,16 +212,7 @@ fn hash_entry(hash: &mut Sha256, path: &Path, rel: &str, meta: &fs::Metadata) ->
         hash.update(meta.size().to_le_bytes());
         let mut file =
             fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = file
-                .read(&mut buf)
-                .with_context(|| format!("reading {}", path.display()))?;
-            if n == 0 {
-                break;
-            }
-            hash.update(&buf[..n]);
-        }
+        std::io::copy(&mut file, hash).with_context(|| format!("reading {}", path.display()))?;
     }
     hash.update([0xff]);
     Ok(())

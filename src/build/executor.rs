@@ -413,15 +413,7 @@ fn tree_step(
     cache.build(name, &idmap, "build step", |tmp| {
         let rootfs = tmp.join("rootfs");
         run_in_userns(&idmap, move || {
-            match &parent {
-                Some(p) => {
-                    let mut copier = Copier::default();
-                    copier.copy_tree(p, &rootfs, Share::Link)?;
-                    copier.finish()?;
-                }
-                None => fs::create_dir(&rootfs)
-                    .with_context(|| format!("creating {}", rootfs.display()))?,
-            }
+            linked_copy(parent.as_deref(), &rootfs)?;
             make(&rootfs)
         })?;
         Ok(Built {
@@ -959,18 +951,7 @@ fn write_image(images: &ImageStore, name: &str, last: &State, source: &str) -> R
     let config = last.config.clone();
     images.build(name, &idmap, source, |tmp| {
         let rootfs = tmp.join("rootfs");
-        run_in_userns(&idmap, move || {
-            match &tree {
-                Some(t) => {
-                    let mut copier = Copier::default();
-                    copier.copy_tree(t, &rootfs, Share::Link)?;
-                    copier.finish()?;
-                }
-                None => fs::create_dir(&rootfs)
-                    .with_context(|| format!("creating {}", rootfs.display()))?,
-            }
-            Ok(())
-        })?;
+        run_in_userns(&idmap, move || linked_copy(tree.as_deref(), &rootfs))?;
         Ok(Built {
             found: Found {
                 config,
@@ -980,6 +961,21 @@ fn write_image(images: &ImageStore, name: &str, last: &State, source: &str) -> R
             summary: Summary::default(),
         })
     })?;
+    Ok(())
+}
+
+/// `rootfs` as a copy of `tree` whose files are hard links (trees in the cache and the store
+/// are never written), or empty for a stage from scratch. Runs inside the tree's user
+/// namespace.
+fn linked_copy(tree: Option<&Path>, rootfs: &Path) -> Result<()> {
+    match tree {
+        Some(t) => {
+            let mut copier = Copier::default();
+            copier.copy_tree(t, rootfs, Share::Link)?;
+            copier.finish()?;
+        }
+        None => fs::create_dir(rootfs).with_context(|| format!("creating {}", rootfs.display()))?,
+    }
     Ok(())
 }
 
